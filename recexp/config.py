@@ -1,0 +1,35 @@
+"""Config helpers: build objects from config nodes, and give each run a stable id."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recexp.errors import ConfigError, RecexpError
+
+# Keys that say where output goes or how it is shown; they do not change a run's result.
+NON_RESULT_KEYS = ("logger", "cache_dir", "progress")
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with recexp's own errors surfaced as they are."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, RecexpError):
+            raise cause from None
+        raise ConfigError(f"Could not build {node.get('_target_', 'a component')}: {err}") from err
+
+
+def config_id(cfg: DictConfig) -> str:
+    """sha256 (first 16 hex digits) of the resolved config without output/display keys."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in NON_RESULT_KEYS:
+        container.pop(key, None)
+    blob = json.dumps(container, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
