@@ -31,5 +31,8 @@ test: install ## fast test suite (CPU, well under 15 minutes)
 test-slow: install ## slow end-to-end checks (published BPR range, LightGCN, real-model training)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+bench: install ## time the pipeline and model fits; writes outputs/bench/bench.json
+	$(PY) -m recexp.bench --out outputs/bench --models $(or $(BENCH_MODELS),pop,bpr,text_tower)
+
 clean: ## remove outputs/ and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache

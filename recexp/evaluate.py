@@ -69,26 +69,35 @@ ACCURACY: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] =
 # --- beyond-accuracy metrics on the top-K item ids [U, K]
 
 
+# Slots holding -1 are empty: the user had fewer than K rankable items.
+
+
+def _slot_mean(values: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
+    filled = topk >= 0
+    return (values.double() * filled).sum(1) / filled.sum(1).clamp(min=1)
+
+
 def _avg_popularity(topk: torch.Tensor, popularity: torch.Tensor, k: int) -> torch.Tensor:
     """Per-user mean training popularity of the top-k items (RecBole's AveragePopularity)."""
-    return popularity[topk[:, :k]].double().mean(1)
+    return _slot_mean(popularity[topk[:, :k].clamp(min=0)], topk[:, :k])
 
 
 def _tail_share(topk: torch.Tensor, is_tail: torch.Tensor, k: int) -> torch.Tensor:
     """Per-user share of the top-k items that are tail items (APLT; RecBole's TailPercentage)."""
-    return is_tail[topk[:, :k]].double().mean(1)
+    return _slot_mean(is_tail[topk[:, :k].clamp(min=0)], topk[:, :k])
 
 
 def item_coverage(topk: np.ndarray, n_items: int) -> float:
     """Distinct recommended items over the items that could be recommended."""
-    return len(np.unique(topk)) / n_items
+    return len(np.unique(topk[topk >= 0])) / n_items
 
 
 def gini_index(topk: np.ndarray, n_items: int) -> float:
     """Inequality of how often items are recommended (0 = even, 1 = one item), as RecBole computes it."""
-    counts = np.sort(np.unique(topk, return_counts=True)[1])
+    filled = topk[topk >= 0]
+    counts = np.sort(np.unique(filled, return_counts=True)[1])
     idx = np.arange(n_items - len(counts) + 1, n_items + 1)
-    return float(np.sum((2 * idx - n_items - 1) * counts) / topk.size / n_items)
+    return float(np.sum((2 * idx - n_items - 1) * counts) / filled.size / n_items)
 
 
 PER_USER_BEYOND = ("averagepopularity", "aplt")
@@ -192,13 +201,18 @@ class Evaluator:
 
 
 def _rank(scores, pos, mask, batch, k, order):
-    """Top-k of each user with positives in the segment; ties fall to the fixed random ``order``."""
+    """Top-k of each user with positives in the segment; ties fall to the fixed random ``order``.
+
+    Returns (users [U], topk item ids [U, k] with -1 for empty slots, hits [U, k], pos_len [U]).
+    """
     seg_pos = pos & mask
     pos_len = seg_pos.sum(1)
     keep = pos_len > 0
     masked = scores[keep].masked_fill(~mask, float("-inf"))
-    topk = order[masked[:, order].topk(k, dim=1).indices]
-    hits = torch.gather(seg_pos[keep], 1, topk)
+    best = masked[:, order].topk(k, dim=1)
+    filled = best.values > float("-inf")
+    topk = torch.where(filled, order[best.indices], -1)
+    hits = torch.gather(seg_pos[keep], 1, topk.clamp(min=0)) & filled
     return batch[keep.cpu().numpy()], topk, hits, pos_len[keep].double()
 
 

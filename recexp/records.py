@@ -50,6 +50,7 @@ class RunRecord:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         record = cls(run_dir / RESULTS, data)
+        (run_dir / "traceback.txt").unlink(missing_ok=True)
         record.write()
         return record
 

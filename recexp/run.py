@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> float:
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     run_id = config_id(cfg)
-    done = finished_record(Path(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else run_dir, run_id)
+    done = finished_record(Path(hydra.sweep.dir), run_id) if hydra.mode == RunMode.MULTIRUN else None
     if done is not None:
         log.info("Run %s already finished in %s; skipping.", run_id, done.parent)
         return RunRecord.load(done).objective

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, DataError
 from recexp.interfaces import Dataset, Split
 from recexp.scenarios.common import (
     check_ratios,
@@ -40,17 +40,18 @@ class ColdItemScenario:
         n_cold = int(round(self.cold_fraction * len(interacted)))
         cold = rng.permutation(interacted)[:n_cold]
         n_cold_valid = int(round(self.cold_valid_share * n_cold))
+        if min(n_cold_valid, n_cold - n_cold_valid) < 1:
+            raise DataError(
+                f"scenario=cold_item made {n_cold_valid} cold validation and {n_cold - n_cold_valid} cold test "
+                f"items from {len(interacted)} interacted items; both need at least one. "
+                "Raise scenario.cold_fraction, or move scenario.cold_valid_share towards 0.5."
+            )
         cold_valid, cold_test = np.sort(cold[:n_cold_valid]), np.sort(cold[n_cold_valid:])
         is_cold = inter["item"].isin(cold)
         warm_train, warm_valid, warm_test = per_user_random_split(inter[~is_cold], check_ratios(self.ratios), rng)
         valid = _concat(warm_valid, inter[inter["item"].isin(cold_valid)])
         test = _concat(warm_test, inter[inter["item"].isin(cold_test)])
         require_nonempty("cold_item", train=warm_train, valid=valid, test=test)
-        require_nonempty(
-            "cold_item",
-            **{"cold part of valid": valid[valid["item"].isin(cold_valid)],
-               "cold part of test": test[test["item"].isin(cold_test)]},
-        )
         warm = np.setdiff1d(np.arange(dataset.n_items), cold)
         head = head_items(warm_train, dataset.n_items, self.head_fraction)
         segments = {}

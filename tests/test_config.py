@@ -1,0 +1,74 @@
+"""Every config composes, and every ``_target_`` accepts the keys its config gives it (nothing is built)."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import _locate
+from omegaconf import OmegaConf
+
+from conftest import CONF
+
+GROUPS = ["dataset", "scenario", "model", "strategy", "trainer", "evaluator", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# Arguments the spine passes at build time rather than through config.
+RUNTIME_KWARGS = {"model": {"trainer"}, "logger": {"run_config", "group"}}
+
+
+def compose_with(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def check_binds(node, where: str) -> None:
+    """Recursively check that each ``_target_`` takes exactly the keys given (plus runtime kwargs)."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            target = _locate(node["_target_"])
+            kwargs = {k: v for k, v in node.items() if not k.startswith("_")}
+            signature = inspect.signature(target)
+            try:
+                signature.bind_partial(**kwargs)
+            except TypeError as err:
+                pytest.fail(f"{where}: {node['_target_']} does not accept {sorted(kwargs)}: {err}")
+        for key, value in node.items():
+            check_binds(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_binds(value, f"{where}[{i}]")
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS)
+def test_option_composes_and_binds(group, option):
+    cfg = compose_with(f"{group}={option}")
+    node = OmegaConf.to_container(cfg[group], resolve=False)
+    check_binds(node, f"{group}={option}")
+    if group in RUNTIME_KWARGS and "_target_" in node:
+        params = inspect.signature(_locate(node["_target_"])).parameters
+        assert RUNTIME_KWARGS[group] & set(params), f"{group}={option} cannot take {RUNTIME_KWARGS[group]}"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes(experiment):
+    cfg = compose_with(f"experiment={experiment}")
+    check_binds(OmegaConf.to_container(cfg, resolve=False), f"experiment={experiment}")
+
+
+def test_every_yaml_starts_with_a_command_comment():
+    for path in CONF.rglob("*.yaml"):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        comments = [line for line in lines[:2] if line.startswith("#")]
+        assert any("recexp" in line for line in comments), f"{path.relative_to(CONF)} lacks a command comment"
+
+
+def test_conf_groups_mirror_packages():
+    root = Path(__file__).resolve().parent.parent / "recexp"
+    for group in ("scenario", "model"):
+        assert (root / f"{group}s").is_dir()

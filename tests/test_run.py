@@ -1,0 +1,142 @@
+"""End to end through ``python -m recexp``: the run record, per-user files, W&B offline files, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from wandb_records import history_and_summary
+
+RECORD_KEYS = {"run_id", "status", "error", "metrics", "segments", "cost", "split", "config", "versions", "git_sha"}
+COST_KEYS = {"trainable_params", "total_params", "train_seconds", "eval_seconds", "peak_memory_mb", "device"}
+
+
+def recexp(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECEXP_CACHE_DIR": str(cwd / "cache"), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "recexp", "progress=false", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    done = recexp("model=random", "scenario=cold_item", "logger=wandb", f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    return tmp / "run"
+
+
+def test_record_has_every_key(cold_run):
+    record = json.loads((cold_run / "results.json").read_text())
+    assert RECORD_KEYS <= set(record) and record["status"] == "ok" and record["error"] is None
+    assert set(record["metrics"]) == {"valid", "test"} and "ndcg@10" in record["metrics"]["test"]
+    assert set(record["segments"]) == {"all", "head", "tail", "cold", "warm"}
+    assert COST_KEYS <= set(record["cost"]) and record["cost"]["device"] == "cpu"
+    assert len(record["split"]["hash"]) == 64 and record["split"]["counts"]["users"] == 943
+    assert record["config"]["model"]["_target_"].endswith("RandomRecommender")
+    assert record["versions"]["recbole"] == "1.2.1"
+    assert record["objective"] == record["metrics"]["valid"]["ndcg@10"]
+
+
+def test_metrics_recompute_from_saved_files(cold_run):
+    """Independent recomputation: the saved top-K lists + the split artifact give the reported NDCG."""
+    record = json.loads((cold_run / "results.json").read_text())
+    artifact = Path(record["split"]["path"])
+    if not artifact.is_absolute():
+        artifact = ROOT / artifact
+    meta = json.loads((artifact / "split.json").read_text())
+    test = pd.read_csv(artifact / "test.inter", sep="\t", dtype=str)
+    rankings = np.load(cold_run / "rankings_test.npz", allow_pickle=True)
+    per_user = pd.read_csv(cold_run / "per_user_test.csv.gz", dtype={"user": str})
+    user_tokens = pd.read_csv(artifact / "train.inter", sep="\t", dtype=str)  # noqa: F841 (format check)
+    for segment in ("cold", "all"):
+        allowed = set(meta["segments"]["test"][segment])
+        users, topk = rankings[f"{segment}/users"], rankings[f"{segment}/topk"]
+        item_tokens = _item_tokens()
+        ndcgs = []
+        positives = test[test["item_id:token"].isin(allowed)].groupby("user_id:token")["item_id:token"].apply(set)
+        user_tokens_all = _user_tokens()
+        for user, row in zip(users, topk):
+            pos = positives[user_tokens_all[user]]
+            gains = [1 / np.log2(i + 2) for i, item in enumerate(row[:10]) if item >= 0 and item_tokens[item] in pos]
+            ideal = sum(1 / np.log2(i + 2) for i in range(min(len(pos), 10)))
+            ndcgs.append(sum(gains) / ideal)
+        assert np.mean(ndcgs) == pytest.approx(record["segments"][segment]["ndcg@10"], abs=1e-9)
+        saved = per_user[per_user["segment"] == segment]["ndcg@10"].to_numpy()
+        np.testing.assert_allclose(np.sort(saved), np.sort(ndcgs), atol=1e-9)
+
+
+def _item_tokens():
+    from recexp.data import AtomicDataset
+
+    return AtomicDataset(name="ml-100k").load().item_tokens
+
+
+def _user_tokens():
+    from recexp.data import AtomicDataset
+
+    return AtomicDataset(name="ml-100k").load().user_tokens
+
+
+def test_wandb_offline_run_recorded_config_and_results(cold_run):
+    record = json.loads((cold_run / "results.json").read_text())
+    _, summary, config = history_and_summary(cold_run)
+    assert float(summary["test/cold/ndcg@10"]) == pytest.approx(record["segments"]["cold"]["ndcg@10"])
+    assert float(summary["valid/ndcg@10"]) == pytest.approx(record["metrics"]["valid"]["ndcg@10"])
+    assert "cost/train_seconds" in summary
+    assert json.loads(config["scenario"])["_target_"].endswith("ColdItemScenario")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dataset=atomic", "dataset.path=/nonexistent/data", "dataset.name=x"], "Dataset folder not found: /nonexistent/data"),
+        (["scenario.ratios=[1.0,0.0,0.0]"], "left the valid split empty"),
+        (["scenario=cold_item", "scenario.cold_fraction=1.5"], "cold_fraction"),
+        (["dataset.item_template={nosuchfield}", "model=random"], "names field 'nosuchfield'"),
+    ],
+)
+def test_bad_input_fails_cleanly(tmp_path, overrides, message):
+    done = recexp("model=random", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *overrides, cwd=tmp_path)
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "failed" and message in record["error"]
+
+
+def test_unknown_component_lists_choices(tmp_path):
+    done = recexp("model=nosuchmodel", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Could not find 'model/nosuchmodel'" in done.stderr and "random" in done.stderr
+
+
+def test_multirun_shares_a_wandb_group_and_skips_finished_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("-m", "model=random", "seed=0,1", "logger=wandb", f"hydra.sweep.dir={sweep}")
+    first = recexp(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    groups = {history_and_summary.__module__ and _group(p.parent) for p in sweep.glob("*/results.json")}
+    assert groups == {"sweep"}
+    again = recexp(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr.count("already finished") == 2
+    assert [json.loads(p.read_text())["started_at"] for p in sorted(sweep.glob("*/results.json"))] == [
+        r["started_at"] for r in records
+    ]
+
+
+def _group(run_dir: Path) -> str:
+    from wandb_records import read_records
+
+    run_file = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    runs = [r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run"]
+    return runs[0].run_group

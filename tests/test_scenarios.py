@@ -1,0 +1,173 @@
+"""Split protocols: no leakage between splits, RecBole's counts, determinism, cached artifacts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recexp.errors import ConfigError, DataError
+from recexp.interfaces import Dataset
+from recexp.scenarios import ColdItemScenario, RandomScenario, TemporalScenario, build_or_load
+from recexp.scenarios.artifact import load_split, scenario_hash
+from recexp.scenarios.common import ratio_counts
+
+
+def synthetic(n_users: int, n_items: int, density: float, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    pairs = np.argwhere(rng.random((n_users, n_items)) < density)
+    inter = pd.DataFrame(
+        {
+            "user": pairs[:, 0],
+            "item": pairs[:, 1],
+            "rating": rng.integers(1, 6, len(pairs)).astype(float),
+            "timestamp": rng.permutation(len(pairs)).astype(float),
+        }
+    )
+    return Dataset(
+        name="synthetic",
+        inter=inter,
+        user_tokens=np.array([f"u{i}" for i in range(n_users)], dtype=object),
+        item_tokens=np.array([f"i{i}" for i in range(n_items)], dtype=object),
+        content_hash=f"synthetic-{n_users}-{n_items}-{density}-{seed}",
+    )
+
+
+def rows(frame: pd.DataFrame) -> list[tuple]:
+    return sorted(map(tuple, frame[["user", "item", "timestamp"]].to_numpy().tolist()))
+
+
+def assert_partition(split, dataset):
+    """Every interaction lands in exactly one of train/valid/test."""
+    together = pd.concat([split.train, split.valid, split.test])
+    assert rows(together) == rows(dataset.inter)
+
+
+DATASETS = st.builds(
+    synthetic,
+    n_users=st.integers(15, 40),
+    n_items=st.integers(20, 60),
+    density=st.floats(0.3, 0.6),
+    seed=st.integers(0, 10_000),
+)
+SEEDS = st.integers(0, 2**31 - 1)
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(dataset=DATASETS, seed=SEEDS, valid=st.floats(0.05, 0.3), test=st.floats(0.05, 0.3))
+def test_random_split_is_a_per_user_partition(dataset, seed, valid, test):
+    ratios = [1 - valid - test, valid, test]
+    split = RandomScenario(ratios=ratios).build(dataset, seed)
+    assert_partition(split, dataset)
+    for user, group in dataset.inter.groupby("user"):
+        expected = ratio_counts(len(group), ratios)
+        got = [int((frame["user"] == user).sum()) for frame in (split.train, split.valid, split.test)]
+        assert got == expected
+
+
+@FAST
+@given(dataset=DATASETS, seed=SEEDS, cold=st.floats(0.1, 0.5), share=st.floats(0.2, 0.8))
+def test_cold_items_never_reach_training(dataset, seed, cold, share):
+    scenario = ColdItemScenario(cold_fraction=cold, cold_valid_share=share)
+    n_cold = round(cold * dataset.inter["item"].nunique())
+    if min(round(share * n_cold), n_cold - round(share * n_cold)) < 1:
+        with pytest.raises(DataError, match="both need at least one"):
+            scenario.build(dataset, seed)
+        return
+    split = scenario.build(dataset, seed)
+    assert_partition(split, dataset)
+    cold_valid, cold_test = split.segments["valid"]["cold"], split.segments["test"]["cold"]
+    assert len(np.intersect1d(cold_valid, cold_test)) == 0
+    assert not split.train["item"].isin(np.union1d(cold_valid, cold_test)).any()
+    # every interaction of a cold-test item is a test interaction, and likewise for validation
+    assert (dataset.inter["item"].isin(cold_test).sum()) == split.test["item"].isin(cold_test).sum()
+    assert (dataset.inter["item"].isin(cold_valid).sum()) == split.valid["item"].isin(cold_valid).sum()
+    # test never ranks the validation cold items, and the warm segment holds no cold item
+    assert not np.isin(cold_valid, split.candidates["test"]).any()
+    assert not np.isin(split.segments["test"]["warm"], cold_test).any()
+
+
+@FAST
+@given(dataset=DATASETS, seed=SEEDS)
+def test_temporal_split_respects_time(dataset, seed):
+    split = TemporalScenario().build(dataset, seed)
+    assert_partition(split, dataset)
+    assert split.train["timestamp"].max() <= split.valid["timestamp"].min()
+    assert split.valid["timestamp"].max() <= split.test["timestamp"].min()
+
+
+@pytest.mark.parametrize("total, counts", [(5, [3, 1, 1]), (10, [8, 1, 1]), (20, [16, 2, 2]), (2, [1, 0, 1]), (29, [25, 2, 2])])
+def test_ratio_counts_match_recbole(total, counts):
+    assert ratio_counts(total, [0.8, 0.1, 0.1]) == counts
+
+
+def test_ml100k_random_counts(random_split):
+    assert random_split.counts()["train"] == 80_808
+    assert len(random_split.valid) == len(random_split.test) == 9_596
+
+
+def test_ml100k_cold_item(cold_split, ml100k):
+    interacted = ml100k.inter["item"].nunique()
+    cold = np.union1d(cold_split.segments["valid"]["cold"], cold_split.segments["test"]["cold"])
+    assert len(cold) == round(0.2 * interacted)
+    assert not cold_split.train["item"].isin(cold).any()
+    assert set(cold_split.segments["test"]) == {"all", "head", "tail", "cold", "warm"}
+    head = cold_split.segments["test"]["head"]
+    counts = np.bincount(cold_split.train["item"], minlength=ml100k.n_items)
+    assert counts[head].min() >= counts[cold_split.segments["test"]["tail"]].max()
+
+
+def test_same_key_same_artifact_and_seed_changes_it(ml100k, tmp_path):
+    first = build_or_load(ml100k, ColdItemScenario(), 7, tmp_path)
+    again = build_or_load(ml100k, ColdItemScenario(), 7, tmp_path)
+    other = build_or_load(ml100k, ColdItemScenario(), 8, tmp_path)
+    assert first.hash == again.hash != other.hash
+    assert rows(first.test) == rows(again.test) != rows(other.test)
+    assert len(list((tmp_path / "splits").iterdir())) == 2
+    assert scenario_hash(ml100k, ColdItemScenario(cold_fraction=0.3), 7) != first.hash
+
+
+def test_artifact_is_readable_atomic_data(cold_split, ml100k):
+    """The stored files are plain atomic files with raw tokens; reloading gives the same split."""
+    folder = cold_split.path
+    meta = json.loads((folder / "split.json").read_text())
+    assert meta["hash"] == cold_split.hash
+    test = pd.read_csv(folder / "test.inter", sep="\t", dtype=str)
+    assert len(test) == len(cold_split.test)
+    assert set(test["item_id:token"]) & set(meta["segments"]["test"]["cold"])
+    reloaded = load_split(folder, ml100k)
+    for stage in ("train", "valid", "test"):
+        assert rows(reloaded.frame(stage)) == rows(cold_split.frame(stage))
+    assert (reloaded.segments["test"]["cold"] == cold_split.segments["test"]["cold"]).all()
+
+
+@pytest.mark.parametrize(
+    "scenario, message",
+    [
+        (RandomScenario(ratios=[1.0, 0.0, 0.0]), "left the valid split empty"),
+        (TemporalScenario(ratios=[0.9, 0.1, 0.0]), "left the test split empty"),
+    ],
+)
+def test_impossible_split_says_which_is_empty(scenario, message):
+    with pytest.raises(DataError, match=message):
+        scenario.build(synthetic(10, 10, 0.5, 0), 0)
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [RandomScenario(ratios=[0.5, 0.5]), RandomScenario(ratios=[0.8, 0.3, 0.1]), ColdItemScenario(cold_fraction=1.5)],
+)
+def test_bad_scenario_values(scenario):
+    with pytest.raises(ConfigError):
+        scenario.build(synthetic(10, 10, 0.5, 0), 0)
+
+
+def test_temporal_needs_timestamps():
+    data = synthetic(10, 10, 0.5, 0)
+    data.inter["timestamp"] = np.nan
+    with pytest.raises(DataError, match="needs a timestamp"):
+        TemporalScenario().build(data, 0)
