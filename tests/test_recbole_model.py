@@ -1,0 +1,209 @@
+"""RecBole models behind recexp's Recommender contract, on the real ml-100k splits."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF
+from recexp.errors import ConfigError, TrainingError
+from recexp.evaluate import Evaluator
+from recexp.interfaces import FitContext, Recommender
+from recexp.models.random_scores import RandomRecommender
+from recexp.models.recbole import RecBoleRecommender, augment_train, model_class, with_history, write_benchmark
+from recexp.train import TrainerConfig
+
+SHORT = TrainerConfig(max_epochs=2)
+ONE_EPOCH = TrainerConfig(max_epochs=1, batch_size=8192)  # few, large batches: quick on a busy CPU
+EVAL = Evaluator(ks=[10], metrics=["ndcg", "recall"])
+# small sequential settings so one epoch on ml-100k takes seconds on a CPU
+TINY_SEQ = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "embedding_size": 16, "inner_size": 32, "n_layers": 1}
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.rows: list[tuple[int | None, dict]] = []
+
+    def log(self, metrics, step=None):
+        self.rows.append((step, dict(metrics)))
+
+    def summary(self, metrics):
+        pass
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def fit(model: Recommender, split, run_dir: Path) -> RecordingLogger:
+    logger = RecordingLogger()
+    model.fit(split, FitContext(logger, torch.device("cpu"), run_dir, seed=2020, progress=False))
+    return logger
+
+
+def ndcg(model: Recommender, split, stage: str = "test") -> dict[str, float]:
+    return {seg: m["ndcg@10"] for seg, m in EVAL.evaluate(model, split, stage).metrics.items()}
+
+
+@pytest.mark.parametrize("name", ["Pop", "ItemKNN", "BPR"])
+@pytest.mark.parametrize("scenario", ["random", "cold_item"])
+def test_general_model_fits_and_scores(name, scenario, request, tmp_path):
+    split = request.getfixturevalue({"random": "random_split", "cold_item": "cold_split"}[scenario])
+    model = RecBoleRecommender(name, trainer=SHORT)
+    assert isinstance(model, Recommender)
+    logger = fit(model, split, tmp_path)
+    scores = model.score(torch.tensor([0, 5, 7]), "test")
+    assert scores.shape == (3, split.n_items) and torch.isfinite(scores).all()
+    metrics = ndcg(model, split)
+    assert set(metrics) == set(split.segments["test"]) and all(math.isfinite(v) for v in metrics.values())
+    assert metrics["all"] > 0
+    assert [step for step, _ in logger.rows] == ([0, 1] if name == "BPR" else [0])  # Pop, ItemKNN: one pass
+    assert all(set(row) == {"train/loss", "valid/ndcg@10"} for _, row in logger.rows)
+    trainable, total = model.parameter_counts()
+    assert 0 < trainable <= total
+
+
+def test_pop_beats_random_scores(random_split, tmp_path):
+    pop, random = RecBoleRecommender("Pop"), RandomRecommender()
+    fit(pop, random_split, tmp_path / "pop")
+    fit(random, random_split, tmp_path / "random")
+    assert ndcg(pop, random_split)["all"] > 3 * ndcg(random, random_split)["all"]
+
+
+def test_scores_follow_recexp_item_ids(cold_split, tmp_path):
+    """Pop scores exactly the items without training interactions (here: the cold items) with 0."""
+    model = RecBoleRecommender("Pop")
+    fit(model, cold_split, tmp_path)
+    scores = model.score(torch.tensor([3]), "test")[0].numpy()
+    trained = np.bincount(cold_split.train["item"], minlength=cold_split.n_items) > 0
+    np.testing.assert_array_equal(scores > 0, trained)
+    assert not trained[cold_split.segments["test"]["cold"]].any()
+
+
+@pytest.mark.parametrize("name", ["GRU4Rec", "SASRec"])
+def test_sequential_model_scores_from_history(name, random_split, tmp_path):
+    model = RecBoleRecommender(name, params=TINY_SEQ, trainer=ONE_EPOCH)
+    logger = fit(model, random_split, tmp_path)
+    assert len(logger.rows) == 1
+    users = torch.tensor([0, 1, 2])
+    valid, test = model.score(users, "valid"), model.score(users, "test")
+    assert valid.shape == (3, random_split.n_items) and torch.isfinite(valid).all()
+    assert not torch.allclose(valid, test)  # the test history adds the valid interactions
+    assert math.isfinite(ndcg(model, random_split)["all"])
+
+
+def test_model_without_full_sort_predict_scores_pointwise(random_split, tmp_path):
+    model = RecBoleRecommender("NeuMF", trainer=ONE_EPOCH)
+    fit(model, random_split, tmp_path)
+    users, items = torch.tensor([4, 9]), torch.tensor([0, 17, 1500])
+    scores = model.score(users, "test")
+    assert scores.shape == (2, random_split.n_items) and torch.isfinite(scores).all()
+    net = model._model
+    with pytest.raises(NotImplementedError):
+        net.full_sort_predict(None)
+    from recbole.data.interaction import Interaction
+
+    pairs = {net.USER_ID: model._user_ids[users].repeat_interleave(3), net.ITEM_ID: model._item_ids[items].repeat(2)}
+    with torch.no_grad():
+        expected = net.predict(Interaction(pairs)).view(2, 3)
+    torch.testing.assert_close(scores[:, items], expected)
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(ConfigError) as err:
+        RecBoleRecommender("NoSuchModel")
+    assert "BPR" in str(err.value) and "SASRec" in str(err.value) and "LightGCN" in str(err.value)
+    assert model_class("bpr").__name__ == "BPR"
+
+
+def test_unsupported_valid_metric_is_a_config_error(random_split, tmp_path):
+    model = RecBoleRecommender("Pop", trainer=TrainerConfig(valid_metric="gini@10"))
+    with pytest.raises(ConfigError, match="valid_metric"):
+        fit(model, random_split, tmp_path)
+
+
+def test_diverging_loss_is_a_training_error(random_split, tmp_path):
+    model = RecBoleRecommender("BPR", params={"learning_rate": 1e30}, trainer=TrainerConfig(max_epochs=3))
+    with pytest.raises(TrainingError, match="diverged"):
+        fit(model, random_split, tmp_path)
+
+
+def test_recbole_writes_only_under_the_run_dir(random_split, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    fit(RecBoleRecommender("Pop"), random_split, tmp_path / "run")
+    assert list(cwd.iterdir()) == []
+    written = {p.name for p in (tmp_path / "run" / "recbole").iterdir()}
+    assert {"recexp", "checkpoints", "recbole.log"} <= written
+
+
+def test_benchmark_files_list_every_item_and_user(cold_split, tmp_path):
+    write_benchmark(cold_split, tmp_path)
+    items = pd.read_csv(tmp_path / "recexp.item", sep="\t")["item_id:token"]
+    assert items.tolist() == list(range(cold_split.n_items))
+    train = pd.read_csv(tmp_path / "recexp.train.inter", sep="\t")
+    assert len(train) == len(cold_split.train)
+    cold = set(cold_split.segments["test"]["cold"])
+    assert cold and not cold & set(train["item_id:token"])  # cold items get ids only through recexp.item
+
+
+def test_sequential_rows_are_prefixes_and_histories():
+    train = pd.DataFrame({"user": [0, 0, 0, 1, 1], "item": [5, 3, 4, 7, 8], "timestamp": [3, 1, 2, 1, 2]})
+    rows = augment_train(train, max_len=2)
+    assert rows["item"].tolist() == [4, 5, 8]
+    assert [list(x) for x in rows["item_list"]] == [[3], [3, 4], [7]]
+    test = pd.DataFrame({"user": [0, 2], "item": [9, 9], "timestamp": [4, 4]})
+    rows = with_history(test, train, max_len=2)
+    assert rows["user"].tolist() == [0]  # user 2 has no history to predict from
+    assert rows["item_list"].tolist() == [[4, 5]]
+
+
+RECBOLE_CONFIGS = [p.stem for p in sorted((CONF / "model").glob("*.yaml")) if "RecBoleRecommender" in p.read_text()]
+
+
+@pytest.mark.parametrize("option", RECBOLE_CONFIGS)
+def test_model_config_builds(option):
+    cfg = OmegaConf.load(CONF / "model" / f"{option}.yaml")
+    if OmegaConf.is_missing(cfg, "name"):
+        cfg.name = "MultiVAE"
+    model = instantiate(cfg, trainer=TrainerConfig(max_epochs=1))
+    assert isinstance(model, RecBoleRecommender) and isinstance(model.params, dict)
+    assert isinstance(model.trainer, TrainerConfig) and model.trainer.max_epochs == 1
+
+
+@pytest.mark.slow
+def test_bpr_with_recbole_defaults_matches_published_ml100k(random_split, tmp_path):
+    model = RecBoleRecommender("BPR", trainer=TrainerConfig())
+    fit(model, random_split, tmp_path)
+    assert 0.277 <= ndcg(model, random_split)["all"] <= 0.292
+
+
+@pytest.mark.slow
+def test_lightgcn_completes(random_split, tmp_path):
+    model = RecBoleRecommender("LightGCN", trainer=TrainerConfig(max_epochs=30))
+    fit(model, random_split, tmp_path)
+    assert ndcg(model, random_split)["all"] > ndcg_of_pop(random_split, tmp_path)
+
+
+def ndcg_of_pop(split, tmp_path: Path) -> float:
+    pop = RecBoleRecommender("Pop")
+    fit(pop, split, tmp_path / "pop")
+    return ndcg(pop, split)["all"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name, params", [("BPR", {}), ("SASRec", TINY_SEQ), ("NeuMF", {})])
+def test_fits_and_scores_on_cuda(name, params, random_split, tmp_path):
+    model = RecBoleRecommender(name, params=params, trainer=ONE_EPOCH)
+    model.fit(random_split, FitContext(RecordingLogger(), torch.device("cuda"), tmp_path, seed=2020, progress=False))
+    scores = model.score(torch.arange(4, device="cuda"), "test")
+    assert scores.device.type == "cuda" and scores.shape == (4, random_split.n_items)
+    metrics = EVAL.evaluate(model, random_split, "test", "cuda").metrics
+    assert math.isfinite(metrics["all"]["ndcg@10"])
