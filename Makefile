@@ -36,3 +36,24 @@ bench: install ## time the pipeline and model fits; writes outputs/bench/bench.j
 
 clean: ## remove outputs/ and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache
+
+# --- sweeps and comparisons (make sweep; make compare DIR=...; make paper PRESET=cpu|full)
+SWEEP_DIR ?= outputs/sweeps/default
+SWEEP_ARGS ?= model=pop,bpr scenario=cold_item seed=0,1 trainer.max_epochs=10
+DIR ?= $(SWEEP_DIR)
+COMPARE_ARGS ?=
+PRESET ?= cpu
+PAPER_DIR ?= outputs/paper/$(PRESET)
+PAPER_COMPARE_ARGS ?= --segments all,warm,cold --reference bpr
+.PHONY: sweep compare paper
+
+sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
+	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
+	@echo "next: make compare DIR=$(SWEEP_DIR)"
+
+compare: install ## tables and plots of the runs under DIR (default SWEEP_DIR) into OUT (default DIR/compare)
+	$(PY) -m recexp.compare $(DIR) --out $(or $(OUT),$(DIR)/compare) $(COMPARE_ARGS)
+
+paper: install ## paper comparison end to end (PRESET=cpu: < 30 min on 2 cores; PRESET=full: GPU) into PAPER_DIR
+	$(PY) -m recexp -m experiment=paper_$(PRESET) hydra.sweep.dir=$(PAPER_DIR)/paper_$(PRESET)
+	$(PY) -m recexp.compare $(PAPER_DIR)/paper_$(PRESET) --out $(PAPER_DIR) $(PAPER_COMPARE_ARGS) $(COMPARE_ARGS)

@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from recexp.errors import ConfigError, RecexpError
 
-# Keys that say where output goes or how it is shown; they do not change a run's result.
-NON_RESULT_KEYS = ("logger", "cache_dir", "progress")
+# Keys that say where output goes or how it is shown (at any depth); they do not change a run's result.
+NON_RESULT_KEYS = frozenset({"logger", "cache_dir", "progress"})
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -28,8 +28,13 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def config_id(cfg: DictConfig) -> str:
     """sha256 (first 16 hex digits) of the resolved config without output/display keys."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_RESULT_KEYS:
-        container.pop(key, None)
-    blob = json.dumps(container, sort_keys=True, default=str)
+    blob = json.dumps(_without_display_keys(OmegaConf.to_container(cfg, resolve=True)), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _without_display_keys(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_display_keys(v) for k, v in node.items() if k not in NON_RESULT_KEYS}
+    if isinstance(node, list):
+        return [_without_display_keys(v) for v in node]
+    return node

@@ -3,7 +3,7 @@
 Keys: ``run_id``, ``status`` (running / ok / failed), ``error``, ``metrics`` ({"valid": {...}, "test": {...}},
 the ``all`` segment), ``segments`` (test metrics per segment), ``valid_segments``, ``cost``, ``split``,
 ``config``, ``objective``, ``versions``, ``git_sha``, ``started_at``, ``finished_at``.
-Per-user test metrics go to ``per_user_test.csv.gz`` and top-K lists to ``rankings_test.npz``.
+Per-user test metrics go to ``per_user_test.csv.gz`` and top-K lists (internal ids) to ``rankings_test.npz``.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def _finite(value: Any) -> Any:
 
 
 def save_evaluation(run_dir: Path, test: Evaluation) -> None:
-    """Per-user test metrics (CSV) and each segment's ranked top-K item ids (npz, raw tokens)."""
+    """Per-user test metrics (CSV, raw user tokens) and each segment's top-K lists (npz, internal ids; -1 = empty)."""
     test.per_user.to_csv(run_dir / PER_USER, index=False)
     arrays = {}
     for segment, topk in test.topk.items():

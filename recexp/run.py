@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> float:
     record = RunRecord.start(run_dir, run_id, OmegaConf.to_container(cfg, resolve=True), cfg.objective)
     logger = NullLogger()
     try:
-        logger = build(cfg.logger, run_config=record.data["config"], **_default_group(cfg, hydra))
+        logger = build(cfg.logger, run_config=record.data["config"], _recursive_=False, _convert_="all", **_default_group(cfg, hydra))
         seed_everything(cfg.seed)
         device = pick_device(cfg.device)
         dataset = build(cfg.dataset).load()

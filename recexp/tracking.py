@@ -70,8 +70,8 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class NullLogger:
     """``logger=none``: records nothing."""
 
-    def __init__(self, run_config: Mapping[str, Any] | None = None):
-        del run_config  # accepted so every logger is built the same way
+    def __init__(self, **settings: Any):
+        del settings  # run_config, group, tags ...: accepted so presets may set them whatever the logger
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass

@@ -1,0 +1,408 @@
+"""recexp.compare: numbers recomputed from per-user files, ranking marks, LaTeX, Holm, plots, errors.
+
+Synthetic run folders (written here) give exact control over values; one real ``model=random``
+sweep checks the tool on what ``python -m recexp`` actually writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+from scipy import stats
+
+from recexp.compare import Options, compare
+from recexp.compare.aggregate import ranks
+from recexp.compare.buckets import item_buckets, recall_by_bucket
+from recexp.compare.cli import main as cli_main
+from recexp.compare.plots import pareto_front
+from recexp.compare.stats import holm, wilcoxon
+from recexp.errors import RecexpError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+USERS = [str(u) for u in range(1, 41)]
+
+
+# --- synthetic run folders ---------------------------------------------------------------------
+
+
+def write_run(
+    folder: Path,
+    model: str,
+    seed: int,
+    shift: float = 0.0,
+    gini: float = 0.3,
+    strategy: str | None = None,
+    split_hash: str | None = None,
+    status: str = "ok",
+    extra_config: dict | None = None,
+    params: int = 0,
+    noise_sd: float = 0.0,
+) -> Path:
+    """A run folder as ``python -m recexp`` leaves it: results.json, per-user CSV, .hydra choices."""
+    folder.mkdir(parents=True)
+    base = np.random.default_rng(seed)  # the same users' base values for every model of a seed
+    noise = np.random.default_rng([seed, len(model)]).normal(0, noise_sd, (2, len(USERS)))
+    per_user = pd.DataFrame({
+        "segment": "all", "user": USERS, "n_pos": 5,
+        "ndcg@10": np.clip(base.uniform(0.1, 0.5, len(USERS)) + shift + noise[0], 0, 1),
+        "recall@10": np.clip(base.uniform(0.05, 0.4, len(USERS)) + shift + noise[1], 0, 1),
+    })
+    per_user.to_csv(folder / "per_user_test.csv.gz", index=False)
+    means = {c: float(per_user[c].mean()) for c in ("ndcg@10", "recall@10")}
+    segments = {"all": {**means, "gini@10": gini + 0.01 * seed, "n_users": float(len(USERS))}}
+    model_node = {"_target_": f"fake.{model}"}
+    if strategy:
+        model_node["strategy"] = {"_target_": f"fake.{strategy}"}
+    config = {
+        "model": model_node, "strategy": {"_target_": f"fake.{strategy or 'frozen'}"}, "seed": seed,
+        "dataset": {"name": "ml-100k"}, "scenario": {"_target_": "fake.Random"}, **(extra_config or {}),
+    }
+    record = {
+        "run_id": f"{model}-{strategy}-{seed}-{json.dumps(extra_config)}", "status": status,
+        "error": "ValueError: boom" if status == "failed" else None, "config": config,
+        "segments": segments if status == "ok" else {}, "metrics": {"test": segments["all"]} if status == "ok" else {},
+        "cost": {"trainable_params": params, "train_seconds": 1.0 + seed, "peak_memory_mb": 100.0},
+        "split": {"hash": split_hash or f"split-{seed}", "path": "nowhere"},
+        "started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:01:00",
+    }
+    (folder / "results.json").write_text(json.dumps(record))
+    (folder / ".hydra").mkdir()
+    choices = {"model": model, "strategy": strategy or "frozen", "hydra/launcher": "basic"}
+    (folder / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"choices": choices}}}))
+    return folder
+
+
+@pytest.fixture
+def three_models(tmp_path) -> Path:
+    """pop (reference), bpr (pop + 0.05 for every user), text_tower/lora (pop + 0.01 + noise)."""
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        write_run(root / f"pop-{seed}", "pop", seed, shift=0.0, gini=0.5)
+        write_run(root / f"bpr-{seed}", "bpr", seed, shift=0.05, gini=0.2, params=10_000)
+        write_run(root / f"tt-{seed}", "text_tower", seed, 0.01, 0.3, "lora", params=50_000, noise_sd=0.05)
+    return root
+
+
+def run_compare(dirs, out: Path, **options) -> "object":
+    return compare([Path(d) for d in dirs], out, Options(wandb=False, **options))
+
+
+# --- aggregation and marks ---------------------------------------------------------------------
+
+
+def test_rows_aggregate_seeds_and_key_text_models_by_strategy(three_models, tmp_path):
+    result = run_compare([three_models], tmp_path / "out", metrics=["ndcg@10", "gini@10"], reference="pop")
+    assert list(result.summary["row"]) == ["bpr", "pop", "text_tower/lora"]
+    assert list(result.summary["n_seeds"]) == [3, 3, 3]
+    for row in result.rows:
+        values = [row.runs[s].metric("all", "ndcg@10") for s in row.seeds]
+        line = result.summary.set_index("row").loc[row.label]
+        assert line["all/ndcg@10"] == pytest.approx(np.mean(values))
+        assert line["all/ndcg@10 std"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_bold_and_underline_respect_metric_direction(three_models, tmp_path):
+    result = run_compare([three_models], tmp_path / "out", metrics=["ndcg@10", "gini@10"], reference="pop")
+    lines = {line.split(" | ")[0].strip("| ").replace(" [ref]", ""): line.split(" | ")
+             for line in result.files["markdown"].read_text().splitlines() if line.startswith("| ")}
+    gini = 3  # columns: row, seeds, ndcg@10, gini@10
+    assert lines["bpr"][gini].startswith("**0.2100")  # smallest gini is best
+    assert lines["text_tower/lora"][gini].startswith("<u>0.3100")
+    assert "**" not in lines["pop"][gini] and "<u>" not in lines["pop"][gini]
+    assert lines["bpr"][2].startswith("**")  # largest ndcg is best
+    tex = result.files["latex"].read_text()
+    assert re.search(r"bpr & 3 & \\textbf\{[^}]*\}[^&]* & \\textbf\{0\.2100", tex)
+
+
+@pytest.mark.parametrize(
+    "values, smaller, expected",
+    [
+        ([0.1, 0.3, 0.2], False, [None, 1, 2]),
+        ([0.1, 0.3, 0.2], True, [1, None, 2]),
+        ([0.3, 0.3, 0.2], False, [1, 1, 2]),  # ties share a rank
+        ([math.nan, 0.3, 0.2], False, [None, 1, 2]),
+        ([0.5], True, [1]),
+    ],
+)
+def test_ranks(values, smaller, expected):
+    assert ranks(values, smaller) == expected
+
+
+def test_latex_is_balanced_booktabs(three_models, tmp_path):
+    result = run_compare([three_models], tmp_path / "out", reference="pop", metrics=["ndcg@10", "recall@10", "gini@10"])
+    tex = result.files["latex"].read_text()
+    assert tex.count("{") - tex.count(r"\{") == tex.count("}") - tex.count(r"\}")
+    assert tex.count(r"\begin{") == tex.count(r"\end{") == 2
+    rules = [r for r in re.findall(r"\\(toprule|midrule|bottomrule)", tex)]
+    assert rules == ["toprule", "midrule", "bottomrule"]
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    header = tex.split(r"\midrule")[0].strip().splitlines()[-1]
+    assert len(body) == 3 and all(line.endswith(r"\\") for line in body)
+    assert {line.count("&") for line in body} == {header.count("&")} == {2 + 3 + 3 - 1}
+    assert "_" not in tex.replace(r"\_", "") and "±" not in tex and "<" not in tex.replace("$<$", "")
+    if shutil.which("pdflatex"):
+        doc = tmp_path / "doc.tex"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[utf8]{inputenc}"
+                       "\\begin{document}\\input{" + str(result.files["latex"]) + "}\\end{document}")
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True)
+        assert done.returncode == 0, done.stdout[-2000:]
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pvalues, expected",
+    [
+        ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),  # 3*0.01; 2*0.03; max(0.06, 1*0.04)
+        ([0.02, 0.5], [0.04, 0.5]),
+        ([0.4, 0.3, 0.2], [0.6, 0.6, 0.6]),  # monotone: later steps never undercut earlier ones
+        ([0.9, 0.6], [1.0, 1.0]),  # clipped at 1
+        ([0.01, math.nan, 0.02], [0.02, math.nan, 0.02]),  # NaN stays out of the family
+        ([], []),
+    ],
+)
+def test_holm_matches_hand_computation(pvalues, expected):
+    got = holm(pvalues)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert (math.isnan(g) and math.isnan(e)) or g == pytest.approx(e)
+
+
+def test_rank_biserial_by_hand():
+    a, b = np.array([3.0, 2.0, 5.0, 1.0]), np.array([1.0, 2.0, 2.0, 2.0])
+    # differences 2, 0, 3, -1 -> zero dropped; ranks of |d| = 2, 3, 1 -> W+ = 5, W- = 1
+    _, p, effect, name = wilcoxon(a, b)
+    assert name == "rank_biserial" and effect == pytest.approx((5 - 1) / 6)
+    assert p == pytest.approx(stats.wilcoxon(a, b).pvalue)
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred")  # scipy on bpr's constant differences
+@pytest.mark.parametrize("test", ["wilcoxon", "ttest"])
+def test_significance_pools_users_over_seeds_with_holm(three_models, tmp_path, test):
+    result = run_compare([three_models], tmp_path / "out", reference="pop", test=test, metrics=["ndcg@10", "gini@10"])
+    sig = result.significance
+    ndcg = sig[sig.metric == "ndcg@10"].set_index("row")
+    assert set(ndcg.index) == {"bpr", "text_tower/lora"}
+    pooled = {}
+    for label in ("bpr", "text_tower/lora", "pop"):
+        row = next(r for r in result.rows if r.label == label)
+        pooled[label] = np.concatenate([
+            pd.read_csv(row.runs[s].path / "per_user_test.csv.gz")["ndcg@10"].to_numpy() for s in (0, 1, 2)
+        ])
+    scipy_test = stats.wilcoxon if test == "wilcoxon" else stats.ttest_rel
+    raw = {k: scipy_test(pooled[k], pooled["pop"]).pvalue for k in ("bpr", "text_tower/lora")}
+    for label, p in raw.items():
+        assert ndcg.loc[label, "n_pairs"] == 3 * len(USERS) and ndcg.loc[label, "n_seeds"] == 3
+        assert ndcg.loc[label, "p_value"] == pytest.approx(p)
+    expected = holm(list(raw.values()))
+    assert list(ndcg.loc[list(raw), "p_holm"]) == pytest.approx(expected)
+    assert bool(ndcg.loc["bpr", "significant"]) and ndcg.loc["bpr", "mean_diff"] == pytest.approx(0.05, abs=1e-9)
+    assert sig[sig.metric == "gini@10"]["p_value"].isna().all()  # list-level: nothing to pair
+    assert "†" in result.files["markdown"].read_text()
+    saved = pd.read_csv(result.files["significance"])
+    assert {"p_value", "p_holm", "effect_size", "effect_measure"} <= set(saved.columns)
+
+
+# --- buckets and plots ---------------------------------------------------------------------------
+
+
+def test_recall_by_popularity_bucket_by_hand():
+    train = pd.DataFrame({"user": list("aaabbc"), "item": ["i1", "i1", "i1", "i2", "i2", "i3"]})
+    buckets = item_buckets(train, np.array(["i1", "i3", "i9"]), n_buckets=3)
+    assert buckets.to_dict() == {"i1": "B1 head", "i2": "B2", "i3": "B3 tail", "i9": "cold"}
+    topk = pd.DataFrame({"user": ["u", "u", "v", "v"], "item": ["i1", "i9", "i3", "i2"], "rank": [0, 1, 0, 1]})
+    test = pd.DataFrame({"user": ["u", "u", "v", "v"], "item": ["i1", "i3", "i3", "i9"]})
+    # k=1: u hits i1 (head 1/1), misses i3 (tail 0/1); v hits i3 (tail 1/1), misses i9 (cold 0/1)
+    assert recall_by_bucket(topk, test, buckets, k=1) == {"B1 head": 1.0, "B3 tail": 0.5, "cold": 0.0}
+    assert recall_by_bucket(topk, test, buckets, k=2)["cold"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "cost, quality, smaller, expected",
+    [
+        ([0, 10, 100], [0.1, 0.2, 0.3], False, [True, True, True]),
+        ([0, 10, 100], [0.3, 0.2, 0.1], False, [True, False, False]),
+        ([0, 10, 100], [0.3, 0.2, 0.1], True, [True, True, True]),  # smaller is better: each buys a gain
+        ([5, 5, 1], [0.2, 0.2, 0.1], False, [True, True, True]),
+        ([1, math.nan], [0.1, 0.9], False, [True, False]),
+    ],
+)
+def test_pareto_front(cost, quality, smaller, expected):
+    assert pareto_front(cost, quality, smaller) == expected
+
+
+# --- failed runs and bad input -------------------------------------------------------------------
+
+
+def test_failed_runs_are_listed_never_dropped(three_models, tmp_path, capsys):
+    write_run(three_models / "broken", "bpr", 3, status="failed")
+    write_run(three_models / "killed", "pop", 4, status="running")
+    out = tmp_path / "out"
+    assert cli_main([str(three_models), "--out", str(out), "--no-wandb", "--reference", "pop"]) == 0
+    failed = pd.read_csv(out / "failed.csv")
+    assert sorted(failed["status"]) == ["failed", "running"]
+    assert set(failed["path"].map(lambda p: Path(p).name)) == {"broken", "killed"}
+    assert failed.loc[failed.status == "failed", "error"].item() == "ValueError: boom"
+    markdown = (out / "table.md").read_text()
+    assert "## Failed or unfinished runs" in markdown and "broken" in markdown and "killed" in markdown
+    captured = capsys.readouterr()
+    assert "2 failed or unfinished" in captured.err
+
+
+def _error(dirs, out, **options) -> str:
+    with pytest.raises(RecexpError) as info:
+        run_compare(dirs, out, **options)
+    return str(info.value)
+
+
+def test_error_for_a_folder_without_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "No results.json found under" in _error([tmp_path / "empty"], tmp_path / "out")
+    assert "not found" in _error([tmp_path / "missing"], tmp_path / "out")
+
+
+def test_error_when_every_run_failed(tmp_path):
+    write_run(tmp_path / "runs" / "a", "bpr", 0, status="failed")
+    message = _error([tmp_path / "runs"], tmp_path / "out")
+    assert "No finished run" in message and "ValueError: boom" in message
+    assert len(pd.read_csv(tmp_path / "out" / "failed.csv")) == 1
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"metrics": ["ndgc@10"]}, "Unknown metric(s) ndgc@10; these runs have: gini@10, ndcg@10, recall@10"),
+        ({"segments": ["cold"]}, "Unknown segment(s) cold; these runs have: all"),
+        ({"reference": "lightgcn"}, "matches no row; rows: bpr, pop, text_tower/lora"),
+        ({"row_key": ["model", "seed"]}, "cannot contain seed"),
+        ({"row_key": ["model", "nosuch.key"]}, "Unknown row key(s) nosuch.key"),
+        ({"test": "anova"}, "Unknown test 'anova'"),
+        ({"metrics": ["ndcg@10"], "plot_metric": "recall@10"}, "is not among the table's metrics"),
+    ],
+)
+def test_bad_options_name_what_is_available(three_models, tmp_path, options, expected):
+    assert expected in _error([three_models], tmp_path / "out", **options)
+
+
+def test_error_for_a_run_missing_a_metric(three_models, tmp_path):
+    path = three_models / "bpr-1" / "results.json"
+    record = json.loads(path.read_text())
+    del record["segments"]["all"]["recall@10"]
+    path.write_text(json.dumps(record))
+    message = _error([three_models], tmp_path / "out", metrics=["ndcg@10", "recall@10"])
+    assert "bpr-1/results.json lacks recall@10 in segment 'all'" in message and "ndcg@10" in message
+
+
+def test_refuses_to_mix_splits_in_one_row(three_models, tmp_path):
+    other = tmp_path / "older"
+    write_run(other / "bpr-0", "bpr", 0, shift=0.05, split_hash="another-split")
+    message = _error([three_models, other], tmp_path / "out")
+    assert "used different splits" in message and "another-spli" in message and "cannot share a row" in message
+
+
+def test_row_key_adds_swept_axes_and_refuses_ambiguous_rows(tmp_path):
+    root = tmp_path / "runs"
+    for lr in (0.01, 0.1):
+        for seed in (0, 1):
+            write_run(root / f"bpr-{lr}-{seed}", "bpr", seed, shift=lr, extra_config={"trainer": {"lr": lr}})
+    result = run_compare([root], tmp_path / "out")
+    assert list(result.summary["row"]) == ["bpr (trainer.lr=0.01)", "bpr (trainer.lr=0.1)"]
+    assert "differ in trainer.lr (0.01 vs 0.1)" in _error([root], tmp_path / "out2", row_key=["model"])
+
+
+def test_duplicate_runs_of_a_seed_are_noted(three_models, tmp_path):
+    shutil.copytree(three_models / "pop-0", tmp_path / "again" / "pop-0")
+    result = run_compare([three_models, tmp_path / "again"], tmp_path / "out", reference="pop")
+    assert list(result.summary["n_seeds"]) == [3, 3, 3]
+    assert any("2 finished runs of seed 0" in note for note in result.notes)
+    assert "## Notes" in result.files["markdown"].read_text()
+
+
+def test_cli_reports_errors_without_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "recexp.compare", str(tmp_path / "empty"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: No results.json") and "Traceback" not in done.stderr
+
+
+# --- a real sweep ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory) -> Path:
+    """model=random on cold_item, seeds 0 and 1, two tie seeds: 4 runs written by python -m recexp."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp / "cache"), "WANDB_MODE": "offline"}
+    done = subprocess.run(
+        [sys.executable, "-m", "recexp", "-m", "hydra/launcher=local_parallel", "model=random", "scenario=cold_item",
+         "seed=0,1", "evaluator.tie_seed=0,1", "logger=none", "progress=false", f"hydra.sweep.dir={tmp}/sweep"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "sweep"
+
+
+@pytest.fixture(scope="module")
+def real_compare(real_sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    return compare([real_sweep], out, Options(wandb=False, metrics=["ndcg@10", "recall@10", "gini@10"]))
+
+
+def test_table_numbers_recompute_from_per_user_files(real_sweep, real_compare):
+    table = pd.read_csv(real_compare.files["csv"]).set_index("row")
+    assert list(table.index) == ["random (evaluator.tie_seed=0)", "random (evaluator.tie_seed=1)"]
+    for tie_seed, label in enumerate(table.index):
+        per_seed = {}
+        for path in real_sweep.glob("*/results.json"):
+            config = json.loads(path.read_text())["config"]
+            if config["evaluator"]["tie_seed"] == tie_seed:
+                per_user = pd.read_csv(path.parent / "per_user_test.csv.gz")
+                per_seed[config["seed"]] = per_user.groupby("segment")[["ndcg@10", "recall@10"]].mean()
+        assert sorted(per_seed) == [0, 1] and table.loc[label, "n_seeds"] == 2
+        for segment in ("all", "head", "tail", "warm", "cold"):
+            for metric in ("ndcg@10", "recall@10"):
+                values = [frame.loc[segment, metric] for frame in per_seed.values()]
+                assert table.loc[label, f"{segment}/{metric}"] == pytest.approx(np.mean(values), abs=1e-12)
+                assert table.loc[label, f"{segment}/{metric} std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+
+
+def test_pngs_are_written_and_non_empty(real_compare):
+    import matplotlib.image
+
+    names = {"quality_vs_params", "quality_vs_time", "popularity_buckets"}
+    assert names <= set(real_compare.files)
+    for name in names:
+        path = real_compare.files[name]
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
+        assert matplotlib.image.imread(path).shape[0] > 200
+    assert not [n for n in real_compare.notes if "left out" in n]
+
+
+def test_paired_test_on_the_same_split(real_compare):
+    sig = real_compare.significance
+    ndcg = sig[(sig.metric == "ndcg@10") & (sig.segment == "cold")].iloc[0]
+    assert ndcg["n_seeds"] == 2 and ndcg["n_pairs"] > 100 and not math.isnan(ndcg["p_value"])
+
+
+def test_summary_run_logged_to_wandb_offline(real_sweep, tmp_path):
+    out = tmp_path / "out"
+    compare([real_sweep], out, Options(metrics=["ndcg@10"], segments=["all"]))
+    media = out / "wandb" / "latest-run" / "files" / "media"
+    tables = list((media / "table").rglob("*.table.json"))
+    assert len(tables) == 1
+    logged = json.loads(tables[0].read_text())
+    assert logged["columns"][0] == "row" and len(logged["data"]) == 2
+    assert len(list((media / "images").rglob("*.png"))) == 3
