@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 
 run: install ## the default experiment: Pop and BPR on random and cold_item splits of ml-100k
 	$(PY) -m recexp -m experiment=quickstart hydra.sweep.dir=outputs/quickstart
+	for s in random cold_item; do \
+	  $(PY) -m recexp.compare outputs/quickstart/*scenario=$$s --out outputs/quickstart/compare_$$s \
+	    --metrics ndcg@10,recall@10,aplt@10 --reference bpr --no-wandb || exit 1; done
 
 test: install ## fast test suite (CPU, well under 15 minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -98,8 +98,15 @@ class RecBoleRecommender:
     train_batch_size, learning_rate and valid_metric; ``None`` keeps RecBole's defaults.
     """
 
-    def __init__(self, name: str, params: dict[str, Any] | None = None, trainer: TrainerConfig | None = None):
+    def __init__(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        trainer: TrainerConfig | None = None,
+        cpu_threads: int | None = 1,  # torch threads while fitting on CPU (None: torch's default)
+    ):
         recbole_compat.apply()
+        self.cpu_threads = cpu_threads
         self.model_class = model_class(name)
         self.name = self.model_class.__name__
         self.params = dict(params or {})
@@ -112,7 +119,8 @@ class RecBoleRecommender:
     def fit(self, split: Split, ctx: FitContext) -> None:
         folder = Path(ctx.run_dir).resolve() / "recbole"
         folder.mkdir(parents=True, exist_ok=True)
-        with _recbole_logging(folder / "recbole.log"):
+        threads = self.cpu_threads if ctx.device.type == "cpu" else None
+        with _recbole_logging(folder / "recbole.log"), _torch_threads(threads):
             config = _Config(model=self.model_class, dataset=DATASET, config_dict=self._config_dict(split, ctx, folder))
             logging.getLogger().info(str(config))
             max_len = config["MAX_ITEM_LIST_LENGTH"] if self.sequential else 0
@@ -357,6 +365,18 @@ def _load_best(model: AbstractRecommender, checkpoint: str, device: torch.device
     state = torch.load(checkpoint, map_location=device, weights_only=False)
     model.load_state_dict(state["state_dict"])
     model.load_other_parameter(state.get("other_parameter"))
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op threads: RecBole's small ID models train ~3x faster on one CPU thread."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
