@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.errors import ConfigError, DataError
+from recexp.interfaces import Dataset, Split
 
 
 def check_ratios(ratios: list[float]) -> list[float]:
@@ -69,3 +70,20 @@ def require_nonempty(scenario: str, **frames: pd.DataFrame) -> None:
                 f"Scenario {scenario!r} left the {stage} split empty; the dataset is too small for the "
                 f"configured ratios/fractions. Raise the {stage} share or use a larger dataset."
             )
+
+
+def full_ranking_split(
+    dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame, head_fraction: float, **info
+) -> Split:
+    """A split whose valid and test stages rank every item, with all/head/tail segments."""
+    everything = np.arange(dataset.n_items)
+    segments = popularity_segments(everything, head_items(train, dataset.n_items, head_fraction))
+    return Split(
+        dataset=dataset,
+        train=train,
+        valid=valid,
+        test=test,
+        candidates={"valid": everything, "test": everything},
+        segments={"valid": segments, "test": segments},
+        info=info,
+    )

@@ -6,13 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recexp.interfaces import Dataset, Split
-from recexp.scenarios.common import (
-    check_ratios,
-    head_items,
-    per_user_random_split,
-    popularity_segments,
-    require_nonempty,
-)
+from recexp.scenarios.common import check_ratios, full_ranking_split, per_user_random_split, require_nonempty
 
 
 @dataclass(frozen=True)
@@ -24,13 +18,4 @@ class RandomScenario:
         rng = np.random.default_rng(seed)
         train, valid, test = per_user_random_split(dataset.inter, check_ratios(self.ratios), rng)
         require_nonempty("random", train=train, valid=valid, test=test)
-        everything = np.arange(dataset.n_items)
-        segments = popularity_segments(everything, head_items(train, dataset.n_items, self.head_fraction))
-        return Split(
-            dataset=dataset,
-            train=train,
-            valid=valid,
-            test=test,
-            candidates={"valid": everything, "test": everything},
-            segments={"valid": segments, "test": segments},
-        )
+        return full_ranking_split(dataset, train, valid, test, self.head_fraction)

@@ -7,7 +7,7 @@ import numpy as np
 
 from recexp.errors import DataError
 from recexp.interfaces import Dataset, Split
-from recexp.scenarios.common import check_ratios, head_items, popularity_segments, require_nonempty
+from recexp.scenarios.common import check_ratios, full_ranking_split, require_nonempty
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,7 @@ class TemporalScenario:
         valid = ordered.iloc[cut_train:cut_valid].reset_index(drop=True)
         test = ordered.iloc[cut_valid:].reset_index(drop=True)
         require_nonempty("temporal", train=train, valid=valid, test=test)
-        everything = np.arange(dataset.n_items)
-        segments = popularity_segments(everything, head_items(train, dataset.n_items, self.head_fraction))
-        return Split(
-            dataset=dataset,
-            train=train,
-            valid=valid,
-            test=test,
-            candidates={"valid": everything, "test": everything},
-            segments={"valid": segments, "test": segments},
-            info={"valid_from": float(valid["timestamp"].min()), "test_from": float(test["timestamp"].min())},
+        return full_ranking_split(
+            dataset, train, valid, test, self.head_fraction,
+            valid_from=float(valid["timestamp"].min()), test_from=float(test["timestamp"].min()),
         )
