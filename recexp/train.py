@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -87,40 +87,44 @@ def fit(
     config: TrainerConfig,
     make_batches: Callable[[int], list[Batch]],
     loss_fn: Callable[[Batch], torch.Tensor],
+    cpu_threads: int | None = None,
 ) -> FitStats:
     """Train ``model``'s trainable weights; keep the weights of the best validation epoch.
 
     ``make_batches(epoch)`` lists that epoch's micro-batches; ``loss_fn(batch)`` returns a scalar.
     ``model`` must also be a :class:`~recexp.interfaces.Recommender`: it is ranked on the valid split
     after every epoch, and training stops after ``config.patience`` epochs without improvement.
+    ``cpu_threads`` caps torch's intra-op threads on CPU while fitting (None: torch's setting).
     """
-    torch.manual_seed(ctx.seed)
-    metric, key = valid_metric(config.valid_metric)
-    check_settings(config)
-    evaluator = Evaluator(ks=[int(key.split("@")[1])], metrics=[metric], batch_size=256)
-    batches = make_batches(0)
-    if not batches:
-        raise TrainingError(f"{type(model).__name__} got no training examples; the split's train part is empty.")
-    optimizer = torch.optim.AdamW(trainable(model), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = math.ceil(len(batches) / config.grad_accum) * config.max_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio))
-    stats, best_state, misses = FitStats(), {}, 0
-    for epoch in range(config.max_epochs):
-        batches = batches if epoch == 0 else make_batches(epoch)
-        loss = train_epoch(model, batches, loss_fn, optimizer, scheduler, config, ctx, epoch, stats)
-        value = evaluator.evaluate(model, split, "valid", ctx.device, segments=("all",)).metrics["all"][key]
-        ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
-                        "epoch": epoch}, step=stats.optimizer_steps)
-        stats.epochs = epoch + 1
-        if stats.best_epoch < 0 or value > stats.best_valid:
-            stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
-        else:
-            misses += 1
-            if misses >= config.patience:
-                break
-    if not stats.ended_on_best:
-        model.load_state_dict(best_state, strict=False)
-    return stats
+    with torch_threads(cpu_threads if ctx.device.type == "cpu" else None):
+        torch.manual_seed(ctx.seed)
+        metric, key = valid_metric(config.valid_metric)
+        check_settings(config)
+        evaluator = Evaluator(ks=[int(key.split("@")[1])], metrics=[metric], batch_size=256)
+        batches = make_batches(0)
+        if not batches:
+            raise TrainingError(f"{type(model).__name__} got no training examples: the split's train part is empty.")
+        optimizer = torch.optim.AdamW(trainable(model), lr=config.lr, weight_decay=config.weight_decay)
+        total_steps = math.ceil(len(batches) / config.grad_accum) * config.max_epochs
+        schedule = warmup_then_decay(total_steps, config.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        stats, best_state, misses = FitStats(), {}, 0
+        for epoch in range(config.max_epochs):
+            batches = batches if epoch == 0 else make_batches(epoch)
+            loss = train_epoch(model, batches, loss_fn, optimizer, scheduler, config, ctx, epoch, stats)
+            value = evaluator.evaluate(model, split, "valid", ctx.device, segments=("all",)).metrics["all"][key]
+            ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
+                            "epoch": epoch}, step=stats.optimizer_steps)
+            stats.epochs = epoch + 1
+            if stats.best_epoch < 0 or value > stats.best_valid:
+                stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
+            else:
+                misses += 1
+                if misses >= config.patience:
+                    break
+        if not stats.ended_on_best:
+            model.load_state_dict(best_state, strict=False)
+        return stats
 
 
 def train_epoch(model, batches, loss_fn, optimizer, scheduler, config, ctx, epoch, stats) -> float:
@@ -178,6 +182,18 @@ def warmup_then_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op CPU threads, restoring the previous setting (None: unchanged)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -1,0 +1,173 @@
+"""``model=fusion``: matrix factorisation whose items combine a learned ID embedding with their text.
+
+item i:  x_i = combine(m_i * id_i, t_i),  t_i = W_text normalize(encoder(item text i))  [dim; concat: 2*dim]
+user u:  p_u (a learned embedding)                                                [same size as x_i]
+score:   p_u . x_i
+
+``m_i`` is 0 for items without training interactions (cold items), so they score from text through
+the same path; during training ``id_dropout`` zeroes a random share of ID parts to teach that path.
+combine: ``sum`` (id + t), ``concat`` ([id, t]), ``gate`` (g * id + (1 - g) * t with
+g = sigmoid(W_gate [id, t])). ``id_init`` starts the ID table from another model's item embeddings
+(e.g. a trained RecBole BPR): an ``.npz`` (or a ``torch.save`` dict) with ``tokens`` [n] raw item
+id tokens and ``embeddings`` [n, dim]; items missing there keep their random start.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recexp import train
+from recexp.errors import ConfigError
+from recexp.interfaces import FitContext, Split, Strategy
+from recexp.models.objectives import bpr, check_loss, encode_items, in_batch_softmax, interaction_batches, item_texts
+from recexp.models.text_encoder import TextEncoder
+from recexp.train import Batch, TrainerConfig
+
+COMBINES = ("concat", "sum", "gate")
+# Trainer defaults: (frozen encoder, trainable encoder). A live encoder sees a sample of each epoch.
+DEFAULTS = {
+    False: dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3),
+    True: dict(max_epochs=2, patience=1, batch_size=64, lr=1e-3),
+}
+SAMPLES_WHEN_TRAINING_ENCODER = 2048
+
+
+class Fusion(nn.Module):
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        strategy: Strategy,
+        trainer: TrainerConfig = TrainerConfig(),
+        dim: int = 64,
+        combine: str = "sum",
+        id_dropout: float = 0.1,
+        loss: str = "bpr",
+        id_init: str | None = None,
+        samples_per_epoch: int | None = None,
+        cpu_threads: int | None = None,
+    ):
+        super().__init__()
+        if combine not in COMBINES:
+            raise ConfigError(f"model.combine={combine!r} is unknown; choose one of {', '.join(COMBINES)}.")
+        if dim < 1 or not 0 <= id_dropout < 1:
+            raise ConfigError(f"model.dim must be >= 1 and model.id_dropout in [0, 1), got {dim}, {id_dropout}.")
+        self.encoder = encoder.adapt(strategy)
+        self.text_proj = nn.Linear(encoder.dim, dim)
+        self.gate = nn.Linear(2 * dim, dim) if combine == "gate" else None
+        self.dim, self.combine, self.id_dropout, self.id_init = dim, combine, id_dropout, id_init
+        self.loss = check_loss(loss)
+        live = self.encoder.trainable
+        self.trainer = train.with_defaults(trainer, **DEFAULTS[live])
+        self.samples_per_epoch = samples_per_epoch or (SAMPLES_WHEN_TRAINING_ENCODER if live else None)
+        self.cpu_threads = cpu_threads
+        if cpu_threads is None and not live:
+            self.cpu_threads = 1  # small heads over cached encodings train fastest on one CPU thread
+        self.stats = train.FitStats()
+        self.artifact_bytes = 0
+
+    def _prepare(self, split: Split, device: torch.device) -> None:
+        """Size the ID tables for ``split`` and mark which items have an ID signal."""
+        self.split = split
+        self.texts = item_texts(split)
+        width = 2 * self.dim if self.combine == "concat" else self.dim
+        self.item_id = nn.Embedding(split.n_items, self.dim)
+        self.user_id = nn.Embedding(split.n_users, width)
+        for table in (self.item_id, self.user_id):
+            nn.init.xavier_normal_(table.weight)
+        if self.id_init:
+            _copy_rows(self.item_id.weight, self.id_init, split.dataset.item_tokens)
+        has_id = torch.zeros(split.n_items)
+        has_id[torch.tensor(split.train["item"].unique())] = 1.0
+        self.to(device)
+        self.has_id = has_id.to(device)  # [n_items] 1 for items seen in training
+        self._stale = True
+
+    def _refresh(self) -> None:
+        if self._stale:
+            self.text_table = F.normalize(self.encoder.embed(self.texts), dim=-1)  # [n_items, enc]
+            self._stale = False
+
+    def _items(self, items: torch.Tensor) -> torch.Tensor:
+        """items [n] -> fused item vectors [n, dim] (or [n, 2*dim] for concat)."""
+        if self.encoder.trainable and self.training:
+            text = self.text_proj(encode_items(self.encoder, self.texts, items))
+        else:
+            text = self.text_proj(self.text_table[items])
+        keep = self.has_id[items]
+        if self.training and self.id_dropout > 0:
+            keep = keep * (torch.rand(len(items), device=items.device) >= self.id_dropout)
+        ids = self.item_id(items) * keep.unsqueeze(1)
+        if self.combine == "sum":
+            return ids + text
+        if self.combine == "concat":
+            return torch.cat([ids, text], dim=1)
+        gate = torch.sigmoid(self.gate(torch.cat([ids, text], dim=1)))
+        return gate * ids + (1 - gate) * text
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        users, items, negatives = (t.to(self.has_id.device) for t in batch)
+        query = self.user_id(users)
+        self._stale = self.encoder.trainable
+        if self.loss == "bpr":
+            vectors = self._items(torch.cat([items, negatives]))
+            pos, neg = vectors[: len(items)], vectors[len(items) :]
+            return bpr((query * pos).sum(1), (query * neg).sum(1))
+        return in_batch_softmax(query @ self._items(items).T, items)
+
+    def fit(self, split: Split, ctx: FitContext) -> None:
+        self._prepare(split, ctx.device)
+        self.seed = ctx.seed
+        self.stats = train.fit(self, split, ctx, self.trainer, self._batches, self._loss, self.cpu_threads)
+        self._stale = self.encoder.trainable and not self.stats.ended_on_best  # earlier weights are back
+
+    def _batches(self, epoch: int) -> list[Batch]:
+        self._refresh()
+        return interaction_batches(self.split, self.seed, epoch, self.trainer.batch_size, self.samples_per_epoch)
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items] dot products."""
+        self.eval()
+        self._refresh()
+        users = users.to(self.has_id.device)
+        return self.user_id(users) @ self._items(torch.arange(self.split.n_items, device=users.device)).T
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return train.parameter_counts(self)
+
+    def cost_extras(self) -> dict[str, float]:
+        return {**self.stats.cost(), **self.encoder.cache_stats(), "artifact_bytes": self.artifact_bytes}
+
+    def save(self, directory: str | Path) -> None:
+        self.artifact_bytes = train.save_weights(self, directory)
+
+    def load(self, directory: str | Path, split: Split, device: torch.device | str = "cpu") -> None:
+        """Rebuild the scoring state for ``split`` and read weights written by :meth:`save`."""
+        self._prepare(split, torch.device(device))
+        train.load_weights(self, directory)
+
+
+def _copy_rows(weight: torch.Tensor, path: str, item_tokens: np.ndarray) -> None:
+    """Overwrite rows of ``weight`` [n_items, dim] with the embeddings stored for their tokens."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"model.id_init={path!r} does not exist; give an .npz with 'tokens' and 'embeddings'.")
+    stored = dict(np.load(file, allow_pickle=False)) if file.suffix == ".npz" else torch.load(file, weights_only=True)
+    if not {"tokens", "embeddings"} <= set(stored):
+        raise ConfigError(f"{file} must hold 'tokens' and 'embeddings'; it has {sorted(stored)}.")
+    vectors = torch.as_tensor(np.asarray(stored["embeddings"]), dtype=weight.dtype)
+    if vectors.ndim != 2 or vectors.shape[1] != weight.shape[1]:
+        raise ConfigError(
+            f"{file}: embeddings have shape {tuple(vectors.shape)}; model.dim={weight.shape[1]} must match their width."
+        )
+    row_of = {str(token): row for row, token in enumerate(stored["tokens"])}
+    pairs = [(i, row_of[str(t)]) for i, t in enumerate(item_tokens) if str(t) in row_of]
+    if not pairs:
+        raise ConfigError(f"{file}: none of its tokens is an item id of this dataset.")
+    targets, rows = (torch.as_tensor(x) for x in zip(*pairs))
+    with torch.no_grad():
+        weight[targets] = vectors[rows]

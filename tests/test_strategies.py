@@ -1,0 +1,182 @@
+"""Strategies adapt an encoder as configured: trainable counts, PEFT errors, persistence, the cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from conftest import CONF
+from recexp.config import build
+from recexp.errors import ConfigError
+from recexp.models.text_encoder import TextEncoder, default_model_path
+from recexp.strategies import Frozen, FullFineTune, Peft, module_names
+from recexp.train import parameter_counts
+
+STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
+TEXTS = ["Toy Story (1995). Genres: Animation Children's Comedy", "GoldenEye (1995). Genres: Action", "Heat"]
+
+
+def save_tiny_bert(directory: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with the packaged MiniLM tokenizer, saved as a model folder."""
+    if not (directory / "config.json").is_file():
+        torch.manual_seed(0)
+        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+        BertModel(config).save_pretrained(directory)
+        AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: spawning threads costs more than it saves (far more on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def strategy_from_config(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"strategy={name}", *overrides])
+    return build(cfg.strategy)
+
+
+def encoder_counts(encoder: TextEncoder) -> tuple[int, int]:
+    return parameter_counts(encoder.model)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_preset_adapts_an_encoder(name, tiny_bert):
+    encoder = TextEncoder(str(tiny_bert)).adapt(strategy_from_config(name))
+    trainable, total = encoder_counts(encoder)
+    base_total = parameter_counts(BertModel.from_pretrained(tiny_bert))[1]
+    expected = {"frozen": (0, base_total), "full_ft": (base_total, base_total)}
+    if name in expected:
+        assert (trainable, total) == expected[name]
+    else:
+        assert 0 < trainable < base_total and total == base_total + trainable
+    vectors = encoder(TEXTS)
+    assert vectors.shape == (3, 32) and torch.isfinite(vectors).all()
+    assert vectors.requires_grad == (trainable > 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, method",
+    [
+        (["strategy.config.r=4"], "LoraConfig"),
+        (["strategy.config._target_=peft.VeraConfig", "strategy.config.r=16", "~strategy.config.lora_alpha",
+          "~strategy.config.lora_dropout"], "VeraConfig"),
+        (["strategy.config._target_=peft.LNTuningConfig", "strategy.config.target_modules=[LayerNorm]",
+          "~strategy.config.r", "~strategy.config.lora_alpha", "~strategy.config.lora_dropout"], "LNTuningConfig"),
+    ],
+)
+def test_any_peft_method_by_override(overrides, method, tiny_bert):
+    strategy = strategy_from_config("lora", *overrides)
+    assert type(strategy.config).__name__ == method
+    assert isinstance(strategy.config.target_modules, (list, set))  # _convert_: all gave peft a real list
+    encoder = TextEncoder(str(tiny_bert)).adapt(strategy)
+    assert 0 < encoder_counts(encoder)[0]
+
+
+def test_real_minilm_counts():
+    """LoRA r=8 on query and value of all-MiniLM-L6-v2 (6 layers, 384 wide): 6 * 2 * 2 * 384 * 8."""
+    lora = TextEncoder().adapt(strategy_from_config("lora"))
+    assert encoder_counts(lora) == (73_728, 22_713_216 + 73_728)
+    full = TextEncoder().adapt(FullFineTune())
+    assert encoder_counts(full) == (22_713_216, 22_713_216)
+
+
+def test_missing_target_module_lists_real_names(tiny_bert):
+    strategy = strategy_from_config("lora", "strategy.config.target_modules=[q_proj,v_proj]")
+    with pytest.raises(ConfigError) as error:
+        TextEncoder(str(tiny_bert)).adapt(strategy)
+    message = str(error.value)
+    assert "q_proj" in message and "target_modules" in message
+    for name in ("query", "value", "dense", "LayerNorm"):
+        assert name in message
+
+
+def test_prompt_learning_needs_task_type(tiny_bert):
+    with pytest.raises(ConfigError, match="FEATURE_EXTRACTION"):
+        strategy_from_config("prefix", "strategy.config.task_type=null")
+
+
+def test_peft_needs_a_peft_config():
+    with pytest.raises(ConfigError, match="peft config"):
+        Peft(config={"r": 8})
+
+
+def test_unknown_model_path_names_the_offline_fix(tmp_path):
+    with pytest.raises(ConfigError, match="local folder"):
+        TextEncoder(str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="local folder"):
+        TextEncoder("nobody/no-such-model-anywhere")
+
+
+@pytest.mark.parametrize("kwargs", [{"pooling": "max"}, {"max_length": 1}, {"batch_size": 0}])
+def test_bad_encoder_settings(kwargs, tiny_bert):
+    with pytest.raises(ConfigError):
+        TextEncoder(str(tiny_bert), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["full_ft", "lora", "ia3", "prefix"])
+def test_save_then_load_restores_the_trained_encoder(name, tiny_bert, tmp_path):
+    torch.manual_seed(0)
+    trained = TextEncoder(str(tiny_bert)).adapt(strategy_from_config(name))
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    trained.save(tmp_path)
+    torch.manual_seed(1)
+    fresh = TextEncoder(str(tiny_bert)).adapt(strategy_from_config(name))
+    assert not torch.equal(fresh.embed(TEXTS), trained.embed(TEXTS))
+    fresh.load(tmp_path)
+    assert torch.equal(fresh.embed(TEXTS), trained.embed(TEXTS))
+
+
+def test_frozen_saves_nothing(tiny_bert, tmp_path):
+    TextEncoder(str(tiny_bert)).adapt(Frozen()).save(tmp_path / "encoder")
+    assert not (tmp_path / "encoder").exists()
+
+
+def test_frozen_embeddings_are_cached_by_content(tiny_bert, tmp_path):
+    first = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen())
+    vectors = first.embed(TEXTS)
+    assert first.cache_stats() == {"cache_hits": 0, "cache_misses": 1}
+    second = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen())
+    assert torch.equal(second.embed(TEXTS), vectors)
+    assert second.cache_stats() == {"cache_hits": 1, "cache_misses": 0}
+    # Anything in the key changes the entry: texts, max_length, pooling.
+    second.embed(TEXTS[:2])
+    TextEncoder(str(tiny_bert), cache_dir=str(tmp_path), max_length=8).adapt(Frozen()).embed(TEXTS)
+    TextEncoder(str(tiny_bert), cache_dir=str(tmp_path), pooling="cls").adapt(Frozen()).embed(TEXTS)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
+
+
+def test_trainable_encoders_bypass_the_cache(tiny_bert, tmp_path):
+    encoder = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(strategy_from_config("lora"))
+    encoder.embed(TEXTS)
+    assert encoder.cache_stats() == {"cache_hits": 0, "cache_misses": 0}
+    assert not list(tmp_path.iterdir())
+
+
+def test_frozen_encoder_stays_in_eval_mode(tiny_bert):
+    encoder = TextEncoder(str(tiny_bert)).adapt(Frozen()).train()
+    assert not encoder.model.training
+    tuned = TextEncoder(str(tiny_bert)).adapt(FullFineTune()).train()
+    assert tuned.model.training
+
+
+def test_module_names_are_leaf_suffixes(tiny_bert):
+    names = module_names(BertModel.from_pretrained(tiny_bert))
+    assert {"query", "key", "value", "dense", "LayerNorm", "word_embeddings"} <= set(names)
+    assert "encoder" not in names and "" not in names

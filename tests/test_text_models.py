@@ -1,0 +1,334 @@
+"""Text models: one contract over every (model, strategy), persistence, cold items, the loop, bad input.
+
+Fast tests use a tiny random BERT on a slice of ml-100k (100 users, item cold-start); the slow test
+measures the packaged MiniLM on the full split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF
+from recexp.config import build
+from recexp.errors import ConfigError, TrainingError
+from recexp.evaluate import Evaluator
+from recexp.interfaces import FitContext
+from recexp.models.lm_classifier import auc, log_loss
+from recexp.scenarios import ColdItemScenario
+from recexp.train import TrainerConfig, fit, valid_metric, warmup_then_decay
+from test_strategies import save_tiny_bert
+
+MODELS = ["text_tower", "fusion", "lm_classifier"]
+FAST = {  # keeps each fit to seconds on CPU
+    "text_tower": ["model.samples_per_epoch=512"],
+    "fusion": ["model.samples_per_epoch=512"],
+    "lm_classifier": [
+        "model.samples_per_epoch=64", "model.rerank=4", "model.eval_pairs=64", "model.encoder.max_length=48"
+    ],
+}
+EVALUATOR = Evaluator(ks=[10], metrics=["ndcg"])
+
+
+class Recorder:
+    def __init__(self):
+        self.lines: list[tuple[dict, int | None]] = []
+
+    def log(self, metrics, step=None):
+        self.lines.append((dict(metrics), step))
+
+    def summary(self, metrics):
+        pass
+
+    def finish(self, exit_code=0):
+        pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: spawning threads costs more than it saves (far more on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def small_split(ml100k):
+    """Item cold-start on the first 100 users of ml-100k (all items keep their text)."""
+    inter = ml100k.inter[ml100k.inter["user"] < 100].reset_index(drop=True)
+    dataset = dataclasses.replace(ml100k, inter=inter, content_hash=ml100k.content_hash + "-100-users")
+    return ColdItemScenario().build(dataset, 2020)
+
+
+def build_model(name, strategy, tiny_bert, cache_dir, *overrides, epochs=1):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[f"model={name}", f"strategy={strategy}", f"cache_dir={cache_dir}",
+                       f"model.encoder.name_or_path={tiny_bert}", f"trainer.max_epochs={epochs}",
+                       "progress=false", *FAST[name], *overrides],
+        )
+    return build(cfg.model, trainer=build(cfg.trainer))
+
+
+def context(tmp_path, seed=2020) -> FitContext:
+    return FitContext(logger=Recorder(), device=torch.device("cpu"), run_dir=tmp_path, seed=seed, progress=False)
+
+
+def ranking_metrics(model, split, stage="test"):
+    return EVALUATOR.evaluate(model, split, stage, segments=("all", "cold", "warm")).metrics
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("strategy", ["frozen", "lora"])
+def test_contract(name, strategy, tiny_bert, small_split, tmp_path):
+    model = build_model(name, strategy, tiny_bert, tmp_path)
+    ctx = context(tmp_path)
+    model.fit(small_split, ctx)
+    users = torch.arange(5)
+    for stage in ("valid", "test"):
+        scores = model.score(users, stage)
+        assert scores.shape == (5, small_split.n_items) and scores.dtype == torch.float32
+        assert not scores.isnan().any() and torch.isfinite(scores).any(dim=1).all()
+    trainable, total = model.parameter_counts()
+    assert 0 < trainable < total
+    cost = model.cost_extras()
+    assert cost["samples_seen"] > 0 and cost["samples_per_second"] > 0 and cost["epochs"] == 1
+    logged = ctx.logger.lines[-1][0]
+    assert math.isfinite(logged["train/loss"]) and 0 <= logged["valid/ndcg@10"] <= 1
+    assert ranking_metrics(model, small_split)["all"]["ndcg@10"] >= 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cold_items_get_distinct_scores(name, tiny_bert, small_split, tmp_path):
+    model = build_model(name, "frozen", tiny_bert, tmp_path)
+    model.fit(small_split, context(tmp_path))
+    model.rerank = None  # lm_classifier: cross-encode every candidate (the others ignore it)
+    cold = small_split.segments["test"]["cold"]
+    scores = model.score(torch.arange(3), "test")[:, cold]
+    assert torch.isfinite(scores).all()
+    assert (scores.std(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize(
+    "name, strategy",
+    [("text_tower", "lora"), ("text_tower", "frozen"), ("fusion", "full_ft"), ("fusion", "ia3"),
+     ("lm_classifier", "prefix")],
+)
+def test_save_then_load_reproduces_test_metrics(name, strategy, tiny_bert, small_split, tmp_path):
+    model = build_model(name, strategy, tiny_bert, tmp_path)
+    model.fit(small_split, context(tmp_path))
+    expected = ranking_metrics(model, small_split)
+    model.save(tmp_path / "model")
+    assert model.cost_extras()["artifact_bytes"] > 0
+    torch.manual_seed(123)  # a fresh build must not depend on the global seed to reload
+    reloaded = build_model(name, strategy, tiny_bert, tmp_path)
+    reloaded.load(tmp_path / "model", small_split)
+    assert ranking_metrics(reloaded, small_split) == expected
+    if name == "lm_classifier":
+        assert reloaded.pointwise_metrics("test") == model.pointwise_metrics("test")
+
+
+def test_peft_adapter_is_saved_the_peft_way(tiny_bert, small_split, tmp_path):
+    model = build_model("text_tower", "lora", tiny_bert, tmp_path)
+    model.fit(small_split, context(tmp_path))
+    model.save(tmp_path / "model")
+    names = {p.name for p in (tmp_path / "model" / "encoder").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+
+
+def test_reload_into_a_different_model_is_refused(tiny_bert, small_split, tmp_path):
+    model = build_model("fusion", "frozen", tiny_bert, tmp_path)
+    model.fit(small_split, context(tmp_path))
+    model.save(tmp_path / "model")
+    other = build_model("fusion", "frozen", tiny_bert, tmp_path, "model.combine=gate")
+    with pytest.raises(ConfigError, match="does not fit"):
+        other.load(tmp_path / "model", small_split)
+
+
+def test_same_seed_same_scores(tiny_bert, small_split, tmp_path):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the spine seeds before it builds the model
+        model = build_model("fusion", "lora", tiny_bert, tmp_path)
+        model.fit(small_split, context(tmp_path))
+        runs.append(model.score(torch.arange(10), "test"))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_frozen_text_tower_reuses_cached_embeddings(tiny_bert, small_split, tmp_path):
+    first = build_model("text_tower", "frozen", tiny_bert, tmp_path)
+    first.fit(small_split, context(tmp_path))
+    assert first.cost_extras()["cache_misses"] == 1
+    second = build_model("text_tower", "frozen", tiny_bert, tmp_path)
+    second.fit(small_split, context(tmp_path))
+    assert second.cost_extras()["cache_misses"] == 0 and second.cost_extras()["cache_hits"] >= 1
+    assert len(list((tmp_path / "embeddings").glob("*.safetensors"))) == 1
+
+
+def test_user_text_needs_a_user_template(tiny_bert, small_split, tmp_path):
+    model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "model.user_text=true")
+    model.fit(small_split, context(tmp_path))  # ml-100k's conftest dataset has a user template
+    no_users = dataclasses.replace(small_split, dataset=dataclasses.replace(small_split.dataset, user_text=None))
+    with pytest.raises(ConfigError, match="user_template"):
+        model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "model.user_text=true")
+        model.fit(no_users, context(tmp_path))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_need_item_text(name, tiny_bert, small_split, tmp_path):
+    no_text = dataclasses.replace(small_split, dataset=dataclasses.replace(small_split.dataset, item_text=None))
+    with pytest.raises(ConfigError, match="item_template"):
+        build_model(name, "frozen", tiny_bert, tmp_path).fit(no_text, context(tmp_path))
+
+
+def test_missing_template_field_is_a_config_error():
+    from recexp.data import AtomicDataset
+
+    with pytest.raises(ConfigError, match="movie_title"):
+        AtomicDataset(name="ml-100k", item_template="{no_such_field}").load()
+
+
+@pytest.mark.parametrize(
+    "name, override, message",
+    [
+        ("fusion", "model.combine=product", "combine"),
+        ("fusion", "model.id_dropout=1.0", "id_dropout"),
+        ("text_tower", "model.loss=hinge", "loss"),
+        ("text_tower", "model.temperature=0", "temperature"),
+        ("lm_classifier", "model.rerank=0", "rerank"),
+        ("text_tower", "model.encoder.pooling=max", "pooling"),
+    ],
+)
+def test_bad_model_settings(name, override, message, tiny_bert, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        build_model(name, "frozen", tiny_bert, tmp_path, override)
+
+
+def test_fusion_starts_ids_from_saved_embeddings(tiny_bert, small_split, tmp_path):
+    tokens = small_split.dataset.item_tokens
+    vectors = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    np.savez(tmp_path / "bpr_items.npz", tokens=np.array(["[PAD]", tokens[5], tokens[7]]), embeddings=vectors)
+    model = build_model("fusion", "frozen", tiny_bert, tmp_path, f"model.id_init={tmp_path / 'bpr_items.npz'}")
+    model._prepare(small_split, torch.device("cpu"))
+    assert torch.equal(model.item_id.weight[[5, 7]], torch.as_tensor(vectors[1:]))
+    np.savez(tmp_path / "narrow.npz", tokens=np.array([tokens[5]]), embeddings=vectors[:1, :8])
+    narrow = build_model("fusion", "frozen", tiny_bert, tmp_path, f"model.id_init={tmp_path / 'narrow.npz'}")
+    with pytest.raises(ConfigError, match="model.dim"):
+        narrow._prepare(small_split, torch.device("cpu"))
+
+
+def test_pointwise_metrics(tiny_bert, small_split, tmp_path):
+    model = build_model("lm_classifier", "frozen", tiny_bert, tmp_path)
+    model.fit(small_split, context(tmp_path))
+    for stage in ("valid", "test"):
+        metrics = model.pointwise_metrics(stage)
+        assert 0 <= metrics["auc"] <= 1 and metrics["logloss"] > 0
+
+
+def test_auc_and_log_loss_by_hand():
+    labels = np.array([1, 0, 1, 0, 1], dtype=float)
+    scores = np.array([0.9, 0.1, 0.4, 0.4, 0.8])
+    # pairs (pos, neg): 3 positives x 2 negatives = 6; wins: 0.9>both, 0.8>both, 0.4>0.1 and tie with 0.4
+    assert auc(labels, scores) == pytest.approx((2 + 2 + 1.5) / 6)
+    assert math.isnan(auc(np.ones(3), scores[:3]))
+    expected = -np.mean([np.log(0.9), np.log(0.9), np.log(0.4), np.log(0.6), np.log(0.8)])
+    assert log_loss(labels, scores) == pytest.approx(expected)
+
+
+# --- the shared loop, on a toy recommender
+
+
+class Toy(torch.nn.Module):
+    """One score per item; the loss pulls item 0 up. ``poison`` makes the loss NaN."""
+
+    def __init__(self, n_items, poison=False):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(n_items))
+        self.poison = poison
+
+    def loss(self, batch):
+        value = -self.bias[batch[0]].mean()
+        return value * float("nan") if self.poison else value
+
+    def score(self, users, stage):
+        return self.bias.detach().expand(len(users), -1)
+
+
+@pytest.mark.parametrize("accum, steps", [(1, 4), (2, 2), (3, 2)])
+def test_loop_counts_optimizer_steps_and_keeps_the_best_epoch(accum, steps, small_split, tmp_path):
+    toy = Toy(small_split.n_items)
+    batches = [(torch.zeros(8, dtype=torch.long),)] * 4
+    config = TrainerConfig(max_epochs=3, patience=1, batch_size=8, lr=0.1, grad_accum=accum, progress=False)
+    stats = fit(toy, small_split, context(tmp_path), config, lambda epoch: batches, toy.loss)
+    assert stats.optimizer_steps == steps * stats.epochs
+    assert stats.samples == 32 * stats.epochs
+    assert 0 <= stats.best_epoch < stats.epochs
+
+
+def test_loop_runs_on_the_asked_threads_and_restores_them(small_split, tmp_path):
+    toy, seen = Toy(small_split.n_items), []
+
+    def loss(batch):
+        seen.append(torch.get_num_threads())
+        return toy.loss(batch)
+
+    before = torch.get_num_threads()
+    config = TrainerConfig(max_epochs=1, patience=1, batch_size=8, lr=0.1, progress=False)
+    fit(toy, small_split, context(tmp_path), config, lambda e: [(torch.zeros(8, dtype=torch.long),)], loss, cpu_threads=2)
+    assert seen == [2] and torch.get_num_threads() == before
+
+
+def test_nan_loss_raises_training_error(small_split, tmp_path):
+    toy = Toy(small_split.n_items, poison=True)
+    config = TrainerConfig(max_epochs=1, patience=1, batch_size=8, lr=0.1, progress=False)
+    with pytest.raises(TrainingError, match="trainer.lr"):
+        fit(toy, small_split, context(tmp_path), config, lambda e: [(torch.zeros(8, dtype=torch.long),)], toy.loss)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_epochs": 0}, {"patience": 0}, {"grad_accum": 0}, {"lr": 0.0}, {"warmup_ratio": 1.0}]
+)
+def test_bad_trainer_settings(bad, small_split, tmp_path):
+    toy = Toy(small_split.n_items)
+    config = dataclasses.replace(TrainerConfig(max_epochs=1, patience=1, batch_size=8, lr=0.1), **bad)
+    with pytest.raises(ConfigError, match=f"trainer.{next(iter(bad))}"):
+        fit(toy, small_split, context(tmp_path), config, lambda e: [(torch.zeros(8, dtype=torch.long),)], toy.loss)
+
+
+def test_warmup_then_linear_decay():
+    factor = warmup_then_decay(total_steps=10, warmup_ratio=0.2)
+    assert [round(factor(s), 3) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+
+
+@pytest.mark.parametrize("name", ["ndcg", "ndcg@0", "gini@10", "ndcg@ten"])
+def test_bad_valid_metric(name):
+    with pytest.raises(ConfigError, match="valid_metric"):
+        valid_metric(name)
+
+
+# --- acceptance on the real data and encoder
+
+
+@pytest.mark.slow
+def test_minilm_frozen_models_on_item_cold_start(cold_split, cache_dir, tmp_path):
+    """Frozen all-MiniLM-L6-v2: the text tower beats popularity on cold items by far."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        overrides = ["model=text_tower", "strategy=frozen", f"cache_dir={cache_dir}", "progress=false"]
+        cfg = compose("config", overrides=overrides)
+    model = build(cfg.model, trainer=build(cfg.trainer))
+    model.fit(cold_split, context(tmp_path))
+    metrics = ranking_metrics(model, cold_split)
+    assert metrics["cold"]["ndcg@10"] > 0.2  # popularity: about 0.07-0.08
+    assert metrics["all"]["ndcg@10"] > 0.15
