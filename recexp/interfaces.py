@@ -124,7 +124,21 @@ class Recommender(Protocol):
 
 
 @runtime_checkable
+class Saveable(Protocol):
+    """A recommender that can write itself to a folder (the run dir's ``model/``) for reuse."""
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+@runtime_checkable
 class Strategy(Protocol):
     """How a pretrained encoder is adapted: frozen, fully fine-tuned, or via a PEFT method."""
 
-    def apply(self, encoder: torch.nn.Module) -> torch.nn.Module: ...
+    def apply(self, encoder: torch.nn.Module) -> torch.nn.Module:
+        """Return the encoder with exactly the weights this strategy trains left trainable."""
+
+    def save(self, encoder: torch.nn.Module, directory: Path) -> None:
+        """Write what this strategy trained (nothing, full weights, or PEFT adapters)."""
+
+    def load(self, encoder: torch.nn.Module, directory: Path) -> None:
+        """Restore what :meth:`save` wrote into an encoder built the same way."""

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from recexp.config import build, config_id
 from recexp.costs import CostMeter
 from recexp.errors import RecexpError
-from recexp.interfaces import FitContext
+from recexp.interfaces import FitContext, Saveable
 from recexp.records import RunRecord, finished_record, save_evaluation
 from recexp.scenarios import build_or_load
 from recexp.tracking import NullLogger
@@ -48,6 +48,8 @@ def run(cfg: DictConfig) -> float:
         meter = CostMeter(device)
         with meter.phase("train"):
             model.fit(split, FitContext(logger, device, run_dir, cfg.seed, cfg.progress))
+        if isinstance(model, Saveable):
+            model.save(run_dir / "model")
         with meter.phase("eval"):
             valid = evaluator.evaluate(model, split, "valid", device, progress=cfg.progress)
             test = evaluator.evaluate(model, split, "test", device, progress=cfg.progress)

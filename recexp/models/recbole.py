@@ -36,7 +36,7 @@ from recbole.utils.logger import RemoveColorFilter
 from recexp.errors import ConfigError, TrainingError
 from recexp.interfaces import STAGES, FitContext, Split
 from recexp.models import recbole_compat
-from recexp.train import TrainerConfig
+from recexp.train import TrainerConfig, torch_threads
 
 log = logging.getLogger(__name__)
 DATASET = "recexp"  # RecBole dataset name: files are recexp.{train,valid,test}.inter, recexp.item, recexp.user
@@ -113,6 +113,7 @@ class RecBoleRecommender:
         self.trainer = trainer or TrainerConfig()
         self.sequential = self.model_class.type == ModelType.SEQUENTIAL
         self._model: AbstractRecommender | None = None
+        self._checkpoint: Path | None = None
 
     # --- Recommender
 
@@ -120,7 +121,7 @@ class RecBoleRecommender:
         folder = Path(ctx.run_dir).resolve() / "recbole"
         folder.mkdir(parents=True, exist_ok=True)
         threads = self.cpu_threads if ctx.device.type == "cpu" else None
-        with _recbole_logging(folder / "recbole.log"), _torch_threads(threads):
+        with _recbole_logging(folder / "recbole.log"), torch_threads(threads):
             config = _Config(model=self.model_class, dataset=DATASET, config_dict=self._config_dict(split, ctx, folder))
             logging.getLogger().info(str(config))
             max_len = config["MAX_ITEM_LIST_LENGTH"] if self.sequential else 0
@@ -133,8 +134,14 @@ class RecBoleRecommender:
             trainer = _trainer(config, model, folder)
             self._train(trainer, train_data, valid_data, ctx)
         _load_best(model, trainer.saved_model_file, config["device"])
+        self._checkpoint = Path(trainer.saved_model_file)
         self._model = model.eval()
         self._index(dataset, split, max_len, config["device"])
+
+    def cost_extras(self) -> dict[str, int]:
+        """Size of RecBole's best-validation checkpoint (run_dir/recbole/saved), the reusable artifact."""
+        saved = self._checkpoint is not None and self._checkpoint.is_file()
+        return {"artifact_bytes": self._checkpoint.stat().st_size if saved else 0}
 
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
         """users: [B] recexp ids -> [B, n_items] scores in recexp item order."""
@@ -365,18 +372,6 @@ def _load_best(model: AbstractRecommender, checkpoint: str, device: torch.device
     state = torch.load(checkpoint, map_location=device, weights_only=False)
     model.load_state_dict(state["state_dict"])
     model.load_other_parameter(state.get("other_parameter"))
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` intra-op threads: RecBole's small ID models train ~3x faster on one CPU thread."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
