@@ -14,6 +14,7 @@ from conftest import CONF
 GROUPS = ["dataset", "scenario", "model", "strategy", "trainer", "evaluator", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+ARMS = sorted(p.stem for p in (CONF / "arm").glob("*.yaml"))
 # Arguments the spine passes at build time rather than through config.
 RUNTIME_KWARGS = {"model": {"trainer"}, "logger": {"run_config", "group"}}
 
@@ -60,6 +61,14 @@ def test_option_composes_and_binds(group, option):
 def test_experiment_composes(experiment):
     cfg = compose_with(f"experiment={experiment}")
     check_binds(OmegaConf.to_container(cfg, resolve=False), f"experiment={experiment}")
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_arm_composes_inside_each_paper_preset(arm):
+    for preset in ("paper_cpu", "paper_full"):
+        cfg = compose_with(f"experiment={preset}", f"+arm={arm}")
+        check_binds(OmegaConf.to_container(cfg, resolve=False), f"+arm={arm}")
+        assert cfg.trainer.max_epochs is None or cfg.trainer.max_epochs >= 1
 
 
 def test_every_yaml_starts_with_a_command_comment():
