@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,3 +41,12 @@ def random_split(ml100k, cache_dir):
 @pytest.fixture(scope="session")
 def cold_split(ml100k, cache_dir):
     return build_or_load(ml100k, ColdItemScenario(), 2020, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: spawning threads costs more than it saves (far more on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
