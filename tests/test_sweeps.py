@@ -157,7 +157,9 @@ def test_optuna_study_continues_in_its_storage(tmp_path):
     assert study.best_value == pytest.approx(max(objectives))
 
 
-PAPER_ARMS = {"pop", "bpr", "lightgcn", "text_tower_frozen", "text_tower_lora", "fusion_frozen"}
+PAPER_ARMS = {
+    "pop", "bpr", "lightgcn", "text_tower_frozen", "text_tower_lora", "text_tower_full_ft", "fusion_frozen", "fusion_lora",
+}
 # arm -> (model, strategy or None for models without a text encoder, budget key or None)
 ARMS = {
     "pop": ("pop", None, None),
