@@ -23,7 +23,15 @@ from torch import nn
 from recexp import train
 from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, Split, Strategy
-from recexp.models.objectives import bpr, check_loss, encode_items, in_batch_softmax, interaction_batches, item_texts
+from recexp.models.objectives import (
+    bpr,
+    check_loss,
+    encode_items,
+    in_batch_softmax,
+    interaction_batches,
+    interaction_model_settings,
+    item_texts,
+)
 from recexp.models.text_encoder import TextEncoder
 from recexp.train import Batch, TrainerConfig
 
@@ -33,7 +41,6 @@ DEFAULTS = {
     False: dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3),
     True: dict(max_epochs=2, patience=1, batch_size=64, lr=1e-3),
 }
-SAMPLES_WHEN_TRAINING_ENCODER = 2048
 
 
 class Fusion(nn.Module):
@@ -62,10 +69,7 @@ class Fusion(nn.Module):
         self.loss = check_loss(loss)
         live = self.encoder.trainable
         self.trainer = train.with_defaults(trainer, **DEFAULTS[live])
-        self.samples_per_epoch = samples_per_epoch or (SAMPLES_WHEN_TRAINING_ENCODER if live else None)
-        self.cpu_threads = cpu_threads
-        if cpu_threads is None and not live:
-            self.cpu_threads = 1  # small heads over cached encodings train fastest on one CPU thread
+        self.samples_per_epoch, self.cpu_threads = interaction_model_settings(live, samples_per_epoch, cpu_threads)
         self.stats = train.FitStats()
         self.artifact_bytes = 0
 

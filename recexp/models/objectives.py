@@ -89,3 +89,19 @@ def item_texts(split: Split) -> list[str]:
             "(e.g. '{movie_title} ({release_year}). Genres: {class}')."
         )
     return list(split.dataset.item_text)
+
+
+SAMPLES_WHEN_TRAINING_ENCODER = 2048  # train interactions per epoch when the encoder itself trains
+
+
+def interaction_model_settings(
+    encoder_trains: bool, samples_per_epoch: int | None, cpu_threads: int | None
+) -> tuple[int | None, int | None]:
+    """(samples per epoch, CPU threads) of a model trained on interactions over an encoder.
+
+    A trainable encoder sees a sample of each epoch; small heads over cached (frozen) encodings
+    train fastest on one CPU thread.
+    """
+    samples = samples_per_epoch or (SAMPLES_WHEN_TRAINING_ENCODER if encoder_trains else None)
+    threads = cpu_threads if cpu_threads is not None or encoder_trains else 1
+    return samples, threads

@@ -27,6 +27,7 @@ from recexp.models.objectives import (
     history_matrix,
     in_batch_softmax,
     interaction_batches,
+    interaction_model_settings,
     item_texts,
 )
 from recexp.models.text_encoder import TextEncoder
@@ -37,7 +38,6 @@ DEFAULTS = {
     False: dict(max_epochs=30, patience=3, batch_size=512, lr=1e-3),
     True: dict(max_epochs=2, patience=1, batch_size=64, lr=1e-3),
 }
-SAMPLES_WHEN_TRAINING_ENCODER = 2048
 
 
 class TextTower(nn.Module):
@@ -64,10 +64,7 @@ class TextTower(nn.Module):
         self.temperature = temperature
         live = self.encoder.trainable
         self.trainer = train.with_defaults(trainer, **DEFAULTS[live])
-        self.samples_per_epoch = samples_per_epoch or (SAMPLES_WHEN_TRAINING_ENCODER if live else None)
-        self.cpu_threads = cpu_threads
-        if cpu_threads is None and not live:
-            self.cpu_threads = 1  # small heads over cached encodings train fastest on one CPU thread
+        self.samples_per_epoch, self.cpu_threads = interaction_model_settings(live, samples_per_epoch, cpu_threads)
         self.stats = train.FitStats()
         self.artifact_bytes = 0
 
