@@ -5,7 +5,7 @@ from omegaconf import DictConfig
 from recexp.run import run
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
 

@@ -64,7 +64,7 @@ def bench_model(name: str, overrides: list[str], device: torch.device, out: Path
 
     from recexp.config import build
 
-    conf = Path(__file__).resolve().parent.parent / "conf"
+    conf = Path(__file__).resolve().parent / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={name}", "logger=none", *overrides])
     dataset = build(cfg.dataset).load()

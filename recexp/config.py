@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from typing import Any
 
+from hydra._internal.utils import _locate
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +18,8 @@ NON_RESULT_KEYS = frozenset({"logger", "cache_dir", "progress"})
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with recexp's own errors surfaced as they are."""
+    """``hydra.utils.instantiate`` with recexp's own errors surfaced as they are, and unknown keys named."""
+    check_keys(node, kwargs)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -24,6 +27,23 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if isinstance(cause, RecexpError):
             raise cause from None
         raise ConfigError(f"Could not build {node.get('_target_', 'a component')}: {err}") from err
+
+
+def check_keys(node: DictConfig, runtime: dict[str, Any]) -> None:
+    """A ConfigError naming any key of ``node`` that its ``_target_`` does not take, with the keys it does."""
+    try:
+        target = _locate(str(node.get("_target_")))
+        parameters = inspect.signature(target).parameters
+    except (ImportError, ValueError, TypeError):
+        return  # hydra reports a missing target itself
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(k for k in node if not str(k).startswith("_") and k not in parameters and k not in runtime)
+    if unknown:
+        name = str(node.get("_target_")).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"{', '.join(unknown)}: not a setting of {name}; it takes {', '.join(p for p in parameters if p not in runtime)}."
+        )
 
 
 def config_id(cfg: DictConfig) -> str:

@@ -36,7 +36,7 @@ class CostMeter:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
-    def summary(self, model: Any, split: Split) -> dict[str, Any]:
+    def summary(self, model: Any, split: Split, world_size: int = 1) -> dict[str, Any]:
         trainable, total = model.parameter_counts()
         train_seconds = self.seconds.get("train", 0.0)
         cost = {
@@ -46,6 +46,7 @@ class CostMeter:
             "eval_seconds": self.seconds.get("eval", 0.0),
             "peak_memory_mb": self.peak_memory_mb(),
             "device": str(self.device),
+            "world_size": world_size,  # processes that trained together
             "train_interactions": len(split.train),
         }
         if hasattr(model, "cost_extras"):

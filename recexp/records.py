@@ -1,9 +1,11 @@
 """``results.json``: the self-contained record every run leaves, written atomically.
 
-Keys: ``run_id``, ``status`` (running / ok / failed), ``error``, ``metrics`` ({"valid": {...}, "test": {...}},
-the ``all`` segment), ``segments`` (test metrics per segment), ``valid_segments``, ``cost``, ``split``,
-``config``, ``objective``, ``versions``, ``git_sha``, ``started_at``, ``finished_at``.
-Per-user test metrics go to ``per_user_test.csv.gz`` and top-K lists (internal ids) to ``rankings_test.npz``.
+Keys: ``run_id``, ``status`` (running / ok / failed), ``error``, ``metrics`` ({stage: {...}} for every
+stage, the ``all`` segment), ``segments`` (the final stage's metrics per segment: ``test`` in a
+holdout split), ``stages`` ({stage: {segment: {...}}}), ``valid_segments``, ``effective`` (trainer
+settings the model used), ``cost``, ``split``, ``config``, ``objective``, ``versions``, ``git_sha``,
+``started_at``, ``finished_at``. Per-user values of the final stage go to ``per_user_test.csv.gz`` and
+its top-K lists (internal ids) to ``rankings_test.npz``. Only the main process writes.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from recexp.errors import RecexpError
-from recexp.evaluate import Evaluation
-from recexp.interfaces import Split
+from recexp.errors import ConfigError
+from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
+from recexp.interfaces import Split, TaskResult
 from recexp.tracking import git_sha, package_versions, write_json_atomic
 
 RESULTS = "results.json"
@@ -30,9 +32,10 @@ RANKINGS = "rankings_test.npz"
 class RunRecord:
     path: Path
     data: dict[str, Any]
+    persist: bool = True  # False in helper processes of a multi-process run: nothing is written
 
     @classmethod
-    def start(cls, run_dir: Path, run_id: str, config: dict[str, Any], objective: str) -> "RunRecord":
+    def start(cls, run_dir: Path, run_id: str, config: dict[str, Any], objective: str, persist: bool = True) -> "RunRecord":
         data = {
             "run_id": run_id,
             "status": "running",
@@ -41,6 +44,8 @@ class RunRecord:
             "objective": None,
             "metrics": {},
             "segments": {},
+            "stages": {},
+            "effective": {},
             "cost": {},
             "split": {},
             "config": config,
@@ -49,8 +54,9 @@ class RunRecord:
             "run_dir": str(run_dir),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        record = cls(run_dir / RESULTS, data)
-        (run_dir / "traceback.txt").unlink(missing_ok=True)
+        record = cls(run_dir / RESULTS, data, persist)
+        if persist:
+            (run_dir / "traceback.txt").unlink(missing_ok=True)
         record.write()
         return record
 
@@ -66,26 +72,37 @@ class RunRecord:
     def set_split(self, split: Split) -> None:
         self.data["split"] = {"hash": split.hash, "path": str(split.path), "counts": split.counts(), **split.info}
 
-    def finish_ok(self, valid: Evaluation, test: Evaluation, cost: dict[str, Any], extras: dict[str, Any]) -> None:
-        self.data["metrics"] = {"valid": valid.metrics.get("all", {}), "test": test.metrics.get("all", {})}
-        self.data["segments"] = test.metrics
-        self.data["valid_segments"] = valid.metrics
-        self.data["cost"] = cost
-        self.data.update(extras)
+    def finish_ok(self, result: TaskResult) -> None:
+        evaluations: dict[str, Evaluation] = result.evaluations
+        final = final_stage(evaluations)
+        self.data["metrics"] = {stage: ev.metrics.get("all", {}) for stage, ev in evaluations.items()}
+        self.data["segments"] = evaluations[final].metrics
+        self.data["stages"] = {stage: ev.metrics for stage, ev in evaluations.items()}
+        self.data["valid_segments"] = evaluations["valid"].metrics if "valid" in evaluations else {}
+        self.data["cost"] = result.cost
+        self.data["effective"] = result.effective
         stage, _, metric = self.data["objective_name"].partition("/")
         value = self.data["metrics"].get(stage, {}).get(metric)
         if value is None:
-            available = sorted(self.data["metrics"].get("valid", {}))
-            raise RecexpError(f"objective {self.data['objective_name']!r} was not computed; choose valid/<one of {available}>.")
+            available = sorted(self.data["metrics"].get(stage, {}))
+            raise ConfigError(f"objective {self.data['objective_name']!r} was not computed; choose {stage}/<one of {available}>.")
         self.data["objective"] = value
         self.data["status"] = "ok"
+
+    def summary(self) -> dict[str, Any]:
+        """For W&B: each stage's ``all`` metrics, the final stage per segment, and the cost ledger."""
+        final = final_stage(self.data["stages"])
+        return {**self.data["metrics"], final: self.data["segments"], "cost": self.data["cost"]}
 
     def finish_failed(self, err: BaseException, trace: str) -> None:
         self.data["status"] = "failed"
         self.data["error"] = f"{type(err).__name__}: {err}"
-        (self.path.parent / "traceback.txt").write_text(trace)
+        if self.persist:
+            (self.path.parent / "traceback.txt").write_text(trace)
 
     def write(self) -> None:
+        if not self.persist:
+            return
         self.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z") if self.data["status"] != "running" else None
         write_json_atomic(self.path, _finite(self.data))
 
@@ -101,12 +118,35 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def save_evaluation(run_dir: Path, test: Evaluation) -> None:
-    """Per-user test metrics (CSV, raw user tokens) and each segment's top-K lists (npz, internal ids; -1 = empty)."""
-    test.per_user.to_csv(run_dir / PER_USER, index=False)
+def final_stage(evaluations: dict[str, Any]) -> str:
+    """The stage a run reports as its result: ``test`` when there is one, else the last evaluated."""
+    return "test" if "test" in evaluations else list(evaluations)[-1]
+
+
+def check_objective(name: str, split: Split, evaluator: Evaluator) -> None:
+    """A ConfigError, before any training, unless ``name`` is stage/metric of this split and evaluator."""
+    stage, slash, metric = str(name).partition("/")
+    if not slash or stage not in split.stages:
+        raise ConfigError(f"objective={name!r} must be stage/metric with stage one of {', '.join(split.stages)} (e.g. valid/ndcg@10).")
+    spec, k = parse_metric(metric)
+    has = split.stage(stage).pairs if spec.kind == "pointwise" else split.stage(stage).positives
+    if has is None:
+        what = "labelled pairs (set scenario.label_threshold)" if spec.kind == "pointwise" else "ranking targets"
+        raise ConfigError(f"objective={name!r}: stage {stage!r} has no {what}; choose another objective.")
+    if spec.name not in evaluator.metrics or (k is not None and k not in evaluator.ks):
+        raise ConfigError(
+            f"objective={name!r} is not computed by the evaluator (metrics {evaluator.metrics}, ks {evaluator.ks}); "
+            f"add {metric_key(spec, k)} to them or choose another objective."
+        )
+
+
+def save_evaluation(run_dir: Path, result: TaskResult) -> None:
+    """The final stage's per-user values (CSV, raw user tokens) and each segment's top-K lists (npz, internal ids; -1 = empty)."""
+    final = result.evaluations[final_stage(result.evaluations)]
+    final.per_user.to_csv(run_dir / PER_USER, index=False)
     arrays = {}
-    for segment, topk in test.topk.items():
-        arrays[f"{segment}/users"] = test.users[segment]
+    for segment, topk in final.topk.items():
+        arrays[f"{segment}/users"] = final.users[segment]
         arrays[f"{segment}/topk"] = topk
     np.savez_compressed(run_dir / RANKINGS, **arrays)
 

@@ -1,4 +1,4 @@
-"""The spine: seed → data → split → model → fit → evaluate → record. One screen, top to bottom."""
+"""The spine: seed → model → data → split → task (fit, evaluate) → record. One screen, top to bottom."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import random
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,12 +15,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from recexp.config import build, config_id
-from recexp.costs import CostMeter
-from recexp.errors import RecexpError
-from recexp.interfaces import FitContext, Saveable
-from recexp.records import RunRecord, finished_record, save_evaluation
+from recexp.errors import ConfigError, RecexpError
+from recexp.interfaces import FitContext, Recommender
+from recexp.records import RunRecord, check_objective, finished_record, save_evaluation
 from recexp.scenarios import build_or_load
 from recexp.tracking import NullLogger
+from recexp.train import default_device, process_info, single_cpu_launch
 
 log = logging.getLogger("recexp")
 
@@ -34,29 +34,30 @@ def run(cfg: DictConfig) -> float:
     if done is not None:
         log.info("Run %s already finished in %s; skipping.", run_id, done.parent)
         return RunRecord.load(done).objective
-    record = RunRecord.start(run_dir, run_id, OmegaConf.to_container(cfg, resolve=True), cfg.objective)
+    rank, world_size = process_info()
+    if single_cpu_launch():
+        log.warning("accelerate launch --cpu started one process (several CPU processes need its --mpirun_hostfile); "
+                    "for DDP over gloo use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`.")
+    record = RunRecord.start(run_dir, run_id, OmegaConf.to_container(cfg, resolve=True), cfg.objective, rank == 0)
     logger = NullLogger()
     try:
-        logger = build(cfg.logger, run_config=record.data["config"], _recursive_=False, _convert_="all", **_default_group(cfg, hydra))
+        if rank == 0:
+            logger = build(cfg.logger, run_config=record.data["config"], _recursive_=False, _convert_="all", **_default_group(cfg, hydra))
         seed_everything(cfg.seed)
         device = pick_device(cfg.device)
+        make_model = model_factory(cfg.model, build(cfg.trainer))  # bad model or trainer settings fail here
+        task, evaluator = build(cfg.task), build(cfg.evaluator)
         dataset = build(cfg.dataset).load()
         split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
+        check_objective(cfg.objective, split, evaluator)
         record.set_split(split)
-        model = build(cfg.model, trainer=build(cfg.trainer))
-        evaluator = build(cfg.evaluator)
-        meter = CostMeter(device)
-        with meter.phase("train"):
-            model.fit(split, FitContext(logger, device, run_dir, cfg.seed, cfg.progress))
-        if isinstance(model, Saveable):
-            model.save(run_dir / "model")
-        with meter.phase("eval"):
-            valid = evaluator.evaluate(model, split, "valid", device, progress=cfg.progress)
-            test = evaluator.evaluate(model, split, "test", device, progress=cfg.progress)
-        record.finish_ok(valid, test, meter.summary(model, split), extras(model))
-        save_evaluation(run_dir, test)
-        logger.summary({"valid": valid.metrics.get("all", {}), "test": test.metrics, "cost": record.data["cost"]})
-        log.info("test %s", _headline(test.metrics))
+        ctx = FitContext(logger, device, run_dir, cfg.seed, cfg.progress, rank, world_size)
+        result = task.run(make_model, split, evaluator, ctx)
+        if rank == 0:
+            record.finish_ok(result)
+            save_evaluation(run_dir, result)
+            logger.summary(record.summary())
+            log.info("%s", _headline(record.data["segments"]))
         return record.objective
     except (Exception, KeyboardInterrupt) as err:
         record.finish_failed(err, traceback.format_exc())
@@ -66,25 +67,31 @@ def run(cfg: DictConfig) -> float:
         logger.finish(0 if record.data["status"] == "ok" else 1)
 
 
-def seed_everything(seed: int) -> None:
+def model_factory(node: DictConfig, trainer: Any) -> Callable[[], Recommender]:
+    """Builds one model now, so bad settings fail before any work; hands it out first, then fresh ones."""
+    first = [build(node, trainer=trainer)]
+    return lambda: first.pop() if first else build(node, trainer=trainer)
+
+
+def seed_everything(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is not allowed: it must be an integer in [0, 2**32).")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one, else CPU."""
+    """``auto``: this process's GPU when there is one (its own under multi-GPU launches), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def extras(model: Any) -> dict[str, Any]:
-    """Optional model-specific outputs: extra cost figures and pointwise metrics."""
-    out: dict[str, Any] = {}
-    if hasattr(model, "pointwise_metrics"):
-        out["pointwise"] = {stage: model.pointwise_metrics(stage) for stage in ("valid", "test")}
-    return out
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but this machine has no CUDA device; use device=auto or device=cpu.")
+    return device
 
 
 def _default_group(cfg: DictConfig, hydra: Any) -> dict[str, str]:
@@ -108,5 +115,6 @@ def _fail(err: BaseException, mode: RunMode) -> float:
     raise err
 
 
-def _headline(metrics: dict[str, dict[str, float]]) -> str:
-    return ", ".join(f"{seg} ndcg@10={m['ndcg@10']:.4f}" for seg, m in metrics.items() if "ndcg@10" in m)
+def _headline(segments: dict[str, dict[str, float]]) -> str:
+    keys = ("ndcg@10", "auc")
+    return ", ".join(f"{seg} {k}={m[k]:.4f}" for seg, m in segments.items() for k in keys if k in m)

@@ -1,61 +1,138 @@
 """Training settings shared by every model, and the one training loop for recexp's torch models.
 
-:func:`fit` reads top to bottom: seed, optimiser and schedule, then per epoch one pass of
-micro-batches (:func:`train_epoch`), a validation ranking for early stopping, and a log line.
-Models supply only ``make_batches(epoch)`` and ``loss_fn(batch)``.
+:func:`fit` reads top to bottom: optimiser and schedule, the model and data prepared by
+``accelerate`` (one process, or DDP under ``accelerate launch``), then per epoch one pass of
+micro-batches (:func:`train_epoch`), a validation metric for early stopping (users sharded over the
+processes, sums reduced), and a log line. A model supplies ``forward(batch) -> loss`` and a torch
+``Dataset`` of batches. The only module importing ``accelerate``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from recexp.errors import ConfigError, TrainingError
-from recexp.evaluate import ACCURACY, Evaluator
+from recexp.evaluate import Evaluator, parse_metric
 from recexp.interfaces import FitContext, Split
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Flat training settings; ``None`` means "the model's own default"."""
+    """Flat training settings; ``None`` means "the model's own default". Values are checked on creation."""
 
     max_epochs: int | None = None  # cap on training epochs
     patience: int | None = None  # validation checks without improvement before stopping
-    valid_metric: str = "ndcg@10"  # early-stopping metric on the valid split (all segment)
-    batch_size: int | None = None  # training batch size
+    valid_metric: str = "ndcg@10"  # early-stopping metric on the valid stage (all segment), e.g. ndcg@10 or auc
+    batch_size: int | None = None  # training batch size, over all processes together
     lr: float | None = None  # peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup_ratio: float = 0.1  # share of optimisation steps with linear warm-up
-    grad_accum: int = 1  # micro-batches per optimiser step
-    bf16: bool = True  # bf16 autocast when on CUDA
+    weight_decay: float | None = None  # AdamW weight decay (torch models: 0)
+    warmup_ratio: float | None = None  # share of optimiser steps with linear warm-up (torch models: 0.1)
+    grad_accum: int | None = None  # micro-batches per optimiser step (torch models: 1)
+    mixed_precision: str | None = None  # no | bf16 | fp16 (torch models: bf16 on CUDA, no elsewhere)
     progress: bool = True  # tqdm progress bars
 
-    def pick(self, name: str, default):
+    def __post_init__(self):
+        check_trainer(self)
+
+    def pick(self, name: str, default: Any) -> Any:
         """``self.<name>`` unless it is None, else ``default``."""
         value = getattr(self, name)
         return default if value is None else value
 
+    def explicit(self) -> dict[str, Any]:
+        """The settings given a value (not left to the model), by name."""
+        skip = {"progress", "valid_metric"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip and getattr(self, f.name) is not None}
 
-def with_defaults(config: TrainerConfig, **defaults) -> TrainerConfig:
-    """``config`` with each ``None`` among ``defaults``' names replaced by the model's default."""
-    return dataclasses.replace(config, **{name: config.pick(name, value) for name, value in defaults.items()})
+
+_INT_RULES = {"max_epochs": 1, "patience": 1, "batch_size": 1, "grad_accum": 1}  # name -> minimum
+
+
+def check_trainer(config: TrainerConfig) -> None:
+    """A ConfigError naming key, value and rule for the first setting that cannot work."""
+    for name, low in _INT_RULES.items():
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"trainer.{name}={value!r} is not allowed: it must be an integer >= {low}.")
+    rules = {
+        "lr": lambda v: v > 0 and math.isfinite(v),
+        "weight_decay": lambda v: v >= 0 and math.isfinite(v),
+        "warmup_ratio": lambda v: 0 <= v < 1,
+    }
+    texts = {"lr": "a finite number > 0", "weight_decay": "a finite number >= 0", "warmup_ratio": "a number in [0, 1)"}
+    for name, ok in rules.items():
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
+            raise ConfigError(f"trainer.{name}={value!r} is not allowed: it must be {texts[name]}.")
+    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(
+            f"trainer.mixed_precision={config.mixed_precision!r} is not allowed: choose {', '.join(MIXED_PRECISION)} "
+            "(or null for bf16 on CUDA, no elsewhere)."
+        )
+    parse_metric(config.valid_metric)
+
+
+TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1)
+
+
+def with_defaults(config: TrainerConfig, device: torch.device, **defaults: Any) -> TrainerConfig:
+    """``config`` with every ``None`` replaced: the model's ``defaults``, then the loop's own."""
+    precision = "bf16" if device.type == "cuda" else "no"
+    merged = {**TORCH_DEFAULTS, "mixed_precision": precision, **defaults}
+    return dataclasses.replace(config, **{name: config.pick(name, value) for name, value in merged.items()})
+
+
+def process_state() -> PartialState:
+    """accelerate's view of this process; several processes on a CPU-only machine talk over gloo."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_info() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless started by ``accelerate launch`` / ``torchrun``."""
+    state = process_state()
+    return state.process_index, state.num_processes
+
+
+def single_cpu_launch() -> bool:
+    """True when ``accelerate launch --cpu --num_processes N`` (N > 1) started this run as one process:
+    accelerate starts several CPU processes only through MPI (``--mpirun_hostfile``)."""
+    env = os.environ
+    return env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
+
+
+def default_device() -> torch.device:
+    """This process's accelerator (its own GPU under multi-GPU launches), else the CPU."""
+    return process_state().device
 
 
 Batch = tuple[torch.Tensor, ...]  # a micro-batch; its first tensor has one row per training example
 
 
+def keep_batch(batch: Batch) -> Batch:
+    """DataLoader ``collate_fn`` for datasets whose ``__getitems__`` already returns a batch."""
+    return batch
+
+
 @dataclass
 class FitStats:
-    """What one call of :func:`fit` did, for the run record's ``cost``."""
+    """What one call of :func:`fit` did, for the run record's ``cost`` and ``effective``."""
 
     epochs: int = 0
     best_epoch: int = -1
@@ -70,7 +147,7 @@ class FitStats:
         return self.best_epoch == self.epochs - 1
 
     def cost(self) -> dict[str, float]:
-        """Figures for the run record's ``cost`` (throughput counts training passes only)."""
+        """Figures for the run record's ``cost`` (throughput counts training passes only, this process)."""
         return {
             "samples_seen": self.samples,
             "samples_per_second": self.samples / self.train_seconds if self.train_seconds > 0 else 0.0,
@@ -80,68 +157,65 @@ class FitStats:
         }
 
 
-def fit(
-    model: nn.Module,
-    split: Split,
-    ctx: FitContext,
-    config: TrainerConfig,
-    make_batches: Callable[[int], list[Batch]],
-    loss_fn: Callable[[Batch], torch.Tensor],
-    cpu_threads: int | None = None,
-) -> FitStats:
-    """Train ``model``'s trainable weights; keep the weights of the best validation epoch.
+def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, data: Dataset) -> FitStats:
+    """Train ``model``'s trainable weights on ``data``; keep the weights of the best validation epoch.
 
-    ``make_batches(epoch)`` lists that epoch's micro-batches; ``loss_fn(batch)`` returns a scalar.
-    ``model`` must also be a :class:`~recexp.interfaces.Recommender`: it is ranked on the valid split
-    after every epoch, and training stops after ``config.patience`` epochs without improvement.
-    ``cpu_threads`` caps torch's intra-op threads on CPU while fitting (None: torch's setting).
+    ``model(batch)`` returns a scalar loss; ``data`` yields whole batches (``__getitems__``) and is
+    re-drawn by ``data.set_epoch(epoch)``. ``model`` also scores (it is a recommender's module): the
+    valid stage is evaluated after every epoch, and training stops after ``config.patience`` epochs
+    without improvement. Its ``stale`` flag is raised whenever weights are restored.
     """
-    with torch_threads(cpu_threads if ctx.device.type == "cpu" else None):
-        torch.manual_seed(ctx.seed)
-        metric, key = valid_metric(config.valid_metric)
-        check_settings(config)
-        evaluator = Evaluator(ks=[int(key.split("@")[1])], metrics=[metric], batch_size=256)
-        batches = make_batches(0)
-        if not batches:
-            raise TrainingError(f"{type(model).__name__} got no training examples: the split's train part is empty.")
-        optimizer = torch.optim.AdamW(trainable(model), lr=config.lr, weight_decay=config.weight_decay)
-        total_steps = math.ceil(len(batches) / config.grad_accum) * config.max_epochs
-        schedule = warmup_then_decay(total_steps, config.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        stats, best_state, misses = FitStats(), {}, 0
-        for epoch in range(config.max_epochs):
-            batches = batches if epoch == 0 else make_batches(epoch)
-            loss = train_epoch(model, batches, loss_fn, optimizer, scheduler, config, ctx, epoch, stats)
-            value = evaluator.evaluate(model, split, "valid", ctx.device, segments=("all",)).metrics["all"][key]
-            ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
-                            "epoch": epoch}, step=stats.optimizer_steps)
-            stats.epochs = epoch + 1
-            if stats.best_epoch < 0 or value > stats.best_valid:
-                stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
-            else:
-                misses += 1
-                if misses >= config.patience:
-                    break
-        if not stats.ended_on_best:
-            model.load_state_dict(best_state, strict=False)
-        return stats
+    torch.manual_seed(ctx.seed)
+    metric, k = parse_metric(config.valid_metric)
+    key = config.valid_metric
+    accelerator = make_accelerator(ctx.device, config)
+    per_process = max(1, config.batch_size // accelerator.num_processes)  # each global batch is shared out
+    loader = DataLoader(data, batch_size=per_process, shuffle=False, collate_fn=keep_batch)
+    if len(loader) == 0:
+        raise TrainingError(f"{type(model).__name__} got no training examples: the split's train part is empty.")
+    optimizer = torch.optim.AdamW(trainable(model), lr=config.lr, weight_decay=config.weight_decay)
+    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total_steps = math.ceil(len(loader) / config.grad_accum) * config.max_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio))
+    evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256)
+    stats, best_state, misses = FitStats(), {}, 0
+    for epoch in range(config.max_epochs):
+        data.set_epoch(epoch)
+        model.refresh()
+        loss = train_epoch(wrapped, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats)
+        value = validate(model, split, evaluator, key, accelerator)
+        ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
+                        "epoch": epoch}, step=stats.optimizer_steps)
+        stats.epochs = epoch + 1
+        if stats.best_epoch < 0 or _better(value, stats.best_valid, metric.higher_is_better):
+            stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
+        else:
+            misses += 1
+            if misses >= config.patience:
+                break
+    if not stats.ended_on_best:
+        model.load_state_dict(best_state, strict=False)
+        model.stale = True
+    stats.samples = int(accelerator.reduce(torch.tensor(stats.samples, device=accelerator.device), "sum"))  # all processes
+    return stats
 
 
-def train_epoch(model, batches, loss_fn, optimizer, scheduler, config, ctx, epoch, stats) -> float:
-    """One pass over ``batches`` with gradient accumulation; returns the mean loss per example."""
+def train_epoch(model, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats) -> float:
+    """One pass over ``loader`` with gradient accumulation; returns the mean loss per example (this process)."""
     model.train()
     total, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (config.progress and ctx.progress), leave=False)
+    show = config.progress and ctx.progress and accelerator.is_main_process
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False)
     for index, batch in enumerate(bar):
-        with autocast(ctx.device, config.bf16):
-            loss = loss_fn(batch)
-        check_finite(loss, epoch, index, config)
-        (loss / config.grad_accum).backward()
-        if (index + 1) % config.grad_accum == 0 or index + 1 == len(batches):
+        with accelerator.accumulate(model):
+            loss = model(batch)
+            check_finite(loss, epoch, index, config)
+            accelerator.backward(loss)
             optimizer.step()
-            scheduler.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
+                stats.optimizer_steps += 1
             optimizer.zero_grad(set_to_none=True)
-            stats.optimizer_steps += 1
         size = len(batch[0])
         total, seen = total + loss.item() * size, seen + size
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -150,19 +224,39 @@ def train_epoch(model, batches, loss_fn, optimizer, scheduler, config, ctx, epoc
     return total / max(seen, 1)
 
 
-def check_settings(config: TrainerConfig) -> None:
-    rules = {
-        "max_epochs": (config.max_epochs >= 1, ">= 1"),
-        "patience": (config.patience >= 1, ">= 1"),
-        "batch_size": (config.batch_size >= 1, ">= 1"),
-        "grad_accum": (config.grad_accum >= 1, ">= 1"),
-        "lr": (config.lr > 0, "> 0"),
-        "weight_decay": (config.weight_decay >= 0, ">= 0"),
-        "warmup_ratio": (0 <= config.warmup_ratio < 1, "in [0, 1)"),
-    }
-    for name, (ok, rule) in rules.items():
-        if not ok:
-            raise ConfigError(f"trainer.{name} must be {rule}, got {getattr(config, name)}.")
+def validate(model: nn.Module, split: Split, evaluator: Evaluator, key: str, accelerator: Accelerator) -> float:
+    """``key`` on the valid stage. Under several processes, per-user metrics are computed on each
+    process's share of the users and their sums reduced; pooled ones are computed whole everywhere."""
+    model.eval()
+    metric, _ = parse_metric(key)
+    if accelerator.num_processes == 1 or not metric.per_user:
+        return evaluator.value(model, split, "valid", key, accelerator.device)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    evaluation = evaluator.evaluate(model, split, "valid", accelerator.device, segments=("all",), shard=(rank, world))
+    column = evaluation.per_user[key].to_numpy(dtype=np.float64) if key in evaluation.per_user else np.zeros(0)
+    column = column[~np.isnan(column)]
+    totals = accelerator.reduce(torch.tensor([column.sum(), len(column)], dtype=torch.float64, device=accelerator.device))
+    return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+
+
+def make_accelerator(device: torch.device, config: TrainerConfig) -> Accelerator:
+    """An ``Accelerator`` on ``device`` with the run's precision and accumulation.
+
+    accelerate keeps one process-wide state; a later run in the same process that asks for another
+    precision starts it afresh (accelerate offers no public way to change it).
+    """
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, config.mixed_precision):
+        AcceleratorState._reset_state()
+    return Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+    )
+
+
+def _better(value: float, best: float, higher: bool) -> bool:
+    return value > best if higher else value < best
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -196,29 +290,13 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked; full precision elsewhere."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def check_finite(loss: torch.Tensor, epoch: int, index: int, config: TrainerConfig) -> None:
     if not torch.isfinite(loss).all():
         raise TrainingError(
             f"Training diverged: the loss is {loss.item()} at epoch {epoch}, batch {index}. "
-            f"Lower trainer.lr (now {config.lr}), or set trainer.bf16=false if it happened under bf16."
+            f"Lower trainer.lr (now {config.lr}), or set trainer.mixed_precision=no if it happened under "
+            f"{config.mixed_precision}."
         )
-
-
-def valid_metric(name: str) -> tuple[str, str]:
-    """'ndcg@10' -> ('ndcg', 'ndcg@10'); a ConfigError for anything the evaluator cannot rank by."""
-    metric, _, k = name.partition("@")
-    if metric not in ACCURACY or not k.isdigit() or int(k) < 1:
-        raise ConfigError(
-            f"trainer.valid_metric={name!r} is not metric@K with metric in {', '.join(ACCURACY)} (e.g. ndcg@10)."
-        )
-    return metric, f"{metric}@{int(k)}"
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -240,8 +318,9 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 def save_weights(model: nn.Module, directory: str | Path) -> int:
     """Write the trained part of ``model`` to ``directory``; returns the bytes written.
 
-    ``heads.safetensors`` holds every trainable weight outside ``model.encoder``; the encoder's
-    strategy writes its own part under ``encoder/`` (PEFT adapter, full weights, or nothing).
+    ``heads.safetensors`` holds every trainable weight and persistent buffer outside
+    ``model.encoder``; the encoder's strategy writes its own part under ``encoder/`` (PEFT adapter,
+    full weights, or nothing).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -262,12 +341,16 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
         )
     model.load_state_dict(state, strict=False)
     model.encoder.load(directory / "encoder")
+    model.stale = True
 
 
 def heads(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable weights outside ``model.encoder``, contiguous CPU copies by state-dict name."""
+    """Trainable weights and persistent buffers outside ``model.encoder``, contiguous CPU copies by name."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    persistent = set(model.state_dict())
+    buffers = {name: b for name, b in model.named_buffers() if name in persistent}
     return {
-        name: p.detach().cpu().contiguous()
-        for name, p in model.named_parameters()
-        if p.requires_grad and not name.startswith("encoder.")
+        name: t.detach().cpu().contiguous()
+        for name, t in {**params, **buffers}.items()
+        if not name.startswith("encoder.")
     }

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF
 
-GROUPS = ["dataset", "scenario", "model", "strategy", "trainer", "evaluator", "logger"]
+GROUPS = ["dataset", "scenario", "model", "task", "strategy", "trainer", "evaluator", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ARMS = sorted(p.stem for p in (CONF / "arm").glob("*.yaml"))
@@ -80,5 +80,5 @@ def test_every_yaml_starts_with_a_command_comment():
 
 def test_conf_groups_mirror_packages():
     root = Path(__file__).resolve().parent.parent / "recexp"
-    for group in ("scenario", "model"):
+    for group in ("scenario", "model", "task"):
         assert (root / f"{group}s").is_dir()

@@ -1,4 +1,5 @@
-"""The evaluator: hand-computed metrics, masking, segments, ties, and agreement with RecBole's metrics."""
+"""The evaluator: hand-computed metrics, masking, segments, ties, pointwise metrics against
+scikit-learn, the metric registry, and agreement with RecBole's metrics."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,19 @@ import pytest
 import torch
 
 from recexp.errors import ConfigError
-from recexp.evaluate import ACCURACY, Evaluator, _avg_popularity, _tail_share, gini_index, item_coverage
-from recexp.interfaces import Dataset, Split
+from recexp.evaluate import Evaluator
+from recexp.evaluate.metrics import (
+    METRICS,
+    ListContext,
+    aplt,
+    average_popularity,
+    gini_index,
+    item_coverage,
+    parse_metric,
+    register,
+)
+from recexp.interfaces import Dataset
+from recexp.scenarios.common import holdout_split
 
 
 class FixedScores:
@@ -21,12 +33,12 @@ class FixedScores:
         return self.scores[users]
 
 
-def frame(pairs):
+def frame(pairs, ratings=None):
     users, items = zip(*pairs) if pairs else ((), ())
-    return pd.DataFrame({"user": users, "item": items, "rating": 1.0, "timestamp": 0.0})
+    return pd.DataFrame({"user": users, "item": items, "rating": 1.0 if ratings is None else ratings, "timestamp": 0.0})
 
 
-def tiny_split(train, valid, test, n_users=2, n_items=6, segments=None):
+def tiny_split(train, valid, test, n_users=2, n_items=6, segments=None, test_ratings=None, threshold=None):
     dataset = Dataset(
         name="tiny",
         inter=frame(train + valid + test),
@@ -35,8 +47,10 @@ def tiny_split(train, valid, test, n_users=2, n_items=6, segments=None):
     )
     everything = np.arange(n_items)
     segs = segments or {"all": everything, "head": np.array([0, 1]), "tail": np.arange(2, n_items)}
-    return Split(dataset, frame(train), frame(valid), frame(test), {"valid": everything, "test": everything},
-                 {"valid": segs, "test": segs})
+    return holdout_split(
+        dataset, frame(train), frame(valid, 5.0 if threshold else None), frame(test, test_ratings),
+        {"valid": everything, "test": everything}, {"valid": segs, "test": segs}, threshold,
+    )
 
 
 def test_hand_computed_metrics():
@@ -128,7 +142,7 @@ def test_accuracy_agrees_with_recbole(recbole_metrics, seed, name, recbole_class
     metric = getattr(recbole_metrics, recbole_class)(config)
     theirs = metric.metric_info(hits, pos_len) if needs_pos_len else metric.metric_info(hits)  # [U, K]
     for k in config["topk"]:
-        ours = ACCURACY[name](torch.as_tensor(hits), torch.as_tensor(pos_len, dtype=torch.float64), k).numpy()
+        ours = METRICS[name].fn(torch.as_tensor(hits), torch.as_tensor(pos_len, dtype=torch.float64), k).numpy()
         np.testing.assert_allclose(ours, theirs[:, k - 1], atol=1e-6, rtol=0)
 
 
@@ -144,11 +158,95 @@ def test_beyond_accuracy_agrees_with_recbole(recbole_metrics, seed):
     tail = recbole_metrics.TailPercentage(config)
     their_tail = tail.metric_info(tail.get_tail(topk, dict(enumerate(counts))))
     for k in config["topk"]:
-        ours_pop = _avg_popularity(torch.as_tensor(topk), torch.as_tensor(counts), k).numpy()
+        context = ListContext(popularity=torch.as_tensor(counts), is_tail=torch.as_tensor(counts <= 10))
+        ours_pop = average_popularity(torch.as_tensor(topk), context, k).numpy()
         np.testing.assert_allclose(ours_pop, their_pop[:, k - 1], atol=1e-6)
-        ours_tail = _tail_share(torch.as_tensor(topk), torch.as_tensor(counts <= 10), k).numpy()
+        ours_tail = aplt(torch.as_tensor(topk), context, k).numpy()
         np.testing.assert_allclose(ours_tail, their_tail[:, k - 1], atol=1e-6)
         coverage = recbole_metrics.ItemCoverage(config).get_coverage(topk[:, :k], n_items)
         assert item_coverage(topk[:, :k], n_items) == pytest.approx(coverage, abs=1e-6)
         gini = recbole_metrics.GiniIndex(config).get_gini(topk[:, :k], n_items)
         assert gini_index(topk[:, :k], n_items) == pytest.approx(gini, abs=1e-6)
+
+
+# --- pointwise metrics on labelled pairs
+
+
+class PairScores(FixedScores):
+    """Scores read off a full matrix; ``pointwise_output`` says what they mean."""
+
+    def __init__(self, scores, output="score"):
+        super().__init__(scores)
+        self.pointwise_output = output
+
+
+def rated_split(seed, n_users=30, n_items=40, per_user=12):
+    rng = np.random.default_rng(seed)
+    pairs = [(u, int(i)) for u in range(n_users) for i in rng.choice(n_items, per_user, replace=False)]
+    ratings = rng.integers(1, 6, len(pairs)).astype(float)
+    segments = {"all": np.arange(n_items), "head": np.arange(10), "tail": np.arange(10, n_items)}
+    return tiny_split([(0, 0)], [(0, 1)], pairs, n_users, n_items, segments, ratings, threshold=4.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pointwise_metrics_agree_with_scikit_learn(seed):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    split = rated_split(seed)
+    rng = np.random.default_rng(seed + 10)
+    probs = rng.random((split.n_users, split.n_items)).astype(np.float32).astype(np.float64)  # a model scores in float32
+    probs[:, :5] = 0.5  # ties share their mean rank
+    result = Evaluator(ks=[5]).evaluate(PairScores(probs, "probability"), split, "test")
+    pairs = split.pairs("test")
+    labels, scores = pairs["label"].to_numpy(), probs[pairs["user"], pairs["item"]]
+    assert result.metrics["all"]["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert result.metrics["all"]["logloss"] == pytest.approx(log_loss(labels, scores), abs=1e-9)
+    per_user = [roc_auc_score(labels[g], scores[g]) for _, g in pairs.groupby("user").indices.items()
+                if 0 < labels[g].sum() < len(g)]
+    assert result.metrics["all"]["gauc"] == pytest.approx(np.mean(per_user), abs=1e-9)
+    tail = np.isin(pairs["item"].to_numpy(), split.stage("test").segments["tail"])
+    assert result.metrics["tail"]["auc"] == pytest.approx(roc_auc_score(labels[tail], scores[tail]), abs=1e-9)
+    rows = result.per_user[result.per_user["segment"] == "all"]
+    assert rows["gauc"].mean() == pytest.approx(result.metrics["all"]["gauc"], abs=1e-12)
+
+
+def test_rating_metrics_and_which_outputs_get_which_metrics():
+    split = rated_split(0)
+    pairs = split.pairs("test")
+    predicted = np.full((split.n_users, split.n_items), 3.0)
+    result = Evaluator(ks=[5]).evaluate(PairScores(predicted, "rating"), split, "test").metrics["all"]
+    errors = pairs["rating"].to_numpy() - 3.0
+    assert result["rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), abs=1e-12)
+    assert result["mae"] == pytest.approx(np.mean(np.abs(errors)), abs=1e-12)
+    assert "logloss" not in result and result["auc"] == 0.5  # constant scores: chance
+    plain = Evaluator(ks=[5]).evaluate(PairScores(predicted), split, "test").metrics["all"]
+    assert "auc" in plain and not {"logloss", "rmse", "mae"} & set(plain)
+
+
+def test_stage_without_pairs_has_no_pointwise_metrics(random_split):
+    model = FixedScores(torch.rand(random_split.n_users, random_split.n_items))
+    assert "auc" not in Evaluator(ks=[10]).evaluate(model, random_split, "test").metrics["all"]
+    with pytest.raises(ConfigError, match="no labelled pairs"):
+        Evaluator().value(model, random_split, "valid", "auc")
+
+
+@pytest.mark.parametrize(
+    "text, name, k",
+    [("ndcg@10", "ndcg", 10), ("NDCG@5", "ndcg", 5), ("auc", "auc", None), ("gini@20", "gini", 20), ("logloss", "logloss", None)],
+)
+def test_parse_metric(text, name, k):
+    metric, cut = parse_metric(text)
+    assert (metric.name, cut) == (name, k)
+
+
+@pytest.mark.parametrize("text, message", [("ndcg", "needs a cut-off"), ("ndcg@0", "needs a cut-off"),
+                                           ("auc@10", "takes no @K"), ("ndgc@10", "not a known metric")])
+def test_parse_metric_refuses(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_metric(text)
+
+
+def test_registry_refuses_a_second_metric_of_the_same_name():
+    with pytest.raises(ValueError, match="registered twice"):
+        register("ndcg", "ranking")(lambda hits, pos_len, k: hits)
+    assert {m.name for m in METRICS.values() if not m.higher_is_better} == {"gini", "averagepopularity", "logloss", "rmse", "mae"}

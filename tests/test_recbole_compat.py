@@ -1,8 +1,12 @@
 """Each RecBole repair in recexp.models.recbole_compat, exercised on RecBole's own code paths."""
 from __future__ import annotations
 
+import importlib
+import logging
+import logging.handlers
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ import torch
 from recexp.models import recbole_compat
 
 recbole_compat.apply()
+ROOT = Path(__file__).resolve().parent.parent
 
 from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
@@ -156,7 +161,61 @@ def test_recexp_and_the_adapter_import_neither_ray_nor_quick_start():
         "bad = [m for m in ('ray', 'recbole.quick_start', 'pkg_resources') if m in sys.modules]; "
         "assert not bad, bad; assert not hasattr(numpy, 'float_')"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_recbole_logs_to_its_own_logger_not_the_root(tmp_path):
+    recbole_logger = logging.getLogger(recbole_compat.LOGGER)
+    assert recbole_logger.level == logging.INFO and not recbole_logger.propagate
+    for name in recbole_compat._LOGGER_USERS:
+        assert importlib.import_module(name).getLogger() is recbole_logger, name
+    root, level = logging.getLogger(), logging.getLogger().level
+    assert root is logging.root  # logging itself is untouched
+    mine, at_root = logging.handlers.BufferingHandler(10**6), logging.handlers.BufferingHandler(10**6)
+    recbole_logger.addHandler(mine)
+    root.addHandler(at_root)
+    root.setLevel(logging.DEBUG)
+    try:
+        ml100k_trainer(tmp_path, BPR)  # data_preparation logs the batch sizes at INFO
+    finally:
+        recbole_logger.removeHandler(mine)
+        root.removeHandler(at_root)
+        root.setLevel(level)
+    assert any("train_batch_size" in r.getMessage() for r in mine.buffer)
+    assert not [r for r in at_root.buffer if "recbole" in r.pathname]
+
+
+def test_tensorboard_goes_beside_this_threads_run_log(tmp_path):
+    logger = logging.getLogger(recbole_compat.LOGGER)
+    handlers = []
+    for run, thread in (("other", threading.get_ident() + 1), ("mine", threading.get_ident())):
+        (tmp_path / run).mkdir()
+        handler = logging.FileHandler(tmp_path / run / "recbole.log")
+        only = recbole_compat.ThreadFilter()
+        only.thread = thread
+        handler.addFilter(only)
+        logger.addHandler(handler)
+        handlers.append(handler)
+    try:
+        _, trainer, _, _ = ml100k_trainer(tmp_path, BPR)
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+    trainer.tensorboard.close()
+    assert Path(trainer.tensorboard.log_dir) == tmp_path / "mine" / "log_tensorboard" / "recbole"
+    assert any((tmp_path / "mine" / "log_tensorboard" / "recbole").iterdir())
+    assert not (tmp_path / "log_tensorboard").exists()  # the cwd (isolated) stays empty of events
+
+
+def test_recbole_warnings_are_ignored_and_others_kept():
+    code = (
+        "import warnings; from recexp.models import recbole_compat; recbole_compat.apply(); "
+        "warnings.warn_explicit('from recbole', UserWarning, 'dataset.py', 1, module='recbole.data.dataset.dataset'); "
+        "warnings.warn_explicit('from elsewhere', UserWarning, 'other.py', 1, module='recexp.other')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
+    assert "from elsewhere" in result.stderr and "from recbole" not in result.stderr
 
 
 def test_apply_is_idempotent():

@@ -14,8 +14,9 @@ import pytest
 from conftest import ROOT
 from wandb_records import history_and_summary
 
-RECORD_KEYS = {"run_id", "status", "error", "metrics", "segments", "cost", "split", "config", "versions", "git_sha"}
-COST_KEYS = {"trainable_params", "total_params", "train_seconds", "eval_seconds", "peak_memory_mb", "device"}
+RECORD_KEYS = {"run_id", "status", "error", "metrics", "segments", "stages", "effective", "cost", "split", "config",
+               "versions", "git_sha"}
+COST_KEYS = {"trainable_params", "total_params", "train_seconds", "eval_seconds", "peak_memory_mb", "device", "world_size"}
 
 
 def recexp(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -39,6 +40,7 @@ def test_record_has_every_key(cold_run):
     assert RECORD_KEYS <= set(record) and record["status"] == "ok" and record["error"] is None
     assert set(record["metrics"]) == {"valid", "test"} and "ndcg@10" in record["metrics"]["test"]
     assert set(record["segments"]) == {"all", "head", "tail", "cold", "warm"}
+    assert record["stages"]["test"] == record["segments"] and record["stages"]["valid"]["all"] == record["metrics"]["valid"]
     assert COST_KEYS <= set(record["cost"]) and record["cost"]["device"] == "cpu"
     assert len(record["split"]["hash"]) == 64 and record["split"]["counts"]["users"] == 943
     assert record["config"]["model"]["_target_"].endswith("RandomRecommender")
@@ -57,7 +59,7 @@ def test_metrics_recompute_from_saved_files(cold_run):
     rankings = np.load(cold_run / "rankings_test.npz", allow_pickle=True)
     per_user = pd.read_csv(cold_run / "per_user_test.csv.gz", dtype={"user": str})
     for segment in ("cold", "all"):
-        allowed = set(meta["segments"]["test"][segment])
+        allowed = set(meta["stages"]["test"]["segments"][segment])
         users, topk = rankings[f"{segment}/users"], rankings[f"{segment}/topk"]
         item_tokens = _item_tokens()
         ndcgs = []
@@ -101,6 +103,12 @@ def test_wandb_offline_run_recorded_config_and_results(cold_run):
         (["scenario.ratios=[1.0,0.0,0.0]"], "left the valid split empty"),
         (["scenario=cold_item", "scenario.cold_fraction=1.5"], "cold_fraction"),
         (["dataset.item_template='{nosuchfield}'"], "names field 'nosuchfield'"),
+        (["objective=valid/ndcg"], "ndcg needs a cut-off"),
+        (["objective=valid/auc"], "has no labelled pairs"),
+        (["objective=later/ndcg@10"], "stage one of valid, test"),
+        (["seed=-1"], "seed=-1"),
+        (["device=gpu"], "device='gpu' is not a device"),
+        (["evaluator.ks=[0]"], "evaluator.ks"),
     ],
 )
 def test_bad_input_fails_cleanly(tmp_path, overrides, message):
@@ -109,6 +117,39 @@ def test_bad_input_fails_cleanly(tmp_path, overrides, message):
     assert message in done.stderr and "Traceback" not in done.stderr
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert record["status"] == "failed" and message in record["error"]
+
+
+@pytest.mark.parametrize(
+    "model, setting, message",
+    [
+        ("bpr", "trainer.batch_size=0", "trainer.batch_size=0"),
+        ("bpr", "trainer.lr=0", "trainer.lr=0"),
+        ("bpr", "trainer.max_epochs=-1", "trainer.max_epochs=-1"),
+        ("bpr", "trainer.warmup_ratio=0.2", "trainer.warmup_ratio=0.2"),
+        ("text_tower", "trainer.lr=0", "trainer.lr=0"),
+        ("text_tower", "+trainer.momentum=0.9", "momentum: not a setting of TrainerConfig"),
+    ],
+)
+def test_impossible_trainer_settings_stop_the_run_before_any_work(tmp_path, model, setting, message):
+    done = recexp(f"model={model}", setting, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "failed" and record["split"] == {}  # no data was read, nothing trained
+    assert not (tmp_path / "run" / "recbole").exists() and not (tmp_path / "cache").exists()
+
+
+def test_labelled_pairs_score_every_model_pointwise(tmp_path):
+    """BPR has no notion of labels, yet its scores rank liked above disliked pairs: AUC and GAUC per segment."""
+    done = recexp("model=bpr", "scenario=random", "scenario.label_threshold=4", "trainer.max_epochs=3", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    for where in (record["metrics"]["test"], record["segments"]["all"], record["segments"]["tail"]):
+        assert {"auc", "gauc"} <= set(where) and "logloss" not in where  # BPR scores are not probabilities
+    assert 0.5 < record["metrics"]["test"]["auc"] < 0.8
+    assert record["effective"]["max_epochs"] == 3 and record["effective"]["epochs_run"] == 3
+    per_user = pd.read_csv(tmp_path / "run" / "per_user_test.csv.gz", dtype={"user": str})
+    assert {"gauc", "n_pairs", "ndcg@10"} <= set(per_user.columns)
 
 
 def test_unknown_component_lists_choices(tmp_path):

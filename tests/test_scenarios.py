@@ -42,7 +42,7 @@ def rows(frame: pd.DataFrame) -> list[tuple]:
 
 def assert_partition(split, dataset):
     """Every interaction lands in exactly one of train/valid/test."""
-    together = pd.concat([split.train, split.valid, split.test])
+    together = pd.concat([split.train, split.parts["valid"], split.parts["test"]])
     assert rows(together) == rows(dataset.inter)
 
 
@@ -65,7 +65,7 @@ def test_random_split_is_a_per_user_partition(dataset, seed, valid, test):
     assert_partition(split, dataset)
     for user, group in dataset.inter.groupby("user"):
         expected = ratio_counts(len(group), ratios)
-        got = [int((frame["user"] == user).sum()) for frame in (split.train, split.valid, split.test)]
+        got = [int((frame["user"] == user).sum()) for frame in (split.train, split.parts["valid"], split.parts["test"])]
         assert got == expected
 
 
@@ -80,15 +80,15 @@ def test_cold_items_never_reach_training(dataset, seed, cold, share):
         return
     split = scenario.build(dataset, seed)
     assert_partition(split, dataset)
-    cold_valid, cold_test = split.segments["valid"]["cold"], split.segments["test"]["cold"]
+    cold_valid, cold_test = split.stage("valid").segments["cold"], split.stage("test").segments["cold"]
     assert len(np.intersect1d(cold_valid, cold_test)) == 0
     assert not split.train["item"].isin(np.union1d(cold_valid, cold_test)).any()
     # every interaction of a cold-test item is a test interaction, and likewise for validation
-    assert (dataset.inter["item"].isin(cold_test).sum()) == split.test["item"].isin(cold_test).sum()
-    assert (dataset.inter["item"].isin(cold_valid).sum()) == split.valid["item"].isin(cold_valid).sum()
+    assert (dataset.inter["item"].isin(cold_test).sum()) == split.parts["test"]["item"].isin(cold_test).sum()
+    assert (dataset.inter["item"].isin(cold_valid).sum()) == split.parts["valid"]["item"].isin(cold_valid).sum()
     # test never ranks the validation cold items, and the warm segment holds no cold item
-    assert not np.isin(cold_valid, split.candidates["test"]).any()
-    assert not np.isin(split.segments["test"]["warm"], cold_test).any()
+    assert not np.isin(cold_valid, split.stage("test").candidates).any()
+    assert not np.isin(split.stage("test").segments["warm"], cold_test).any()
 
 
 @FAST
@@ -96,8 +96,8 @@ def test_cold_items_never_reach_training(dataset, seed, cold, share):
 def test_temporal_split_respects_time(dataset, seed):
     split = TemporalScenario().build(dataset, seed)
     assert_partition(split, dataset)
-    assert split.train["timestamp"].max() <= split.valid["timestamp"].min()
-    assert split.valid["timestamp"].max() <= split.test["timestamp"].min()
+    assert split.train["timestamp"].max() <= split.parts["valid"]["timestamp"].min()
+    assert split.parts["valid"]["timestamp"].max() <= split.parts["test"]["timestamp"].min()
 
 
 @pytest.mark.parametrize("total, counts", [(5, [3, 1, 1]), (10, [8, 1, 1]), (20, [16, 2, 2]), (2, [1, 0, 1]), (29, [25, 2, 2])])
@@ -107,18 +107,18 @@ def test_ratio_counts_match_recbole(total, counts):
 
 def test_ml100k_random_counts(random_split):
     assert random_split.counts()["train"] == 80_808
-    assert len(random_split.valid) == len(random_split.test) == 9_596
+    assert len(random_split.parts["valid"]) == len(random_split.parts["test"]) == 9_596
 
 
 def test_ml100k_cold_item(cold_split, ml100k):
     interacted = ml100k.inter["item"].nunique()
-    cold = np.union1d(cold_split.segments["valid"]["cold"], cold_split.segments["test"]["cold"])
+    cold = np.union1d(cold_split.stage("valid").segments["cold"], cold_split.stage("test").segments["cold"])
     assert len(cold) == round(0.2 * interacted)
     assert not cold_split.train["item"].isin(cold).any()
-    assert set(cold_split.segments["test"]) == {"all", "head", "tail", "cold", "warm"}
-    head = cold_split.segments["test"]["head"]
+    assert set(cold_split.stage("test").segments) == {"all", "head", "tail", "cold", "warm"}
+    head = cold_split.stage("test").segments["head"]
     counts = np.bincount(cold_split.train["item"], minlength=ml100k.n_items)
-    assert counts[head].min() >= counts[cold_split.segments["test"]["tail"]].max()
+    assert counts[head].min() >= counts[cold_split.stage("test").segments["tail"]].max()
 
 
 def test_same_key_same_artifact_and_seed_changes_it(ml100k, tmp_path):
@@ -126,7 +126,7 @@ def test_same_key_same_artifact_and_seed_changes_it(ml100k, tmp_path):
     again = build_or_load(ml100k, ColdItemScenario(), 7, tmp_path)
     other = build_or_load(ml100k, ColdItemScenario(), 8, tmp_path)
     assert first.hash == again.hash != other.hash
-    assert rows(first.test) == rows(again.test) != rows(other.test)
+    assert rows(first.parts["test"]) == rows(again.parts["test"]) != rows(other.parts["test"])
     assert len(list((tmp_path / "splits").iterdir())) == 2
     assert scenario_hash(ml100k, ColdItemScenario(cold_fraction=0.3), 7) != first.hash
 
@@ -137,12 +137,27 @@ def test_artifact_is_readable_atomic_data(cold_split, ml100k):
     meta = json.loads((folder / "split.json").read_text())
     assert meta["hash"] == cold_split.hash
     test = pd.read_csv(folder / "test.inter", sep="\t", dtype=str)
-    assert len(test) == len(cold_split.test)
-    assert set(test["item_id:token"]) & set(meta["segments"]["test"]["cold"])
+    assert len(test) == len(cold_split.parts["test"])
+    assert set(test["item_id:token"]) & set(meta["stages"]["test"]["segments"]["cold"])
     reloaded = load_split(folder, ml100k)
     for stage in ("train", "valid", "test"):
-        assert rows(reloaded.frame(stage)) == rows(cold_split.frame(stage))
-    assert (reloaded.segments["test"]["cold"] == cold_split.segments["test"]["cold"]).all()
+        assert rows(reloaded.parts[stage]) == rows(cold_split.parts[stage])
+    assert (reloaded.stage("test").segments["cold"] == cold_split.stage("test").segments["cold"]).all()
+    assert reloaded.stage("test").history == ("train", "valid") and reloaded.stage("valid").history == ("train",)
+
+
+@pytest.mark.parametrize("scenario", [RandomScenario, TemporalScenario, ColdItemScenario])
+def test_label_threshold_adds_labelled_pairs_that_survive_the_artifact(scenario, ml100k, tmp_path):
+    """Every scenario over rated data labels its valid/test interactions: rating >= T is 1, lower 0."""
+    split = build_or_load(ml100k, scenario(label_threshold=4), 3, tmp_path)
+    for stage in ("valid", "test"):
+        pairs = split.pairs(stage)
+        assert pairs is split.positives(stage)  # the same interactions, ranked and labelled
+        assert ((pairs["rating"] >= 4) == (pairs["label"] == 1)).all()
+        assert 0.4 < pairs["label"].mean() < 0.7  # ml-100k: about 55% of ratings are 4 or 5
+    reloaded = load_split(split.path, ml100k)
+    assert reloaded.pairs("test")["label"].tolist() == split.pairs("test")["label"].tolist()
+    assert build_or_load(ml100k, scenario(), 3, tmp_path).pairs("test") is None
 
 
 @pytest.mark.parametrize(

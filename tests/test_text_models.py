@@ -19,20 +19,18 @@ from recexp.config import build
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import FitContext
-from recexp.models.lm_classifier import auc, log_loss
+from recexp.models.torch_recommender import TorchRecommender
 from recexp.scenarios import ColdItemScenario
-from recexp.train import TrainerConfig, fit, valid_metric, warmup_then_decay
+from recexp.train import TrainerConfig, fit, warmup_then_decay
 from test_strategies import save_tiny_bert
 
 MODELS = ["text_tower", "fusion", "lm_classifier"]
 FAST = {  # keeps each fit to seconds on CPU
-    "text_tower": ["model.samples_per_epoch=512"],
-    "fusion": ["model.samples_per_epoch=512"],
-    "lm_classifier": [
-        "model.samples_per_epoch=64", "model.rerank=4", "model.eval_pairs=64", "model.encoder.max_length=48"
-    ],
+    "text_tower": ["model.module.samples_per_epoch=512"],
+    "fusion": ["model.module.samples_per_epoch=512"],
+    "lm_classifier": ["model.module.samples_per_epoch=64", "model.module.rerank=4", "model.module.encoder.max_length=48"],
 }
-EVALUATOR = Evaluator(ks=[10], metrics=["ndcg"])
+EVALUATOR = Evaluator(ks=[10], metrics=["ndcg", "auc", "gauc", "logloss", "rmse", "mae"])
 
 
 class Recorder:
@@ -59,10 +57,11 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_split(ml100k):
-    """Item cold-start on the first 100 users of ml-100k (all items keep their text)."""
+    """Item cold-start on the first 100 users of ml-100k (all items keep their text), valid/test
+    interactions also labelled (rating >= 4)."""
     inter = ml100k.inter[ml100k.inter["user"] < 100].reset_index(drop=True)
     dataset = dataclasses.replace(ml100k, inter=inter, content_hash=ml100k.content_hash + "-100-users")
-    return ColdItemScenario().build(dataset, 2020)
+    return ColdItemScenario(label_threshold=4).build(dataset, 2020)
 
 
 def build_model(name, strategy, tiny_bert, cache_dir, *overrides, epochs=1):
@@ -70,7 +69,7 @@ def build_model(name, strategy, tiny_bert, cache_dir, *overrides, epochs=1):
         cfg = compose(
             "config",
             overrides=[f"model={name}", f"strategy={strategy}", f"cache_dir={cache_dir}",
-                       f"model.encoder.name_or_path={tiny_bert}", f"trainer.max_epochs={epochs}",
+                       f"model.module.encoder.name_or_path={tiny_bert}", f"trainer.max_epochs={epochs}",
                        "progress=false", *FAST[name], *overrides],
         )
     return build(cfg.model, trainer=build(cfg.trainer))
@@ -108,8 +107,8 @@ def test_contract(name, strategy, tiny_bert, small_split, tmp_path):
 def test_cold_items_get_distinct_scores(name, tiny_bert, small_split, tmp_path):
     model = build_model(name, "frozen", tiny_bert, tmp_path)
     model.fit(small_split, context(tmp_path))
-    model.rerank = None  # lm_classifier: cross-encode every candidate (the others ignore it)
-    cold = small_split.segments["test"]["cold"]
+    model.module.rerank = None  # lm_classifier: cross-encode every candidate (the others ignore it)
+    cold = small_split.stage("test").segments["cold"]
     scores = model.score(torch.arange(3), "test")[:, cold]
     assert torch.isfinite(scores).all()
     assert (scores.std(dim=1) > 0).all()
@@ -130,8 +129,6 @@ def test_save_then_load_reproduces_test_metrics(name, strategy, tiny_bert, small
     reloaded = build_model(name, strategy, tiny_bert, tmp_path)
     reloaded.load(tmp_path / "model", small_split)
     assert ranking_metrics(reloaded, small_split) == expected
-    if name == "lm_classifier":
-        assert reloaded.pointwise_metrics("test") == model.pointwise_metrics("test")
 
 
 def test_peft_adapter_is_saved_the_peft_way(tiny_bert, small_split, tmp_path):
@@ -146,7 +143,7 @@ def test_reload_into_a_different_model_is_refused(tiny_bert, small_split, tmp_pa
     model = build_model("fusion", "frozen", tiny_bert, tmp_path)
     model.fit(small_split, context(tmp_path))
     model.save(tmp_path / "model")
-    other = build_model("fusion", "frozen", tiny_bert, tmp_path, "model.combine=gate")
+    other = build_model("fusion", "frozen", tiny_bert, tmp_path, "model.module.combine=gate")
     with pytest.raises(ConfigError, match="does not fit"):
         other.load(tmp_path / "model", small_split)
 
@@ -172,11 +169,11 @@ def test_frozen_text_tower_reuses_cached_embeddings(tiny_bert, small_split, tmp_
 
 
 def test_user_text_needs_a_user_template(tiny_bert, small_split, tmp_path):
-    model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "model.user_text=true")
+    model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "model.module.user_text=true")
     model.fit(small_split, context(tmp_path))  # ml-100k's conftest dataset has a user template
     no_users = dataclasses.replace(small_split, dataset=dataclasses.replace(small_split.dataset, user_text=None))
     with pytest.raises(ConfigError, match="user_template"):
-        model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "model.user_text=true")
+        model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "model.module.user_text=true")
         model.fit(no_users, context(tmp_path))
 
 
@@ -197,12 +194,12 @@ def test_missing_template_field_is_a_config_error():
 @pytest.mark.parametrize(
     "name, override, message",
     [
-        ("fusion", "model.combine=product", "combine"),
-        ("fusion", "model.id_dropout=1.0", "id_dropout"),
-        ("text_tower", "model.loss=hinge", "loss"),
-        ("text_tower", "model.temperature=0", "temperature"),
-        ("lm_classifier", "model.rerank=0", "rerank"),
-        ("text_tower", "model.encoder.pooling=max", "pooling"),
+        ("fusion", "model.module.combine=product", "combine"),
+        ("fusion", "model.module.id_dropout=1.0", "id_dropout"),
+        ("text_tower", "model.module.loss=hinge", "loss"),
+        ("text_tower", "model.module.temperature=0", "temperature"),
+        ("lm_classifier", "model.module.rerank=0", "rerank"),
+        ("text_tower", "model.module.encoder.pooling=max", "pooling"),
     ],
 )
 def test_bad_model_settings(name, override, message, tiny_bert, tmp_path):
@@ -214,34 +211,63 @@ def test_fusion_starts_ids_from_saved_embeddings(tiny_bert, small_split, tmp_pat
     tokens = small_split.dataset.item_tokens
     vectors = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
     np.savez(tmp_path / "bpr_items.npz", tokens=np.array(["[PAD]", tokens[5], tokens[7]]), embeddings=vectors)
-    model = build_model("fusion", "frozen", tiny_bert, tmp_path, f"model.id_init={tmp_path / 'bpr_items.npz'}")
-    model._prepare(small_split, torch.device("cpu"))
-    assert torch.equal(model.item_id.weight[[5, 7]], torch.as_tensor(vectors[1:]))
+    model = build_model("fusion", "frozen", tiny_bert, tmp_path, f"model.module.id_init={tmp_path / 'bpr_items.npz'}")
+    model.module.prepare(small_split, torch.device("cpu"))
+    assert torch.equal(model.module.item_id.weight[[5, 7]], torch.as_tensor(vectors[1:]))
     np.savez(tmp_path / "narrow.npz", tokens=np.array([tokens[5]]), embeddings=vectors[:1, :8])
-    narrow = build_model("fusion", "frozen", tiny_bert, tmp_path, f"model.id_init={tmp_path / 'narrow.npz'}")
+    narrow = build_model("fusion", "frozen", tiny_bert, tmp_path, f"model.module.id_init={tmp_path / 'narrow.npz'}")
     with pytest.raises(ConfigError, match="model.dim"):
-        narrow._prepare(small_split, torch.device("cpu"))
+        narrow.module.prepare(small_split, torch.device("cpu"))
 
 
-def test_pointwise_metrics(tiny_bert, small_split, tmp_path):
-    model = build_model("lm_classifier", "frozen", tiny_bert, tmp_path)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_text_model_scores_labelled_pairs(name, tiny_bert, small_split, tmp_path):
+    """Pairs get AUC/GAUC from every model; LogLoss only where the model outputs probabilities."""
+    model = build_model(name, "frozen", tiny_bert, tmp_path)
     model.fit(small_split, context(tmp_path))
-    for stage in ("valid", "test"):
-        metrics = model.pointwise_metrics(stage)
-        assert 0 <= metrics["auc"] <= 1 and metrics["logloss"] > 0
+    metrics = ranking_metrics(model, small_split)["all"]
+    assert 0 <= metrics["auc"] <= 1 and 0 <= metrics["gauc"] <= 1
+    assert ("logloss" in metrics) == (name == "lm_classifier")
+    if name == "lm_classifier":
+        pairs = small_split.pairs("test")
+        probs = model.score_pairs(torch.as_tensor(pairs["user"].to_numpy()), torch.as_tensor(pairs["item"].to_numpy()), "test")
+        assert ((probs > 0) & (probs < 1)).all()
 
 
-def test_auc_and_log_loss_by_hand():
-    labels = np.array([1, 0, 1, 0, 1], dtype=float)
-    scores = np.array([0.9, 0.1, 0.4, 0.4, 0.8])
-    # pairs (pos, neg): 3 positives x 2 negatives = 6; wins: 0.9>both, 0.8>both, 0.4>0.1 and tie with 0.4
-    assert auc(labels, scores) == pytest.approx((2 + 2 + 1.5) / 6)
-    assert math.isnan(auc(np.ones(3), scores[:3]))
-    expected = -np.mean([np.log(0.9), np.log(0.9), np.log(0.4), np.log(0.6), np.log(0.8)])
-    assert log_loss(labels, scores) == pytest.approx(expected)
+def test_lm_classifier_regression_head_predicts_ratings(tiny_bert, small_split, tmp_path):
+    model = build_model("lm_classifier", "frozen", tiny_bert, tmp_path, "model.module.head=regression", epochs=2)
+    model.fit(small_split, context(tmp_path))
+    metrics = ranking_metrics(model, small_split)["all"]
+    assert model.pointwise_output == "rating" and "logloss" not in metrics
+    assert 0 < metrics["mae"] <= metrics["rmse"] < 4  # ratings 1-5: a trained head is well inside the range
+
+
+def test_effective_settings_name_what_the_fit_used(tiny_bert, small_split, tmp_path):
+    model = build_model("text_tower", "frozen", tiny_bert, tmp_path, "trainer.lr=0.01", epochs=2)
+    model.fit(small_split, context(tmp_path))
+    used = model.effective()
+    assert used["lr"] == 0.01 and used["max_epochs"] == 2 and used["epochs_run"] == 2
+    assert used["batch_size"] == 512 and used["patience"] == 3  # the text tower's own defaults
+    assert used["mixed_precision"] == "no" and used["grad_accum"] == 1 and used["warmup_ratio"] == 0.1
 
 
 # --- the shared loop, on a toy recommender
+
+
+class Batches(torch.utils.data.Dataset):
+    """``n`` examples of item 0, handed out as whole batches."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return self.n
+
+    def __getitems__(self, indices):
+        return (torch.zeros(len(indices), dtype=torch.long),)
 
 
 class Toy(torch.nn.Module):
@@ -251,8 +277,22 @@ class Toy(torch.nn.Module):
         super().__init__()
         self.bias = torch.nn.Parameter(torch.zeros(n_items))
         self.poison = poison
+        self.stale, self.cpu_threads, self.threads_seen = False, None, []
 
-    def loss(self, batch):
+    def trainer_defaults(self):
+        return dict(max_epochs=1, patience=1, batch_size=8, lr=0.1)
+
+    def prepare(self, split, device):
+        pass
+
+    def train_data(self, split, seed):
+        return Batches(8)
+
+    def refresh(self):
+        pass
+
+    def forward(self, batch):
+        self.threads_seen.append(torch.get_num_threads())
         value = -self.bias[batch[0]].mean()
         return value * float("nan") if self.poison else value
 
@@ -263,53 +303,43 @@ class Toy(torch.nn.Module):
 @pytest.mark.parametrize("accum, steps", [(1, 4), (2, 2), (3, 2)])
 def test_loop_counts_optimizer_steps_and_keeps_the_best_epoch(accum, steps, small_split, tmp_path):
     toy = Toy(small_split.n_items)
-    batches = [(torch.zeros(8, dtype=torch.long),)] * 4
-    config = TrainerConfig(max_epochs=3, patience=1, batch_size=8, lr=0.1, grad_accum=accum, progress=False)
-    stats = fit(toy, small_split, context(tmp_path), config, lambda epoch: batches, toy.loss)
+    config = TrainerConfig(max_epochs=3, patience=1, batch_size=8, lr=0.1, grad_accum=accum, warmup_ratio=0.1,
+                           weight_decay=0.0, mixed_precision="no", progress=False)
+    stats = fit(toy, small_split, context(tmp_path), config, Batches(32))
     assert stats.optimizer_steps == steps * stats.epochs
     assert stats.samples == 32 * stats.epochs
     assert 0 <= stats.best_epoch < stats.epochs
 
 
 def test_loop_runs_on_the_asked_threads_and_restores_them(small_split, tmp_path):
-    toy, seen = Toy(small_split.n_items), []
-
-    def loss(batch):
-        seen.append(torch.get_num_threads())
-        return toy.loss(batch)
-
+    model = TorchRecommender(Toy(small_split.n_items), TrainerConfig(progress=False), cpu_threads=2)
     before = torch.get_num_threads()
-    config = TrainerConfig(max_epochs=1, patience=1, batch_size=8, lr=0.1, progress=False)
-    fit(toy, small_split, context(tmp_path), config, lambda e: [(torch.zeros(8, dtype=torch.long),)], loss, cpu_threads=2)
-    assert seen == [2] and torch.get_num_threads() == before
+    model.fit(small_split, context(tmp_path))
+    assert model.module.threads_seen == [2] and torch.get_num_threads() == before
 
 
 def test_nan_loss_raises_training_error(small_split, tmp_path):
-    toy = Toy(small_split.n_items, poison=True)
-    config = TrainerConfig(max_epochs=1, patience=1, batch_size=8, lr=0.1, progress=False)
+    model = TorchRecommender(Toy(small_split.n_items, poison=True), TrainerConfig(progress=False))
     with pytest.raises(TrainingError, match="trainer.lr"):
-        fit(toy, small_split, context(tmp_path), config, lambda e: [(torch.zeros(8, dtype=torch.long),)], toy.loss)
+        model.fit(small_split, context(tmp_path))
 
 
 @pytest.mark.parametrize(
-    "bad", [{"max_epochs": 0}, {"patience": 0}, {"grad_accum": 0}, {"lr": 0.0}, {"warmup_ratio": 1.0}]
+    "bad",
+    [{"max_epochs": 0}, {"max_epochs": -1}, {"patience": 0}, {"grad_accum": 0}, {"lr": 0.0}, {"lr": float("inf")},
+     {"batch_size": 0}, {"warmup_ratio": 1.0}, {"weight_decay": -1.0}, {"mixed_precision": "fp8"},
+     {"max_epochs": 2.5}, {"valid_metric": "ndcg"}, {"valid_metric": "ndgc@10"}, {"valid_metric": "auc@10"}],
 )
-def test_bad_trainer_settings(bad, small_split, tmp_path):
-    toy = Toy(small_split.n_items)
-    config = dataclasses.replace(TrainerConfig(max_epochs=1, patience=1, batch_size=8, lr=0.1), **bad)
-    with pytest.raises(ConfigError, match=f"trainer.{next(iter(bad))}"):
-        fit(toy, small_split, context(tmp_path), config, lambda e: [(torch.zeros(8, dtype=torch.long),)], toy.loss)
+def test_bad_trainer_settings_fail_on_creation(bad):
+    """Checked when the trainer is built, before any data is read or model trained."""
+    name = next(iter(bad))
+    with pytest.raises(ConfigError, match=name if name != "valid_metric" else bad[name]):
+        TrainerConfig(**bad)
 
 
 def test_warmup_then_linear_decay():
     factor = warmup_then_decay(total_steps=10, warmup_ratio=0.2)
     assert [round(factor(s), 3) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
-
-
-@pytest.mark.parametrize("name", ["ndcg", "ndcg@0", "gini@10", "ndcg@ten"])
-def test_bad_valid_metric(name):
-    with pytest.raises(ConfigError, match="valid_metric"):
-        valid_metric(name)
 
 
 # --- acceptance on the real data and encoder

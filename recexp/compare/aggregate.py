@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.compare.rows import Row
-from recexp.evaluate import SMALLER_IS_BETTER
+from recexp.evaluate import higher_is_better
 
 # cost key in results.json -> column name in the table
 COST_COLUMNS = {"trainable_params": "trainable params", "train_seconds": "train s", "peak_memory_mb": "peak MB"}
@@ -19,7 +19,7 @@ def column(segment: str, metric: str) -> str:
 
 def smaller_is_better(metric: str) -> bool:
     """``gini@10`` -> True: the direction comes from the evaluator's metric registry."""
-    return metric.partition("@")[0] in SMALLER_IS_BETTER
+    return not higher_is_better(metric)
 
 
 def summarise(rows: list[Row], metrics: list[str], segments: list[str]) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from recexp.errors import ConfigError, DataError
+from recexp.evaluate.metrics import is_metric_key, parse_metric
 from recexp.records import PER_USER, RANKINGS, RESULTS
 
 SEGMENT_ORDER = ("all", "head", "tail", "warm", "cold")
@@ -116,13 +117,13 @@ def available(runs: list[Run]) -> tuple[list[str], list[str]]:
     for run in runs:
         for segment, values in (run.data.get("segments") or {}).items():
             segments.add(segment)
-            metrics.update(k for k in values if "@" in k)
+            metrics.update(k for k in values if is_metric_key(k))
     return sorted(metrics, key=_metric_order), _segment_order(segments)
 
 
 def _metric_order(name: str) -> tuple[str, int]:
-    base, _, k = name.partition("@")
-    return base, int(k) if k.isdigit() else 0
+    metric, k = parse_metric(name)
+    return metric.name, k or 0
 
 
 def _segment_order(segments: set[str]) -> list[str]:

@@ -15,6 +15,7 @@ from recexp.compare.load import Run, available, check_selection, find_runs, mode
 from recexp.compare.rows import Row, build_rows, check_axes, default_axes
 from recexp.compare.stats import SIGNIFICANCE_COLUMNS, TESTS, significance
 from recexp.errors import ConfigError, DataError
+from recexp.evaluate import parse_metric
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "itemcoverage@10", "gini@10")
 FAILED_COLUMNS = ["path", "status", "error", "model", "seed", "run_id", "started_at"]
@@ -145,7 +146,7 @@ def write_plots(rows, summary, metrics, segments, options: Options, notes: list[
         "quality_vs_time": plots.quality_vs_cost(
             summary, "train s", "training time (s)", metric, segments, out_dir / "quality_vs_train_time.png"),
     }
-    k = options.bucket_k or int(metric.partition("@")[2] or 10)
+    k = options.bucket_k or parse_metric(metric)[1] or 10  # a pointwise metric has no K
     labels, per_row = popularity_buckets(rows, k, options, notes)
     if per_row:
         files["popularity_buckets"] = plots.bucket_recall(labels, per_row, k, out_dir / "recall_by_popularity.png")

@@ -14,7 +14,7 @@ from scipy import stats
 
 from recexp.compare.load import Run, per_user
 from recexp.compare.rows import Row
-from recexp.evaluate import LIST_LEVEL
+from recexp.evaluate import parse_metric
 
 SIGNIFICANCE_COLUMNS = [
     "row", "reference", "segment", "metric", "test", "n_seeds", "n_pairs", "mean_row", "mean_reference",
@@ -88,6 +88,7 @@ def paired_values(row: Row, reference: Row, segment: str, metric: str, cache: Pe
             skipped.append(f"seed {seed}: no per-user {metric}")
             continue
         merged = a[a.segment == segment].merge(b[b.segment == segment], on="user", suffixes=("_a", "_b"))
+        merged = merged.dropna(subset=[f"{metric}_a", f"{metric}_b"])  # e.g. GAUC of a user with one label only
         if merged.empty:
             continue
         xs.append(merged[f"{metric}_a"].to_numpy(float))
@@ -120,8 +121,8 @@ def significance(
 
 
 def _one(row: Row, reference: Row, segment: str, metric: str, test: str, cache: PerUserCache) -> dict:
-    if metric.partition("@")[0] in LIST_LEVEL:
-        a, b, seeds, note = np.array([]), np.array([]), [], "list-level metric: no per-user values to pair"
+    if not parse_metric(metric)[0].per_user:
+        a, b, seeds, note = np.array([]), np.array([]), [], "pooled metric: no per-user values to pair"
     else:
         a, b, seeds, note = paired_values(row, reference, segment, metric, cache)
     record = {

@@ -20,20 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recexp import train
 from recexp.errors import ConfigError
-from recexp.interfaces import FitContext, Split, Strategy
+from recexp.interfaces import Split, Strategy
 from recexp.models.objectives import (
+    InteractionData,
     bpr,
     check_loss,
     encode_items,
+    epoch_samples,
     in_batch_softmax,
-    interaction_batches,
-    interaction_model_settings,
     item_texts,
+    preferred_cpu_threads,
 )
 from recexp.models.text_encoder import TextEncoder
-from recexp.train import Batch, TrainerConfig
+from recexp.train import Batch
 
 COMBINES = ("concat", "sum", "gate")
 # Trainer defaults: (frozen encoder, trainable encoder). A live encoder sees a sample of each epoch.
@@ -48,32 +48,32 @@ class Fusion(nn.Module):
         self,
         encoder: TextEncoder,
         strategy: Strategy,
-        trainer: TrainerConfig = TrainerConfig(),
         dim: int = 64,
         combine: str = "sum",
         id_dropout: float = 0.1,
         loss: str = "bpr",
         id_init: str | None = None,
         samples_per_epoch: int | None = None,
-        cpu_threads: int | None = None,
     ):
         super().__init__()
         if combine not in COMBINES:
-            raise ConfigError(f"model.combine={combine!r} is unknown; choose one of {', '.join(COMBINES)}.")
+            raise ConfigError(f"model.module.combine={combine!r} is unknown; choose one of {', '.join(COMBINES)}.")
         if dim < 1 or not 0 <= id_dropout < 1:
-            raise ConfigError(f"model.dim must be >= 1 and model.id_dropout in [0, 1), got {dim}, {id_dropout}.")
+            raise ConfigError(f"model.module.dim must be >= 1 and id_dropout in [0, 1), got {dim}, {id_dropout}.")
         self.encoder = encoder.adapt(strategy)
         self.text_proj = nn.Linear(encoder.dim, dim)
         self.gate = nn.Linear(2 * dim, dim) if combine == "gate" else None
         self.dim, self.combine, self.id_dropout, self.id_init = dim, combine, id_dropout, id_init
         self.loss = check_loss(loss)
         live = self.encoder.trainable
-        self.trainer = train.with_defaults(trainer, **DEFAULTS[live])
-        self.samples_per_epoch, self.cpu_threads = interaction_model_settings(live, samples_per_epoch, cpu_threads)
-        self.stats = train.FitStats()
-        self.artifact_bytes = 0
+        self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.cpu_threads = preferred_cpu_threads(live)
+        self.stale = True
 
-    def _prepare(self, split: Split, device: torch.device) -> None:
+    def trainer_defaults(self) -> dict:
+        return DEFAULTS[self.encoder.trainable]
+
+    def prepare(self, split: Split, device: torch.device) -> None:
         """Size the ID tables for ``split`` and mark which items have an ID signal."""
         self.split = split
         self.texts = item_texts(split)
@@ -88,12 +88,15 @@ class Fusion(nn.Module):
         has_id[torch.tensor(split.train["item"].unique())] = 1.0
         self.to(device)
         self.has_id = has_id.to(device)  # [n_items] 1 for items seen in training
-        self._stale = True
+        self.stale = True
 
-    def _refresh(self) -> None:
-        if self._stale:
+    def refresh(self) -> None:
+        if self.stale:
             self.text_table = F.normalize(self.encoder.embed(self.texts), dim=-1)  # [n_items, enc]
-            self._stale = False
+            self.stale = False
+
+    def train_data(self, split: Split, seed: int) -> InteractionData:
+        return InteractionData(split, seed, self.samples_per_epoch)
 
     def _items(self, items: torch.Tensor) -> torch.Tensor:
         """items [n] -> fused item vectors [n, dim] (or [n, 2*dim] for concat)."""
@@ -112,47 +115,24 @@ class Fusion(nn.Module):
         gate = torch.sigmoid(self.gate(torch.cat([ids, text], dim=1)))
         return gate * ids + (1 - gate) * text
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """(users [B], items [B], negatives [B]) -> scalar loss."""
         users, items, negatives = (t.to(self.has_id.device) for t in batch)
         query = self.user_id(users)
-        self._stale = self.encoder.trainable
+        self.stale = self.encoder.trainable
         if self.loss == "bpr":
             vectors = self._items(torch.cat([items, negatives]))
             pos, neg = vectors[: len(items)], vectors[len(items) :]
             return bpr((query * pos).sum(1), (query * neg).sum(1))
         return in_batch_softmax(query @ self._items(items).T, items)
 
-    def fit(self, split: Split, ctx: FitContext) -> None:
-        self._prepare(split, ctx.device)
-        self.seed = ctx.seed
-        self.stats = train.fit(self, split, ctx, self.trainer, self._batches, self._loss, self.cpu_threads)
-        self._stale = self.encoder.trainable and not self.stats.ended_on_best  # earlier weights are back
-
-    def _batches(self, epoch: int) -> list[Batch]:
-        self._refresh()
-        return interaction_batches(self.split, self.seed, epoch, self.trainer.batch_size, self.samples_per_epoch)
-
     @torch.no_grad()
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
         """users [B] -> [B, n_items] dot products."""
         self.eval()
-        self._refresh()
+        self.refresh()
         users = users.to(self.has_id.device)
         return self.user_id(users) @ self._items(torch.arange(self.split.n_items, device=users.device)).T
-
-    def parameter_counts(self) -> tuple[int, int]:
-        return train.parameter_counts(self)
-
-    def cost_extras(self) -> dict[str, float]:
-        return {**self.stats.cost(), **self.encoder.cache_stats(), "artifact_bytes": self.artifact_bytes}
-
-    def save(self, directory: str | Path) -> None:
-        self.artifact_bytes = train.save_weights(self, directory)
-
-    def load(self, directory: str | Path, split: Split, device: torch.device | str = "cpu") -> None:
-        """Rebuild the scoring state for ``split`` and read weights written by :meth:`save`."""
-        self._prepare(split, torch.device(device))
-        train.load_weights(self, directory)
 
 
 def _copy_rows(weight: torch.Tensor, path: str, item_tokens: np.ndarray) -> None:

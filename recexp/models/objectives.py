@@ -1,11 +1,13 @@
 """Implicit-feedback objectives shared by the text tower and the fusion model, and their batches."""
 from __future__ import annotations
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from recexp.errors import ConfigError
-from recexp.interfaces import Split
+from recexp.interfaces import TRAIN, Split
 from recexp.models.text_encoder import TextEncoder
 from recexp.train import Batch, epoch_order
 
@@ -34,24 +36,38 @@ def bpr(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(positive - negative).mean()
 
 
-def interaction_batches(
-    split: Split, seed: int, epoch: int, batch_size: int, limit: int | None = None
-) -> list[Batch]:
-    """Shuffled train interactions as (users [b], items [b], negatives [b]) batches.
+class InteractionData(Dataset):
+    """One epoch of shuffled train interactions, each with a negative: batches (users, items, negatives).
 
     ``limit`` keeps only that many interactions per epoch (a fresh sample each epoch). Negatives are
     drawn uniformly from the items that occur in training (so cold items are never pushed down),
-    redrawn while they are among the user's own train items.
+    redrawn while they are among the user's own train items. :meth:`set_epoch` re-draws both.
     """
-    users = torch.tensor(split.train["user"].to_numpy())
-    items = torch.tensor(split.train["item"].to_numpy())
-    order = epoch_order(len(items), seed, epoch, limit)
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch + 1)
-    negatives = _negatives(users[order], users * split.n_items + items, torch.unique(items), split.n_items, generator)
-    return [
-        (users[order[i : i + batch_size]], items[order[i : i + batch_size]], negatives[i : i + batch_size])
-        for i in range(0, len(order), batch_size)
-    ]
+
+    def __init__(self, split: Split, seed: int, limit: int | None = None):
+        self.users = torch.tensor(split.train["user"].to_numpy())
+        self.items = torch.tensor(split.train["item"].to_numpy())
+        self.keys = self.users * split.n_items + self.items
+        self.pool = torch.unique(self.items)
+        self.n_items, self.seed, self.limit = split.n_items, seed, limit
+        self.epoch = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        self.order = epoch_order(len(self.items), self.seed, epoch, self.limit)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch + 1)
+        self.negatives = _negatives(self.users[self.order], self.keys, self.pool, self.n_items, generator)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        rows = torch.as_tensor(indices)
+        picked = self.order[rows]
+        return self.users[picked], self.items[picked], self.negatives[rows]
 
 
 def _negatives(users, positive_keys, pool, n_items, generator, rounds: int = 20) -> torch.Tensor:
@@ -67,13 +83,18 @@ def _negatives(users, positive_keys, pool, n_items, generator, rounds: int = 20)
     return negatives
 
 
-def history_matrix(split: Split, stage: str, device: torch.device) -> torch.Tensor:
-    """[n_users, n_items] sparse 0/1 matrix of each user's items in ``split.history(stage)``."""
-    frame = split.history(stage).drop_duplicates(["user", "item"])
+def history_matrix(frame: pd.DataFrame, n_users: int, n_items: int, device: torch.device) -> torch.Tensor:
+    """[n_users, n_items] sparse 0/1 matrix of each user's items in ``frame``."""
+    frame = frame.drop_duplicates(["user", "item"])
     index = torch.tensor(frame[["user", "item"]].to_numpy().T, dtype=torch.long)
     values = torch.ones(index.shape[1])
-    shape = (split.n_users, split.n_items)
-    return torch.sparse_coo_tensor(index, values, shape, check_invariants=True).coalesce().to(device)
+    return torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=True).coalesce().to(device)
+
+
+def stage_histories(split: Split, device: torch.device) -> dict[str, torch.Tensor]:
+    """``train`` and every stage name -> its history matrix (:func:`history_matrix`)."""
+    frames = {TRAIN: split.train, **{stage: split.history(stage) for stage in split.stages}}
+    return {name: history_matrix(frame, split.n_users, split.n_items, device) for name, frame in frames.items()}
 
 
 def encode_items(encoder: TextEncoder, texts: list[str], items: torch.Tensor) -> torch.Tensor:
@@ -94,14 +115,13 @@ def item_texts(split: Split) -> list[str]:
 SAMPLES_WHEN_TRAINING_ENCODER = 2048  # train interactions per epoch when the encoder itself trains
 
 
-def interaction_model_settings(
-    encoder_trains: bool, samples_per_epoch: int | None, cpu_threads: int | None
-) -> tuple[int | None, int | None]:
-    """(samples per epoch, CPU threads) of a model trained on interactions over an encoder.
+def epoch_samples(encoder_trains: bool, given: int | None) -> int | None:
+    """Train interactions per epoch: ``given``, else all over a frozen encoder and a sample over a trained one."""
+    if given is not None and given < 1:
+        raise ConfigError(f"model.module.samples_per_epoch must be >= 1 (or null), got {given}.")
+    return given or (SAMPLES_WHEN_TRAINING_ENCODER if encoder_trains else None)
 
-    A trainable encoder sees a sample of each epoch; small heads over cached (frozen) encodings
-    train fastest on one CPU thread.
-    """
-    samples = samples_per_epoch or (SAMPLES_WHEN_TRAINING_ENCODER if encoder_trains else None)
-    threads = cpu_threads if cpu_threads is not None or encoder_trains else 1
-    return samples, threads
+
+def preferred_cpu_threads(encoder_trains: bool) -> int | None:
+    """Small heads over cached (frozen) encodings train fastest on one CPU thread; encoders on all."""
+    return None if encoder_trains else 1

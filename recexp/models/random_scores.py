@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import torch
 
+from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, Split
+from recexp.train import TrainerConfig
 
 
 class RandomRecommender:
     """Scores are a fixed seeded random draw per (user, item); nothing is trained."""
 
-    def __init__(self, trainer=None):
+    def __init__(self, trainer: TrainerConfig | None = None):
+        given = trainer.explicit() if trainer else {}
+        if given:
+            name, value = next(iter(given.items()))
+            raise ConfigError(f"trainer.{name}={value} has no effect on model=random, which trains nothing; remove it.")
         self._scores: torch.Tensor | None = None
 
     def fit(self, split: Split, ctx: FitContext) -> None:

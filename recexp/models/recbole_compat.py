@@ -1,11 +1,12 @@
 """Repairs that make RecBole 1.2.1 run on numpy 2, torch >= 2.6, scipy >= 1.13 and pandas 3 (plus
-one RecBole bug that recexp's popularity baseline depends on).
+one RecBole bug that recexp's popularity baseline depends on), and keep it off process-wide state.
 
 :func:`apply` installs every repair once (later calls do nothing). Each repair is local to the
 RecBole module that breaks: a module's ``np``/``torch``/``sp``/``pd`` name is swapped for a
 :class:`_Shadow` that forwards everything to the real package except the one attribute repaired,
-or a RecBole method is replaced by a corrected copy. numpy, torch, scipy and pandas themselves are
-never modified, so code outside RecBole sees exactly the packages it imported.
+a module's function (``getLogger``, ``get_tensorboard``) or a RecBole method is replaced by a
+corrected copy. numpy, torch, scipy, pandas, the root logger and the cwd are never modified, so
+code outside RecBole sees exactly the packages and settings it had.
 
 What breaks without them (measured on recbole 1.2.1 with numpy 2.4, torch 2.13, scipy 1.17,
 pandas 3.1):
@@ -20,6 +21,15 @@ pandas 3.1):
   missing values in float/token fields stay NaN, and an empty ``token_seq`` field crashes loading.
 * In pandas 3, ``Series.agg(len)`` is the Series' length instead of each row's, so remapping any
   ``token_seq`` field fails and a sequential benchmark dataset gets one wrong ``item_length``.
+* RecBole logs through ``getLogger()``, the root logger, so its INFO lines end up in (or are lost
+  to) whatever the host process configured there. Its modules get a ``getLogger`` returning the
+  :data:`LOGGER` logger instead (INFO, not propagated); a run attaches its own file handler there.
+* ``Trainer`` opens its tensorboard folder at ``log_tensorboard/<log name>`` relative to the cwd
+  (and tensorboard reopens that relative path on every write). It now goes beside the log file of
+  the current thread's run (the file handler carrying its :class:`ThreadFilter`).
+* RecBole's lines trigger deprecation warnings in pandas and torch (chained ``fillna(inplace=True)``,
+  ``torch.cuda.amp.GradScaler``, non-writable arrays) that are repaired here or harmless: warnings
+  attributed to ``recbole.*`` modules are ignored (one filter, added once; other code keeps its warnings).
 * RecBole's own bug (RecBole issue #2198, open in 1.2.1): ``Pop.calculate_loss`` adds 1 per item
   per *batch* (``item_cnt[item] = item_cnt[item] + 1`` ignores repeated items), so popular items
   all saturate at the number of batches and Pop ranks them by chance. Counted with ``index_add_``.
@@ -34,15 +44,36 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
+import threading
 import types
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 _APPLIED = False
+LOGGER = "recbole"  # the logger RecBole's modules log to once repaired
+
+# modules that log through ``from logging import getLogger`` (the dataloader ones, and data.utils by star import)
+_LOGGER_USERS = (
+    "recbole.model.abstract_recommender",
+    "recbole.evaluator.metrics",
+    "recbole.config.configurator",
+    "recbole.trainer.trainer",
+    "recbole.data.dataloader.abstract_dataloader",
+    "recbole.data.dataloader.general_dataloader",
+    "recbole.data.dataloader.knowledge_dataloader",
+    "recbole.data.dataloader.user_dataloader",
+    "recbole.data.dataset.dataset",
+    "recbole.data.utils",
+    "recbole.utils.url",
+)
 
 # ``np.float`` (numpy < 1.20: the builtin float) is what these modules still use.
 _NUMPY_ALIASES = {"float": float}
@@ -160,6 +191,45 @@ def _benchmark_presets(self) -> None:
     self.inter_feat[self.item_list_length_field] = self.inter_feat[self.item_id_list_field].map(len)
 
 
+# --- logging: RecBole logs to the root logger, and puts tensorboard events under the cwd
+
+
+class ThreadFilter(logging.Filter):
+    """Passes the records of the thread that created it: one run's log file among concurrent runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
+
+
+def _get_logger(name: str | None = None) -> logging.Logger:
+    """``logging.getLogger`` for RecBole's modules: the unnamed (root) logger becomes :data:`LOGGER`."""
+    return logging.getLogger(LOGGER if name is None else name)
+
+
+def _run_log_file(logger: logging.Logger) -> Path | None:
+    """The file of ``logger``'s handler for this thread's run (a file handler with this thread's ThreadFilter)."""
+    for handler in logger.handlers:
+        mine = any(isinstance(f, ThreadFilter) and f.thread == threading.get_ident() for f in handler.filters)
+        if mine and hasattr(handler, "baseFilename"):
+            return Path(handler.baseFilename)
+    return None
+
+
+def _get_tensorboard(logger: logging.Logger) -> SummaryWriter:
+    """``get_tensorboard`` writing to ``log_tensorboard/<log name>`` beside this run's log file, by absolute
+    path; without such a file, RecBole's own (``log_tensorboard/model-<time>`` under the cwd)."""
+    from recbole.utils import utils
+
+    log_file = _run_log_file(logger)
+    if log_file is None:
+        return utils.get_tensorboard(logger)
+    return SummaryWriter(str(log_file.parent.resolve() / "log_tensorboard" / log_file.name.split(".")[0]))
+
+
 # --- RecBole bug: Pop counted each item at most once per batch
 
 
@@ -195,4 +265,11 @@ def apply() -> None:
     Dataset._remap = _remap
     SequentialDataset._benchmark_presets = _benchmark_presets
     Pop.calculate_loss = _pop_calculate_loss
+    for name in _LOGGER_USERS:
+        importlib.import_module(name).getLogger = _get_logger
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    importlib.import_module("recbole.trainer.trainer").get_tensorboard = _get_tensorboard
+    warnings.filterwarnings("ignore", module=r"recbole(\.|$)")
     _APPLIED = True

@@ -11,27 +11,25 @@ frozen, refreshed each epoch when it trains; the item side then encodes the batc
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recexp import train
 from recexp.errors import ConfigError
-from recexp.interfaces import FitContext, Split, Strategy
+from recexp.interfaces import TRAIN, Split, Strategy
 from recexp.models.objectives import (
+    InteractionData,
     bpr,
     check_loss,
     encode_items,
-    history_matrix,
     in_batch_softmax,
-    interaction_batches,
-    interaction_model_settings,
     item_texts,
+    preferred_cpu_threads,
+    epoch_samples,
+    stage_histories,
 )
 from recexp.models.text_encoder import TextEncoder
-from recexp.train import Batch, TrainerConfig
+from recexp.train import Batch
 
 # Trainer defaults: (frozen encoder, trainable encoder). A live encoder sees a sample of each epoch.
 DEFAULTS = {
@@ -45,17 +43,15 @@ class TextTower(nn.Module):
         self,
         encoder: TextEncoder,
         strategy: Strategy,
-        trainer: TrainerConfig = TrainerConfig(),
         dim: int = 64,
         loss: str = "bpr",
         temperature: float = 0.1,
         user_text: bool = False,
         samples_per_epoch: int | None = None,
-        cpu_threads: int | None = None,
     ):
         super().__init__()
         if dim < 1 or temperature <= 0:
-            raise ConfigError(f"model.dim must be >= 1 and model.temperature > 0, got {dim} and {temperature}.")
+            raise ConfigError(f"model.module.dim must be >= 1 and temperature > 0, got {dim} and {temperature}.")
         self.encoder = encoder.adapt(strategy)
         self.item_proj = nn.Linear(encoder.dim, dim)
         self.user_proj = nn.Linear(encoder.dim, dim)
@@ -63,31 +59,36 @@ class TextTower(nn.Module):
         self.loss = check_loss(loss)
         self.temperature = temperature
         live = self.encoder.trainable
-        self.trainer = train.with_defaults(trainer, **DEFAULTS[live])
-        self.samples_per_epoch, self.cpu_threads = interaction_model_settings(live, samples_per_epoch, cpu_threads)
-        self.stats = train.FitStats()
-        self.artifact_bytes = 0
+        self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.cpu_threads = preferred_cpu_threads(live)
+        self.stale = True
+
+    def trainer_defaults(self) -> dict:
+        return DEFAULTS[self.encoder.trainable]
 
     # --- data held for scoring: texts, history matrices, encodings without gradient
 
-    def _prepare(self, split: Split, device: torch.device) -> None:
+    def prepare(self, split: Split, device: torch.device) -> None:
         self.split = split
         self.texts = item_texts(split)
         if self.user_text_proj is not None and split.dataset.user_text is None:
-            raise ConfigError("model.user_text=true needs user text: set dataset.user_template.")
+            raise ConfigError("model.module.user_text=true needs user text: set dataset.user_template.")
         self.to(device)
-        self.history = {stage: history_matrix(split, stage, device) for stage in ("valid", "test")}
+        self.history = stage_histories(split, device)  # train and each stage -> [n_users, n_items] sparse
         self.counts = {stage: m.sum(1).to_dense() for stage, m in self.history.items()}  # [n_users]
-        self._stale = True
+        self.stale = True
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Recompute the item (and user-text) encodings if the encoder changed since last time."""
-        if self._stale:
+        if self.stale:
             self.item_table = F.normalize(self.encoder.embed(self.texts), dim=-1)  # [n_items, enc]
             self.sums = {stage: m @ self.item_table for stage, m in self.history.items()}  # [n_users, enc]
             if self.user_text_proj is not None:
                 self.user_table = self.encoder.embed(list(self.split.dataset.user_text))  # [n_users, enc]
-            self._stale = False
+            self.stale = False
+
+    def train_data(self, split: Split, seed: int) -> InteractionData:
+        return InteractionData(split, seed, self.samples_per_epoch)
 
     # --- the two towers
 
@@ -106,49 +107,24 @@ class TextTower(nn.Module):
             query = query + self.user_text_proj(self.user_table[users])
         return F.normalize(query, dim=-1)
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """(users [B], items [B], negatives [B]) -> scalar loss; the positive is left out of its user's mean."""
         users, items, negatives = (t.to(self.item_proj.weight.device) for t in batch)
-        count = self.counts["valid"][users].unsqueeze(1)
-        pooled = (self.sums["valid"][users] - self.item_table[items]) / (count - 1).clamp(min=1)  # leave-one-out
+        count = self.counts[TRAIN][users].unsqueeze(1)
+        pooled = (self.sums[TRAIN][users] - self.item_table[items]) / (count - 1).clamp(min=1)  # leave-one-out
         query = self._users(users, pooled)
-        self._stale = self.encoder.trainable
+        self.stale = self.encoder.trainable
         if self.loss == "bpr":
             vectors = self._items(torch.cat([items, negatives]))
             pos, neg = vectors[: len(items)], vectors[len(items) :]
             return bpr((query * pos).sum(1) / self.temperature, (query * neg).sum(1) / self.temperature)
         return in_batch_softmax(query @ self._items(items).T / self.temperature, items)
 
-    # --- Recommender
-
-    def fit(self, split: Split, ctx: FitContext) -> None:
-        self._prepare(split, ctx.device)
-        self.seed = ctx.seed
-        self.stats = train.fit(self, split, ctx, self.trainer, self._batches, self._loss, self.cpu_threads)
-        self._stale = self.encoder.trainable and not self.stats.ended_on_best  # earlier weights are back
-
-    def _batches(self, epoch: int) -> list[Batch]:
-        self._refresh()
-        return interaction_batches(self.split, self.seed, epoch, self.trainer.batch_size, self.samples_per_epoch)
-
     @torch.no_grad()
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
         """users [B] -> [B, n_items] cosine similarities."""
         self.eval()
         users = users.to(self.item_proj.weight.device)
-        self._refresh()
+        self.refresh()
         pooled = self.sums[stage][users] / self.counts[stage][users].unsqueeze(1).clamp(min=1)
         return self._users(users, pooled) @ self._items(torch.arange(self.split.n_items, device=users.device)).T
-
-    def parameter_counts(self) -> tuple[int, int]:
-        return train.parameter_counts(self)
-
-    def cost_extras(self) -> dict[str, float]:
-        return {**self.stats.cost(), **self.encoder.cache_stats(), "artifact_bytes": self.artifact_bytes}
-
-    def save(self, directory: str | Path) -> None:
-        self.artifact_bytes = train.save_weights(self, directory)
-
-    def load(self, directory: str | Path, split: Split, device: torch.device | str = "cpu") -> None:
-        """Rebuild the scoring state for ``split`` and read weights written by :meth:`save`."""
-        self._prepare(split, torch.device(device))
-        train.load_weights(self, directory)

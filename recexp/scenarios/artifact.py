@@ -1,8 +1,10 @@
 """Split artifacts on disk, keyed by a content hash of (dataset content, scenario config, seed).
 
-Layout of ``CACHE/splits/HASH/``: ``train.inter``, ``valid.inter``, ``test.inter`` (atomic files with
-the dataset's raw id tokens) and ``split.json`` (candidates and segments as raw item tokens).
-Any model, or an independent checker, reads the same files.
+Layout of ``CACHE/splits/HASH/``: one ``PART.inter`` per named part (``train``, ``valid``, ``test``
+for a holdout split; atomic files with the dataset's raw id tokens, and a ``label`` column where a
+part holds labelled pairs) and ``split.json``: every stage's history, positives and pairs (part
+names), candidates and segments (raw item tokens). Any model, or an independent checker, reads the
+same files.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from recexp.interfaces import Dataset, Split
+from recexp.interfaces import Dataset, Split, Stage
 
-STAGE_FILES = ("train", "valid", "test")
-INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+INTER_FIELDS = {"user": "user_id:token", "item": "item_id:token", "rating": "rating:float", "timestamp": "timestamp:float"}
+LABEL_FIELD = "label:float"
 
 
 class Scenario(Protocol):
@@ -56,16 +58,16 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
-        for stage in STAGE_FILES:
-            write_inter(staging / f"{stage}.inter", split.frame(stage), split.dataset)
+        for name, frame in split.parts.items():
+            write_inter(staging / f"{name}.inter", frame, split.dataset)
         tokens = split.dataset.item_tokens
         meta = {
             "hash": split.hash,
             "config": config,
             "counts": split.counts(),
             "info": split.info,
-            "candidates": {s: tokens[c].tolist() for s, c in split.candidates.items()},
-            "segments": {s: {n: tokens[ids].tolist() for n, ids in seg.items()} for s, seg in split.segments.items()},
+            "parts": list(split.parts),
+            "stages": {name: _stage_json(stage, tokens) for name, stage in split.stages.items()},
         }
         (staging / "split.json").write_text(json.dumps(meta, default=str))
         try:
@@ -77,18 +79,30 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
         raise
 
 
+def _stage_json(stage: Stage, tokens: np.ndarray) -> dict[str, Any]:
+    return {
+        "history": list(stage.history),
+        "positives": stage.positives,
+        "pairs": stage.pairs,
+        "candidates": None if stage.candidates is None else tokens[stage.candidates].tolist(),
+        "segments": {name: tokens[ids].tolist() for name, ids in stage.segments.items()},
+    }
+
+
 def write_inter(path: Path, frame: pd.DataFrame, dataset: Dataset) -> None:
-    """Write interactions as an atomic file with raw tokens."""
+    """Write interactions as an atomic file with raw tokens (and their ``label`` when they have one)."""
     out = pd.DataFrame(
         {
             "user_id": dataset.user_tokens[frame["user"].to_numpy()],
             "item_id": dataset.item_tokens[frame["item"].to_numpy()],
             "rating": frame["rating"].to_numpy(),
             "timestamp": frame["timestamp"].to_numpy(),
+            **({"label": frame["label"].to_numpy()} if "label" in frame else {}),
         }
     )
+    header = [*INTER_FIELDS.values(), *([LABEL_FIELD] if "label" in frame else [])]
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(INTER_HEADER + "\n")
+        handle.write("\t".join(header) + "\n")
         out.to_csv(handle, sep="\t", header=False, index=False, na_rep="", float_format="%.17g")
 
 
@@ -101,25 +115,30 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
     def ids(tokens: list[str]) -> np.ndarray:
         return np.fromiter((items[t] for t in tokens), dtype=np.int64, count=len(tokens))
 
-    frames = {}
-    for stage in STAGE_FILES:
-        raw = pd.read_csv(folder / f"{stage}.inter", sep="\t", dtype={"user_id:token": str, "item_id:token": str})
-        frames[stage] = pd.DataFrame(
-            {
-                "user": raw["user_id:token"].map(users).to_numpy(dtype=np.int64),
-                "item": raw["item_id:token"].map(items).to_numpy(dtype=np.int64),
-                "rating": raw["rating:float"].to_numpy(dtype=np.float64),
-                "timestamp": raw["timestamp:float"].to_numpy(dtype=np.float64),
-            }
+    parts = {name: _read_part(folder / f"{name}.inter", users, items) for name in meta["parts"]}
+    stages = {
+        name: Stage(
+            history=tuple(spec["history"]),
+            positives=spec["positives"],
+            candidates=None if spec["candidates"] is None else ids(spec["candidates"]),
+            segments={n: ids(t) for n, t in spec["segments"].items()},
+            pairs=spec["pairs"],
         )
-    return Split(
-        dataset=dataset,
-        train=frames["train"],
-        valid=frames["valid"],
-        test=frames["test"],
-        candidates={s: ids(t) for s, t in meta["candidates"].items()},
-        segments={s: {n: ids(t) for n, t in seg.items()} for s, seg in meta["segments"].items()},
-        hash=meta["hash"],
-        path=folder,
-        info=meta["info"],
+        for name, spec in meta["stages"].items()
+    }
+    return Split(dataset=dataset, parts=parts, stages=stages, hash=meta["hash"], path=folder, info=meta["info"])
+
+
+def _read_part(path: Path, users: dict[str, int], items: dict[str, int]) -> pd.DataFrame:
+    raw = pd.read_csv(path, sep="\t", dtype={INTER_FIELDS["user"]: str, INTER_FIELDS["item"]: str})
+    frame = pd.DataFrame(
+        {
+            "user": raw[INTER_FIELDS["user"]].map(users).to_numpy(dtype=np.int64),
+            "item": raw[INTER_FIELDS["item"]].map(items).to_numpy(dtype=np.int64),
+            "rating": raw[INTER_FIELDS["rating"]].to_numpy(dtype=np.float64),
+            "timestamp": raw[INTER_FIELDS["timestamp"]].to_numpy(dtype=np.float64),
+        }
     )
+    if LABEL_FIELD in raw:
+        frame["label"] = raw[LABEL_FIELD].to_numpy(dtype=np.float64)
+    return frame

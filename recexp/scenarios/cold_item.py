@@ -15,6 +15,7 @@ from recexp.interfaces import Dataset, Split
 from recexp.scenarios.common import (
     check_ratios,
     head_items,
+    holdout_split,
     per_user_random_split,
     popularity_segments,
     require_nonempty,
@@ -27,6 +28,7 @@ class ColdItemScenario:
     cold_valid_share: float = 0.5  # share of the cold items used for validation (rest: test)
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # per-user split of warm data
     head_fraction: float = 0.2
+    label_threshold: float | None = None  # rating >= this labels a valid/test pair 1, lower 0 (None: no pairs)
 
     def build(self, dataset: Dataset, seed: int) -> Split:
         if not 0 < self.cold_fraction < 1 or not 0 < self.cold_valid_share < 1:
@@ -63,14 +65,9 @@ class ColdItemScenario:
                 "cold": stage_cold,
                 "warm": warm,
             }
-        return Split(
-            dataset=dataset,
-            train=warm_train,
-            valid=valid,
-            test=test,
-            candidates=candidates,
-            segments=segments,
-            info={"cold_valid_items": int(len(cold_valid)), "cold_test_items": int(len(cold_test))},
+        return holdout_split(
+            dataset, warm_train, valid, test, candidates, segments, self.label_threshold,
+            cold_valid_items=int(len(cold_valid)), cold_test_items=int(len(cold_test)),
         )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.errors import ConfigError, DataError
-from recexp.interfaces import Dataset, Split
+from recexp.interfaces import TRAIN, Dataset, Split, Stage
 
 
 def check_ratios(ratios: list[float]) -> list[float]:
@@ -72,18 +72,55 @@ def require_nonempty(scenario: str, **frames: pd.DataFrame) -> None:
             )
 
 
-def full_ranking_split(
-    dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame, head_fraction: float, **info
+def labelled(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``frame`` with ``label`` = 1.0 where rating >= ``threshold``, else 0.0 (a DataError without ratings)."""
+    if frame["rating"].isna().any():
+        raise DataError(
+            f"scenario.label_threshold={threshold} labels pairs by rating, but {int(frame['rating'].isna().sum())} "
+            "interactions have no rating. Set dataset.rating_field to the rating column, or label_threshold=null."
+        )
+    return frame.assign(label=(frame["rating"] >= threshold).astype(np.float64))
+
+
+def holdout_split(
+    dataset: Dataset,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame,
+    candidates: dict[str, np.ndarray],
+    segments: dict[str, dict[str, np.ndarray]],
+    label_threshold: float | None,
+    **info,
 ) -> Split:
-    """A split whose valid and test stages rank every item, with all/head/tail segments."""
-    everything = np.arange(dataset.n_items)
-    segments = popularity_segments(everything, head_items(train, dataset.n_items, head_fraction))
+    """Stages ``valid`` (history: train) and ``test`` (history: train + valid), each ranking its own
+    part; with ``label_threshold`` the same interactions are also labelled pairs (rating >= T is 1)."""
+    if label_threshold is not None:
+        valid, test = labelled(valid, label_threshold), labelled(test, label_threshold)
+    pairs = label_threshold is not None
     return Split(
         dataset=dataset,
-        train=train,
-        valid=valid,
-        test=test,
-        candidates={"valid": everything, "test": everything},
-        segments={"valid": segments, "test": segments},
+        parts={TRAIN: train, "valid": valid, "test": test},
+        stages={
+            "valid": Stage((TRAIN,), "valid", candidates["valid"], segments["valid"], "valid" if pairs else None),
+            "test": Stage((TRAIN, "valid"), "test", candidates["test"], segments["test"], "test" if pairs else None),
+        },
         info=info,
+    )
+
+
+def full_ranking_split(
+    dataset: Dataset,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame,
+    head_fraction: float,
+    label_threshold: float | None,
+    **info,
+) -> Split:
+    """A holdout split whose stages rank every item, with all/head/tail segments."""
+    everything = np.arange(dataset.n_items)
+    segments = popularity_segments(everything, head_items(train, dataset.n_items, head_fraction))
+    return holdout_split(
+        dataset, train, valid, test, {"valid": everything, "test": everything}, {"valid": segments, "test": segments},
+        label_threshold, **info,
     )

@@ -14,6 +14,7 @@ from recexp.scenarios.common import check_ratios, full_ranking_split, require_no
 class TemporalScenario:
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # shares of interactions by time
     head_fraction: float = 0.2
+    label_threshold: float | None = None  # rating >= this labels a valid/test pair 1, lower 0 (None: no pairs)
 
     def build(self, dataset: Dataset, seed: int) -> Split:
         inter = dataset.inter
@@ -31,6 +32,6 @@ class TemporalScenario:
         test = ordered.iloc[cut_valid:].reset_index(drop=True)
         require_nonempty("temporal", train=train, valid=valid, test=test)
         return full_ranking_split(
-            dataset, train, valid, test, self.head_fraction,
+            dataset, train, valid, test, self.head_fraction, self.label_threshold,
             valid_from=float(valid["timestamp"].min()), test_from=float(test["timestamp"].min()),
         )

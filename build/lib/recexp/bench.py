@@ -1,0 +1,101 @@
+"""``make bench``: time and memory of recexp's own hot paths on ml-100k; writes ``outputs/bench/bench.json``.
+
+    python -m recexp.bench [--out outputs/bench] [--device auto] [--models pop,bpr,text_tower]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from recexp.costs import CostMeter
+from recexp.data import AtomicDataset
+from recexp.evaluate import Evaluator
+from recexp.interfaces import FitContext
+from recexp.run import pick_device
+from recexp.scenarios import ColdItemScenario, build_or_load
+from recexp.tracking import NullLogger, package_versions, write_json_atomic
+
+
+def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
+    """Best wall time over ``repeat`` calls, and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+class _RandomScores:
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        return torch.rand(len(users), self.n_items, device=users.device)
+
+
+def bench_pipeline(device: torch.device) -> dict[str, Any]:
+    spec = AtomicDataset(name="ml-100k", item_template="{movie_title} ({release_year}). Genres: {class}")
+    load_s, dataset = timed(spec.load)
+    with tempfile.TemporaryDirectory() as cache:
+        build_s, split = timed(lambda: ColdItemScenario().build(dataset, 0))
+        build_or_load(dataset, ColdItemScenario(), 0, cache)
+        reload_s, _ = timed(lambda: build_or_load(dataset, ColdItemScenario(), 0, cache))
+    scores = _RandomScores(split.n_items)
+    eval_s, result = timed(lambda: Evaluator().evaluate(scores, split, "test", device))
+    users = int(result.metrics["all"]["n_users"])
+    return {
+        "load_ml100k_s": load_s,
+        "build_cold_item_split_s": build_s,
+        "load_cached_split_s": reload_s,
+        "evaluate_test_all_segments_s": eval_s,
+        "evaluate_users_per_s": users * len(result.metrics) / eval_s,
+    }
+
+
+def bench_model(name: str, overrides: list[str], device: torch.device, out: Path) -> dict[str, Any]:
+    """Fit and evaluate one model preset on the default (random) split; report its cost ledger and NDCG@10."""
+    from hydra import compose, initialize_config_dir
+
+    from recexp.config import build
+
+    conf = Path(__file__).resolve().parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}", "logger=none", *overrides])
+    dataset = build(cfg.dataset).load()
+    split = build_or_load(dataset, build(cfg.scenario), 0, out / "cache")
+    model = build(cfg.model, trainer=build(cfg.trainer, progress=False))
+    meter = CostMeter(device)
+    with meter.phase("train"):
+        model.fit(split, FitContext(NullLogger(), device, out / name, 0, progress=False))
+    with meter.phase("eval"):
+        test = Evaluator(ks=[10]).evaluate(model, split, "test", device)
+    return {**meter.summary(model, split), "test_ndcg@10": test.metrics["all"]["ndcg@10"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/bench", type=Path)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", default="pop,bpr", help="comma-separated model presets to fit")
+    parser.add_argument("--override", action="append", default=[], help="extra Hydra override, repeatable")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"device": str(device), "versions": package_versions(), "pipeline": bench_pipeline(device)}
+    report["models"] = {m: bench_model(m, args.override, device, args.out) for m in args.models.split(",") if m}
+    path = args.out / "bench.json"
+    write_json_atomic(path, report)
+    print(f"wrote {path}")
+    for section in ("pipeline", "models"):
+        for key, value in report[section].items():
+            print(f"  {section}.{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()

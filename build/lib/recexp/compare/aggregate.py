@@ -1,0 +1,56 @@
+"""Mean and standard deviation over seeds for every row, chosen metric and segment, plus cost."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from recexp.compare.rows import Row
+from recexp.evaluate import higher_is_better
+
+# cost key in results.json -> column name in the table
+COST_COLUMNS = {"trainable_params": "trainable params", "train_seconds": "train s", "peak_memory_mb": "peak MB"}
+
+
+def column(segment: str, metric: str) -> str:
+    return f"{segment}/{metric}"
+
+
+def smaller_is_better(metric: str) -> bool:
+    """``gini@10`` -> True: the direction comes from the evaluator's metric registry."""
+    return not higher_is_better(metric)
+
+
+def summarise(rows: list[Row], metrics: list[str], segments: list[str]) -> pd.DataFrame:
+    """One line per row: ``seg/metric`` (mean), ``seg/metric std`` (sample std, NaN for one seed),
+    ``seg/metric n`` (seeds with a value), ``n_seeds``, ``seeds`` and the mean of each cost column."""
+    records = []
+    for row in rows:
+        record: dict[str, object] = {"row": row.label, "n_seeds": len(row.runs), "seeds": " ".join(map(str, row.seeds))}
+        runs = [row.runs[s] for s in row.seeds]
+        for segment in segments:
+            for metric in metrics:
+                values = [v for v in (r.metric(segment, metric) for r in runs) if v is not None]
+                mean, std = mean_std(values)
+                name = column(segment, metric)
+                record[name], record[f"{name} std"], record[f"{name} n"] = mean, std, len(values)
+        for key, name in COST_COLUMNS.items():
+            values = [float(v) for v in (r.cost(key) for r in runs) if v is not None]
+            record[name] = float(np.mean(values)) if values else math.nan
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
+
+
+def ranks(values: list[float], smaller_better: bool) -> list[int | None]:
+    """1 for the best value(s), 2 for the second best, None otherwise or for NaN; ties share a rank."""
+    finite = sorted({v for v in values if not math.isnan(v)}, reverse=not smaller_better)
+    place = {v: i + 1 for i, v in enumerate(finite[:2])}
+    return [None if math.isnan(v) else place.get(v) for v in values]

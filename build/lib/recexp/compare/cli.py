@@ -1,0 +1,71 @@
+"""Command line of ``recexp-compare`` / ``python -m recexp.compare``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recexp.compare.report import DEFAULT_METRICS, Comparison, Options, compare, failed_summary
+from recexp.compare.stats import TESTS
+from recexp.errors import RecexpError
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="recexp-compare",
+        description="Compare finished recexp runs: one row per configuration (seeds aggregated), "
+        "paired significance tests against a reference row, Markdown/LaTeX/CSV tables and PNG plots.",
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, help="sweep or run folders; searched for results.json")
+    p.add_argument("--out", type=Path, required=True, help="folder for the tables, plots, failed.csv")
+    p.add_argument("--metrics", type=_names,
+                   help=f"comma-separated test metrics (default: {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--segments", type=_names, help="comma-separated segments (default: every segment present)")
+    p.add_argument("--reference", help="label (or unique label prefix) of the reference row (default: the first row)")
+    p.add_argument("--test", choices=sorted(TESTS), default="wilcoxon", help="paired test over users")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction")
+    p.add_argument("--row-key", type=_names,
+                   help="comma-separated axes defining a row, e.g. model,strategy,trainer.lr "
+                   "(default: model, strategy for text models, and every swept non-seed axis)")
+    p.add_argument("--plot-metric", help="metric of the quality-vs-cost plots (default: the first metric)")
+    p.add_argument("--buckets", type=int, default=5, help="popularity buckets of items seen in training")
+    p.add_argument("--bucket-k", type=int, help="K of recall per popularity bucket (default: the plot metric's K)")
+    p.add_argument("--cache-dir", type=Path, action="append", default=[],
+                   help="where split artifacts lie if not at the path recorded by the run (repeatable)")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the table and plots to W&B")
+    p.add_argument("--wandb-project", default="recexp", help="W&B project of the summary run")
+    return p
+
+
+def options(args: argparse.Namespace) -> Options:
+    return Options(
+        metrics=args.metrics, segments=args.segments, reference=args.reference, test=args.test,
+        alpha=args.alpha, row_key=args.row_key, plot_metric=args.plot_metric, buckets=args.buckets,
+        bucket_k=args.bucket_k, cache_dirs=list(args.cache_dir), wandb=not args.no_wandb,
+        wandb_project=args.wandb_project,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.buckets < 1 or (args.bucket_k is not None and args.bucket_k < 1) or not 0 < args.alpha < 1:
+        print("error: --buckets and --bucket-k must be positive and --alpha in (0, 1).", file=sys.stderr)
+        return 2
+    try:
+        result = compare(args.run_dirs, args.out, options(args))
+    except RecexpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report(result)
+    return 0
+
+
+def report(result: Comparison) -> None:
+    print(result.files["markdown"].read_text(encoding="utf-8"))
+    if result.failed:
+        print(failed_summary(result.failed, result.files["failed"]), file=sys.stderr)
+    print("Wrote " + ", ".join(str(p) for p in result.files.values()))

@@ -1,0 +1,141 @@
+"""Paired significance tests over users against a reference row, with Holm's correction across rows.
+
+For a row and the reference, each seed both ran on the same split contributes one pair per test
+user (the per-user metric of each run); pairs of all such seeds are pooled into one test.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from recexp.compare.load import Run, per_user
+from recexp.compare.rows import Row
+from recexp.evaluate import parse_metric
+
+SIGNIFICANCE_COLUMNS = [
+    "row", "reference", "segment", "metric", "test", "n_seeds", "n_pairs", "mean_row", "mean_reference",
+    "mean_diff", "statistic", "p_value", "p_holm", "effect_size", "effect_measure", "significant", "note",
+]
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN entries are left out of the family and stay NaN)."""
+    order = [i for i in sorted(range(len(pvalues)), key=lambda i: pvalues[i]) if not math.isnan(pvalues[i])]
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def wilcoxon(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, str]:
+    """(W, p, matched-pairs rank-biserial correlation, its name); zero differences are dropped."""
+    diff = a - b
+    nonzero = diff[diff != 0]
+    if len(nonzero) == 0:
+        return 0.0, 1.0, 0.0, "rank_biserial"
+    result = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
+    ranked = stats.rankdata(np.abs(nonzero))
+    plus, minus = ranked[nonzero > 0].sum(), ranked[nonzero < 0].sum()
+    return float(result.statistic), float(result.pvalue), float((plus - minus) / (plus + minus)), "rank_biserial"
+
+
+def ttest(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, str]:
+    """(t, p, Cohen's d_z = mean difference / sd of differences, its name)."""
+    diff = a - b
+    sd = diff.std(ddof=1) if len(diff) > 1 else 0.0
+    mean = float(diff.mean()) if len(diff) else 0.0
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # identical differences: no spread to test against
+        return 0.0, 1.0 if mean == 0 else 0.0, 0.0 if mean == 0 else math.copysign(math.inf, mean), "cohen_dz"
+    result = stats.ttest_rel(a, b)
+    return float(result.statistic), float(result.pvalue), float(diff.mean() / sd), "cohen_dz"
+
+
+TESTS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[float, float, float, str]]] = {
+    "wilcoxon": wilcoxon,
+    "ttest": ttest,
+}
+
+
+class PerUserCache:
+    """Per-user test metrics of each run, read once."""
+
+    def __init__(self):
+        self._frames: dict[str, pd.DataFrame | None] = {}
+
+    def get(self, run: Run) -> pd.DataFrame | None:
+        key = str(run.path)
+        if key not in self._frames:
+            self._frames[key] = per_user(run)
+        return self._frames[key]
+
+
+def paired_values(row: Row, reference: Row, segment: str, metric: str, cache: PerUserCache):
+    """(row values, reference values, seeds used, note) pooled over matched seeds on the same split."""
+    xs, ys, used, skipped = [], [], [], []
+    for seed in [s for s in row.seeds if s in reference.runs]:
+        mine, theirs = row.runs[seed], reference.runs[seed]
+        if mine.split_hash != theirs.split_hash:
+            skipped.append(f"seed {seed}: different splits")
+            continue
+        a, b = cache.get(mine), cache.get(theirs)
+        if a is None or b is None or metric not in a.columns or metric not in b.columns:
+            skipped.append(f"seed {seed}: no per-user {metric}")
+            continue
+        merged = a[a.segment == segment].merge(b[b.segment == segment], on="user", suffixes=("_a", "_b"))
+        merged = merged.dropna(subset=[f"{metric}_a", f"{metric}_b"])  # e.g. GAUC of a user with one label only
+        if merged.empty:
+            continue
+        xs.append(merged[f"{metric}_a"].to_numpy(float))
+        ys.append(merged[f"{metric}_b"].to_numpy(float))
+        used.append(seed)
+    if not used:
+        reason = "; ".join(skipped) or "no seed in common with the reference"
+        return np.array([]), np.array([]), used, reason
+    return np.concatenate(xs), np.concatenate(ys), used, "; ".join(skipped)
+
+
+def significance(
+    rows: list[Row], reference: Row, metrics: list[str], segments: list[str], test: str, alpha: float
+) -> pd.DataFrame:
+    """One line per (row other than the reference, segment, metric); Holm across rows per column."""
+    cache = PerUserCache()
+    records = []
+    for segment in segments:
+        family = []
+        for row in (r for r in rows if r is not reference):
+            for metric in metrics:
+                family.append(_one(row, reference, segment, metric, test, cache))
+        for metric in metrics:
+            members = [r for r in family if r["metric"] == metric]
+            for record, adjusted in zip(members, holm([r["p_value"] for r in members])):
+                record["p_holm"] = adjusted
+                record["significant"] = bool(adjusted < alpha) if not math.isnan(adjusted) else False
+        records.extend(family)
+    return pd.DataFrame.from_records(records, columns=SIGNIFICANCE_COLUMNS)
+
+
+def _one(row: Row, reference: Row, segment: str, metric: str, test: str, cache: PerUserCache) -> dict:
+    if not parse_metric(metric)[0].per_user:
+        a, b, seeds, note = np.array([]), np.array([]), [], "pooled metric: no per-user values to pair"
+    else:
+        a, b, seeds, note = paired_values(row, reference, segment, metric, cache)
+    record = {
+        "row": row.label, "reference": reference.label, "segment": segment, "metric": metric, "test": test,
+        "n_seeds": len(seeds), "n_pairs": len(a), "mean_row": math.nan, "mean_reference": math.nan,
+        "mean_diff": math.nan, "statistic": math.nan, "p_value": math.nan, "effect_size": math.nan,
+        "effect_measure": "", "note": note,
+    }
+    if len(a) == 0:
+        return record
+    statistic, p, effect, measure = TESTS[test](a, b)
+    record.update(
+        mean_row=float(a.mean()), mean_reference=float(b.mean()), mean_diff=float((a - b).mean()),
+        statistic=statistic, p_value=p, effect_size=effect, effect_measure=measure,
+    )
+    return record

@@ -1,0 +1,154 @@
+"""The comparison table as Markdown, LaTeX (booktabs) and CSV.
+
+Cells read ``mean ± std`` over seeds. Per metric column the best mean is bold and the second best
+underlined, in the metric's direction; ``†`` marks a significant difference from the reference row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from recexp.compare.aggregate import COST_COLUMNS, column, ranks, smaller_is_better
+
+DAGGER = "†"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    metrics: list[str]
+    segments: list[str]
+    reference: str  # label of the reference row
+    test: str  # wilcoxon | ttest
+    alpha: float
+
+
+def fmt(value: float, like: float | None = None) -> str:
+    """4 decimals below 10, 2 below 100, 1 above (judged on ``like`` if given); an en dash for missing."""
+    if value is None or math.isnan(value):
+        return "–"
+    size = abs(value if like is None or math.isnan(like) else like)
+    digits = 4 if size < 10 else 2 if size < 100 else 1
+    return f"{value:.{digits}f}"
+
+
+def fmt_cost(name: str, value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    if name == "trainable params":
+        for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+            if value >= size:
+                return f"{value / size:.1f}{unit}"
+        return f"{value:.0f}"
+    return f"{value:.1f}" if name == "train s" else f"{value:.0f}"
+
+
+def metric_columns(spec: TableSpec) -> list[str]:
+    return [column(s, m) for s in spec.segments for m in spec.metrics]
+
+
+def cell_marks(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> dict[str, list[tuple]]:
+    """Per metric column: for each row (rank 1/2/None, significant vs reference)."""
+    significant = {
+        (r.row, column(r.segment, r.metric)): bool(r.significant) for r in significance.itertuples(index=False)
+    }
+    marks = {}
+    for name in metric_columns(spec):
+        metric = name.split("/", 1)[1]
+        shown = [float(fmt(v)) if fmt(v) != "–" else math.nan for v in summary[name]]
+        places = ranks(shown, smaller_is_better(metric))
+        marks[name] = [(p, significant.get((row, name), False)) for p, row in zip(places, summary["row"])]
+    return marks
+
+
+def header_name(metric: str) -> str:
+    return f"{metric} ↓" if smaller_is_better(metric) else metric
+
+
+def markdown(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> str:
+    marks = cell_marks(summary, significance, spec)
+    names = metric_columns(spec)
+    head = ["row", "seeds"] + [f"{header_name(n.split('/', 1)[1])} ({n.split('/', 1)[0]})" for n in names]
+    head += list(COST_COLUMNS.values())
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for i, rec in summary.iterrows():
+        label = f"{rec['row']} [ref]" if rec["row"] == spec.reference else rec["row"]
+        cells = [label.replace("|", "\\|"), str(rec["n_seeds"])]
+        for name in names:
+            text = _mean_std(rec[name], rec[f"{name} std"])
+            place, sig = marks[name][i]
+            text = f"**{text}**" if place == 1 else f"<u>{text}</u>" if place == 2 else text
+            cells.append(text + (DAGGER if sig else ""))
+        cells += [fmt_cost(c, rec[c]) for c in COST_COLUMNS.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + legend(spec) + "\n"
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return fmt(mean) if math.isnan(std) else f"{fmt(mean)} ± {fmt(std, like=mean)}"
+
+
+def legend(spec: TableSpec) -> str:
+    return (
+        f"Mean ± sample std over seeds (test split). Per column the best mean is **bold** and the second "
+        f"best <u>underlined</u>; ↓ marks metrics where smaller is better. {DAGGER}: differs from "
+        f"`{spec.reference}` at Holm-corrected p < {spec.alpha} ({spec.test}, paired over test users of "
+        f"matched seeds). Cost: trainable parameters, training seconds and peak memory (MB), seed means."
+    )
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> str:
+    """A booktabs ``table`` (needs ``\\usepackage{booktabs}``): segments span their metric columns."""
+    marks = cell_marks(summary, significance, spec)
+    n_metric, n_cost = len(spec.metrics), len(COST_COLUMNS)
+    lines = [
+        r"\begin{table}[t]", r"\centering", r"\small",
+        r"\begin{tabular}{l r " + " ".join(["r" * n_metric] * len(spec.segments)) + " " + "r" * n_cost + "}",
+        r"\toprule",
+    ]
+    spans = [rf"\multicolumn{{{n_metric}}}{{c}}{{{tex_escape(s)}}}" for s in spec.segments]
+    lines.append(" & & " + " & ".join(spans) + " & " + rf"\multicolumn{{{n_cost}}}{{c}}{{cost}} \\")
+    rules = [f"\\cmidrule(lr){{{3 + i * n_metric}-{2 + (i + 1) * n_metric}}}" for i in range(len(spec.segments))]
+    start = 3 + len(spec.segments) * n_metric
+    lines.append(" ".join(rules + [f"\\cmidrule(lr){{{start}-{start + n_cost - 1}}}"]))
+    metric_heads = [_tex_metric(m) for _ in spec.segments for m in spec.metrics]
+    lines.append(" & ".join(["row", "seeds"] + metric_heads + [tex_escape(c) for c in COST_COLUMNS.values()]) + r" \\")
+    lines.append(r"\midrule")
+    for i, rec in summary.iterrows():
+        cells = [tex_escape(rec["row"]) + (" [ref]" if rec["row"] == spec.reference else ""), str(rec["n_seeds"])]
+        for name in metric_columns(spec):
+            place, sig = marks[name][i]
+            text = _mean_std(rec[name], rec[f"{name} std"]).replace(" ± ", r"$\pm$").replace("–", "--")
+            text = rf"\textbf{{{text}}}" if place == 1 else rf"\underline{{{text}}}" if place == 2 else text
+            cells.append(text + (r"$^\dagger$" if sig else ""))
+        cells += [tex_escape(fmt_cost(c, rec[c])).replace("–", "--") for c in COST_COLUMNS.values()]
+        lines.append(" & ".join(cells) + r" \\")
+    caption = tex_escape(legend(spec).replace("**", "").replace("<u>", "").replace("</u>", "").replace("`", ""))
+    for text, tex in (("<", "$<$"), ("±", r"$\pm$"), ("↓", r"$\downarrow$"), (DAGGER, r"$^\dagger$")):
+        caption = caption.replace(text, tex)
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_metric(metric: str) -> str:
+    return tex_escape(metric) + (r" $\downarrow$" if smaller_is_better(metric) else "")
+
+
+def csv_frame(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """The summary numbers plus, per metric column, the Holm-corrected p-value against the reference."""
+    frame = summary.copy()
+    frame.insert(1, "reference", frame["row"] == spec.reference)
+    for name in metric_columns(spec):
+        segment, metric = name.split("/", 1)
+        sub = significance[(significance.segment == segment) & (significance.metric == metric)]
+        frame[f"{name} p_holm"] = frame["row"].map(dict(zip(sub.row, sub.p_holm)))
+    return frame

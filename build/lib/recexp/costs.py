@@ -1,0 +1,56 @@
+"""Cost ledger: parameters, wall time per phase, throughput and peak memory of a run."""
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from typing import Any, Iterator
+
+import torch
+
+from recexp.interfaces import Split
+
+
+class CostMeter:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def peak_memory_mb(self) -> float:
+        """CUDA max allocated on GPU; the process's peak resident set size on CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+    def summary(self, model: Any, split: Split, world_size: int = 1) -> dict[str, Any]:
+        trainable, total = model.parameter_counts()
+        train_seconds = self.seconds.get("train", 0.0)
+        cost = {
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+            "train_seconds": train_seconds,
+            "eval_seconds": self.seconds.get("eval", 0.0),
+            "peak_memory_mb": self.peak_memory_mb(),
+            "device": str(self.device),
+            "world_size": world_size,  # processes that trained together
+            "train_interactions": len(split.train),
+        }
+        if hasattr(model, "cost_extras"):
+            cost.update(model.cost_extras())
+        if "samples_per_second" not in cost and "samples_seen" in cost and train_seconds > 0:
+            cost["samples_per_second"] = cost["samples_seen"] / train_seconds
+        return cost

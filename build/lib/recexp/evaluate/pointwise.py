@@ -1,0 +1,94 @@
+"""Pointwise evaluation of one stage: the model scores each labelled (user, item) pair, per segment.
+
+Scores come from the model's own ``score_pairs(users, items, stage)`` when it has one, else they
+are read off its full-ranking ``score``. The model's ``pointwise_output`` ("score" by default,
+"probability" or "rating") decides which metrics apply: logloss needs probabilities, rmse/mae
+predicted ratings; the others take any score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recexp.evaluate.metrics import Metric
+from recexp.interfaces import Recommender, Split
+
+
+def pair_scores(
+    model: Recommender, users: np.ndarray, items: np.ndarray, stage: str, device: torch.device, batch_size: int
+) -> np.ndarray:
+    """users [N], items [N] -> [N] float64 scores of ``model`` at ``stage``."""
+    scorer = getattr(model, "score_pairs", None)
+    if scorer is not None:
+        size = batch_size * 64
+        parts = [
+            scorer(torch.tensor(users[i : i + size], device=device), torch.tensor(items[i : i + size], device=device), stage)
+            .detach().float().cpu().numpy()
+            for i in range(0, len(users), size)
+        ]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    out = np.empty(len(users), dtype=np.float64)
+    distinct, row_of = np.unique(users, return_inverse=True)
+    with torch.no_grad():
+        for start in range(0, len(distinct), batch_size):
+            chunk = distinct[start : start + batch_size]
+            scores = model.score(torch.tensor(chunk, device=device), stage).float().cpu().numpy()
+            rows = np.flatnonzero((row_of >= start) & (row_of < start + len(chunk)))
+            out[rows] = scores[row_of[rows] - start, items[rows]]
+    return out
+
+
+def evaluate_pairs(
+    model: Recommender,
+    split: Split,
+    stage: str,
+    segments: tuple[str, ...],
+    metrics: list[Metric],
+    device: torch.device,
+    batch_size: int,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, tuple[dict[str, float], pd.DataFrame]]:
+    """-> {segment: (mean metrics, per-user frame with columns segment, user, n_pairs, <metric>...)}.
+
+    ``shard=(rank, world)`` keeps the pairs of users with ``user % world == rank``.
+    """
+    output = getattr(model, "pointwise_output", "score")
+    usable = [m for m in metrics if m.needs is None or m.needs == output]
+    pairs = split.pairs(stage)
+    if shard is not None and pairs is not None:
+        pairs = pairs[pairs["user"].to_numpy() % shard[1] == shard[0]]
+    if not usable or pairs is None or len(pairs) == 0:
+        return {}
+    users, items = pairs["user"].to_numpy(), pairs["item"].to_numpy()
+    scored = pd.DataFrame(
+        {
+            "user": users,
+            "item": items,
+            "label": pairs["label"].to_numpy(dtype=np.float64),
+            "rating": pairs["rating"].to_numpy(dtype=np.float64),
+            "score": pair_scores(model, users, items, stage, device, batch_size),
+        }
+    )
+    spec = split.stage(stage)
+    out = {}
+    for name in segments:
+        chosen = scored if name == "all" else scored[np.isin(items, spec.segments[name])]
+        if len(chosen):
+            out[name] = _summarise(name, chosen, usable, split.dataset.user_tokens)
+    return out
+
+
+def _summarise(segment: str, pairs: pd.DataFrame, metrics: list[Metric], user_tokens: np.ndarray):
+    values: dict[str, float] = {}
+    per_user = pd.DataFrame({"n_pairs": pairs.groupby("user", sort=True).size()})
+    for metric in metrics:
+        value, by_user = metric.fn(pairs)
+        values[metric.name] = value
+        if by_user is not None:
+            per_user[metric.name] = by_user
+    values["n_pairs"] = float(len(pairs))
+    per_user = per_user.reset_index(names="user")
+    per_user["user"] = user_tokens[per_user["user"].to_numpy()]
+    per_user.insert(0, "segment", segment)
+    return values, per_user

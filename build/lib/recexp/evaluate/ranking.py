@@ -1,0 +1,140 @@
+"""Full ranking of one stage: every user with positives ranks the stage's candidates, per segment.
+
+Items the user already has in the stage's history are removed, the remaining candidates are
+ranked (ties fall to a fixed random item order), and ranking, list and catalog metrics are computed
+from the top-K lists. A segment restricts the ranking (and the positives) to its items.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from recexp.evaluate.metrics import ListContext, Metric, metric_key
+from recexp.interfaces import Recommender, Split
+
+
+@dataclass
+class SegmentRanking:
+    """One segment's result: mean metrics, per-user values, and the top-K lists behind them."""
+
+    metrics: dict[str, float]
+    per_user: pd.DataFrame  # columns segment, user (raw token), n_pos, <metric@k>...
+    topk: np.ndarray  # [U, maxK] item ids, -1 for empty slots
+    users: np.ndarray  # [U] internal user ids
+
+
+def rank_stage(
+    model: Recommender,
+    split: Split,
+    stage: str,
+    segments: tuple[str, ...],
+    metrics: list[Metric],
+    ks: list[int],
+    batch_size: int,
+    tie_seed: int,
+    device: torch.device,
+    progress: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, SegmentRanking]:
+    """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``)."""
+    spec = split.stage(stage)
+    positives = user_items(split.positives(stage), split.n_users, split.n_items)
+    history = user_items(split.history(stage), split.n_users, split.n_items)
+    users = np.flatnonzero(np.diff(positives.indptr) > 0)
+    if shard is not None:
+        users = users[users % shard[1] == shard[0]]
+    masks = {n: item_mask(spec.segments[n], spec.candidates, split.n_items, device) for n in segments}
+    order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
+    max_k = max(ks)
+    collected: dict[str, list] = {n: [] for n in segments}
+    with torch.no_grad():
+        for start in tqdm(range(0, len(users), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
+            batch = users[start : start + batch_size]
+            scores = model.score(torch.as_tensor(batch, device=device), stage).to(device, torch.float32)
+            pos = dense_rows(positives, batch, split.n_items, device)
+            scores = scores.masked_fill(dense_rows(history, batch, split.n_items, device), float("-inf"))
+            for name, mask in masks.items():
+                collected[name].append(_rank(scores, pos, mask, batch, min(max_k, int(mask.sum())), order))
+    context = ListContext(
+        popularity=torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), device=device),
+        is_tail=_tail_mask(spec.segments.get("head", np.array([], dtype=np.int64)), split.n_items, device),
+    )
+    out = {}
+    for name, parts in collected.items():
+        if parts and sum(len(p[0]) for p in parts) > 0:
+            out[name] = _summarise(name, parts, int(masks[name].sum()), metrics, ks, context, split.dataset.user_tokens)
+    return out
+
+
+def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens) -> SegmentRanking:
+    users = np.concatenate([p[0] for p in parts])
+    topk = torch.cat([p[1] for p in parts])
+    hits = torch.cat([p[2] for p in parts])
+    pos_len = torch.cat([p[3] for p in parts])
+    columns = {"segment": name, "user": user_tokens[users], "n_pos": pos_len.cpu().numpy().astype(int)}
+    topk_np = topk.cpu().numpy()
+    catalog = {}
+    for k in ks:
+        kk = min(k, topk.shape[1])
+        for metric in metrics:
+            key = metric_key(metric, k)
+            if metric.kind == "ranking":
+                columns[key] = metric.fn(hits, pos_len, kk).cpu().numpy()
+            elif metric.kind == "list":
+                columns[key] = metric.fn(topk, context, kk).cpu().numpy()
+            elif metric.kind == "catalog":
+                catalog[key] = metric.fn(topk_np[:, :k], n_candidates)
+    frame = pd.DataFrame(columns)
+    summary = {c: float(frame[c].mean()) for c in frame.columns if "@" in c}
+    summary.update(catalog)
+    summary["n_users"] = float(len(users))
+    return SegmentRanking(summary, frame, topk_np, users)
+
+
+def _rank(scores, pos, mask, batch, k, order):
+    """Top-k of each user with positives in the segment; ties fall to the fixed random ``order``.
+
+    Returns (users [U], topk item ids [U, k] with -1 for empty slots, hits [U, k], pos_len [U]).
+    """
+    seg_pos = pos & mask
+    pos_len = seg_pos.sum(1)
+    keep = pos_len > 0
+    masked = scores[keep].masked_fill(~mask, float("-inf"))
+    best = masked[:, order].topk(k, dim=1)
+    filled = best.values > float("-inf")
+    topk = torch.where(filled, order[best.indices], -1)
+    hits = torch.gather(seg_pos[keep], 1, topk.clamp(min=0)) & filled
+    return batch[keep.cpu().numpy()], topk, hits, pos_len[keep].double()
+
+
+def _tail_mask(head: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+    is_tail = torch.ones(n_items, dtype=torch.bool, device=device)
+    is_tail[torch.as_tensor(head, dtype=torch.long, device=device)] = False
+    return is_tail
+
+
+def user_items(frame: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:
+    """[n_users, n_items] boolean matrix of each user's items in ``frame``."""
+    return sp.csr_matrix(
+        (np.ones(len(frame), dtype=bool), (frame["user"].to_numpy(), frame["item"].to_numpy())),
+        shape=(n_users, n_items),
+    )
+
+
+def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+    block = matrix[rows]
+    out = torch.zeros(len(rows), n_items, dtype=torch.bool)
+    coo = block.tocoo()
+    out[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = True
+    return out.to(device)
+
+
+def item_mask(items: np.ndarray, candidates: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(n_items, dtype=torch.bool)
+    mask[torch.as_tensor(np.intersect1d(items, candidates), dtype=torch.long)] = True
+    return mask.to(device)

@@ -1,0 +1,237 @@
+"""The small contracts every component shares: data, split artifact, recommender, strategy, logger.
+
+Internal ids are contiguous integers: users ``0..n_users-1`` and items ``0..n_items-1``.
+Interaction frames have columns ``user``, ``item``, ``rating``, ``timestamp`` (float, NaN if absent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+
+INTER_COLUMNS = ("user", "item", "rating", "timestamp")
+
+
+@dataclass
+class Dataset:
+    """Interactions plus the raw tokens and side features behind the internal ids."""
+
+    name: str
+    inter: pd.DataFrame  # columns INTER_COLUMNS, internal ids
+    user_tokens: np.ndarray  # [n_users] raw user id tokens (str)
+    item_tokens: np.ndarray  # [n_items] raw item id tokens (str)
+    item_features: pd.DataFrame | None = None  # row i describes item i
+    user_features: pd.DataFrame | None = None  # row u describes user u
+    item_text: list[str] | None = None  # rendered from the item template
+    user_text: list[str] | None = None  # rendered from the user template
+    content_hash: str = ""  # sha256 over the source files' bytes
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_tokens)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_tokens)
+
+
+TRAIN = "train"  # the part of every split that models fit on
+
+
+@dataclass
+class Stage:
+    """One evaluation point of a split: what a model may know there, and what it is evaluated on.
+
+    ``history`` names the split's parts a model may read when scored at this stage. ``positives``
+    names the part whose interactions are ranked among ``candidates`` [n] item ids; ``pairs`` names
+    the part whose rows carry a 0/1 ``label`` for pointwise metrics. Either may be None.
+    ``segments[name]`` are item-id subsets: each a ranking restricted to those items, and the pairs
+    whose item is among them (``all`` always covers everything).
+    """
+
+    history: tuple[str, ...]
+    positives: str | None = None
+    candidates: np.ndarray | None = None
+    segments: dict[str, np.ndarray] = field(default_factory=dict)
+    pairs: str | None = None
+
+
+@dataclass
+class Split:
+    """A scenario's artifact: named interaction parts and the named stages evaluated on them.
+
+    ``parts["train"]`` is what models fit on; ``stages`` are evaluated in order (e.g. ``valid``,
+    which also drives early stopping, then ``test``). Part frames have columns INTER_COLUMNS, and
+    ``label`` (0/1) where they hold labelled pairs.
+    """
+
+    dataset: Dataset
+    parts: dict[str, pd.DataFrame]
+    stages: dict[str, Stage]
+    hash: str = ""
+    path: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # scenario-specific facts (e.g. cold item ids)
+
+    @property
+    def n_users(self) -> int:
+        return self.dataset.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.dataset.n_items
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.parts[TRAIN]
+
+    def stage(self, name: str) -> Stage:
+        if name not in self.stages:
+            raise KeyError(f"stage {name!r} is not in this split; it has {', '.join(self.stages)}.")
+        return self.stages[name]
+
+    def history(self, stage: str) -> pd.DataFrame:
+        """What a model may know when scored at ``stage``: its history parts, concatenated."""
+        names = self.stage(stage).history
+        if len(names) == 1:
+            return self.parts[names[0]]
+        return pd.concat([self.parts[n][list(INTER_COLUMNS)] for n in names], ignore_index=True)
+
+    def positives(self, stage: str) -> pd.DataFrame | None:
+        """The ranking targets of ``stage`` (None when it ranks nothing)."""
+        name = self.stage(stage).positives
+        return None if name is None else self.parts[name]
+
+    def pairs(self, stage: str) -> pd.DataFrame | None:
+        """The labelled pairs of ``stage`` (columns user, item, label, rating ...; None when none)."""
+        name = self.stage(stage).pairs
+        return None if name is None else self.parts[name]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "users": self.n_users,
+            "items": self.n_items,
+            **{name: len(frame) for name, frame in self.parts.items()},
+            **{f"candidates_{s}": len(st.candidates) for s, st in self.stages.items() if st.candidates is not None},
+            **{f"pairs_{s}": len(self.parts[st.pairs]) for s, st in self.stages.items() if st.pairs is not None},
+        }
+
+
+@runtime_checkable
+class RunLogger(Protocol):
+    """Where a run's numbers go (W&B, or nowhere). Keys look like ``stage/metric@k``."""
+
+    def log(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def summary(self, metrics: Mapping[str, Any]) -> None: ...
+
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+@dataclass
+class FitContext:
+    """What a model needs from the run while fitting."""
+
+    logger: RunLogger
+    device: torch.device
+    run_dir: Path
+    seed: int
+    progress: bool = True
+    rank: int = 0  # this process's index among the run's processes (accelerate launch / torchrun)
+    world_size: int = 1  # processes training together
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files meant once per run (records, saved models)."""
+        return self.rank == 0
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """Any model recexp can evaluate. Scores are raw: masking is the evaluator's job.
+
+    Optional, found by the evaluator when present: ``score_pairs(users, items, stage) -> [N]``
+    (otherwise read off :meth:`score`) and ``pointwise_output`` ("score", "probability" for
+    P(label = 1), or "rating" for a predicted rating; decides logloss and rmse/mae).
+    """
+
+    def fit(self, split: Split, ctx: FitContext) -> None:
+        """Train on ``split.train`` (the ``valid`` stage, when there is one, may drive early stopping)."""
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users: [B] internal ids -> [B, n_items] scores, higher is better."""
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameters of everything the run trained or used."""
+
+
+@runtime_checkable
+class TorchModel(Protocol):
+    """A torch recommender as a plain ``nn.Module``; :class:`~recexp.models.torch_recommender.TorchRecommender`
+    fits, saves and loads it through the one training loop.
+
+    ``stale`` is raised when weights changed under cached encodings (the loop raises it after
+    restoring the best epoch); ``cpu_threads`` is the module's preferred CPU thread count (None: torch's).
+    """
+
+    stale: bool
+    cpu_threads: int | None
+
+    def trainer_defaults(self) -> dict[str, Any]:
+        """Trainer values used where the config leaves ``None`` (max_epochs, patience, batch_size, lr ...)."""
+
+    def prepare(self, split: Split, device: torch.device) -> None:
+        """Build what scoring ``split`` needs (histories, tables) and move to ``device``."""
+
+    def train_data(self, split: Split, seed: int) -> Any:
+        """A torch ``Dataset`` whose ``__getitems__`` returns a batch; ``set_epoch(e)`` re-draws it."""
+
+    def forward(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One micro-batch -> scalar training loss."""
+
+    def refresh(self) -> None:
+        """Recompute weight-derived caches if ``stale`` (called before each epoch and scoring)."""
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items] scores at ``stage``."""
+
+
+@runtime_checkable
+class Saveable(Protocol):
+    """A recommender that can write itself to a folder (the run dir's ``model/``) for reuse."""
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+@dataclass
+class TaskResult:
+    """What a task hands back to the run record: evaluations by stage name, and the run's cost ledger."""
+
+    evaluations: dict[str, Any]  # stage -> recexp.evaluate.Evaluation, in the order evaluated
+    cost: dict[str, Any]
+    effective: dict[str, Any]  # trainer settings the model actually used (epochs run, batch size, lr, ...)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """How fitting, updating and evaluation alternate over a split's stages (``task=holdout`` ...)."""
+
+    def run(self, make_model: Callable[[], Recommender], split: Split, evaluator: Any, ctx: FitContext) -> TaskResult:
+        """Build model(s) with ``make_model``, fit them and evaluate every stage of ``split``."""
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """How a pretrained encoder is adapted: frozen, fully fine-tuned, or via a PEFT method."""
+
+    def apply(self, encoder: torch.nn.Module) -> torch.nn.Module:
+        """Return the encoder with exactly the weights this strategy trains left trainable."""
+
+    def save(self, encoder: torch.nn.Module, directory: Path) -> None:
+        """Write what this strategy trained (nothing, full weights, or PEFT adapters)."""
+
+    def load(self, encoder: torch.nn.Module, directory: Path) -> None:
+        """Restore what :meth:`save` wrote into an encoder built the same way."""

@@ -1,0 +1,1 @@
+"""Recommenders: RecBole baselines (recbole.py), text models, and a random lower bound."""

@@ -1,0 +1,130 @@
+"""``model=text_tower``: a two-tower recommender built only from text, so cold items score too.
+
+item i:  v_i = normalize(W_item e_i),  e_i = normalize(encoder(item text i))            [dim]
+user u:  q_u = normalize(W_user mean_{j in H(u)} e_j  (+ W_text encoder(user text u)))  [dim]
+score:   q_u . v_i  (cosine); training divides by ``temperature``.
+
+H(u) is the user's history for the stage (train when validating, train + valid when testing).
+While training, the positive item is left out of its own user's mean. The history side always reads
+a table of item encodings without gradient: computed once (and cached on disk) when the encoder is
+frozen, refreshed each epoch when it trains; the item side then encodes the batch's items live.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recexp.errors import ConfigError
+from recexp.interfaces import TRAIN, Split, Strategy
+from recexp.models.objectives import (
+    InteractionData,
+    bpr,
+    check_loss,
+    encode_items,
+    in_batch_softmax,
+    item_texts,
+    preferred_cpu_threads,
+    epoch_samples,
+    stage_histories,
+)
+from recexp.models.text_encoder import TextEncoder
+from recexp.train import Batch
+
+# Trainer defaults: (frozen encoder, trainable encoder). A live encoder sees a sample of each epoch.
+DEFAULTS = {
+    False: dict(max_epochs=30, patience=3, batch_size=512, lr=1e-3),
+    True: dict(max_epochs=2, patience=1, batch_size=64, lr=1e-3),
+}
+
+
+class TextTower(nn.Module):
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        strategy: Strategy,
+        dim: int = 64,
+        loss: str = "bpr",
+        temperature: float = 0.1,
+        user_text: bool = False,
+        samples_per_epoch: int | None = None,
+    ):
+        super().__init__()
+        if dim < 1 or temperature <= 0:
+            raise ConfigError(f"model.module.dim must be >= 1 and temperature > 0, got {dim} and {temperature}.")
+        self.encoder = encoder.adapt(strategy)
+        self.item_proj = nn.Linear(encoder.dim, dim)
+        self.user_proj = nn.Linear(encoder.dim, dim)
+        self.user_text_proj = nn.Linear(encoder.dim, dim) if user_text else None
+        self.loss = check_loss(loss)
+        self.temperature = temperature
+        live = self.encoder.trainable
+        self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.cpu_threads = preferred_cpu_threads(live)
+        self.stale = True
+
+    def trainer_defaults(self) -> dict:
+        return DEFAULTS[self.encoder.trainable]
+
+    # --- data held for scoring: texts, history matrices, encodings without gradient
+
+    def prepare(self, split: Split, device: torch.device) -> None:
+        self.split = split
+        self.texts = item_texts(split)
+        if self.user_text_proj is not None and split.dataset.user_text is None:
+            raise ConfigError("model.module.user_text=true needs user text: set dataset.user_template.")
+        self.to(device)
+        self.history = stage_histories(split, device)  # train and each stage -> [n_users, n_items] sparse
+        self.counts = {stage: m.sum(1).to_dense() for stage, m in self.history.items()}  # [n_users]
+        self.stale = True
+
+    def refresh(self) -> None:
+        """Recompute the item (and user-text) encodings if the encoder changed since last time."""
+        if self.stale:
+            self.item_table = F.normalize(self.encoder.embed(self.texts), dim=-1)  # [n_items, enc]
+            self.sums = {stage: m @ self.item_table for stage, m in self.history.items()}  # [n_users, enc]
+            if self.user_text_proj is not None:
+                self.user_table = self.encoder.embed(list(self.split.dataset.user_text))  # [n_users, enc]
+            self.stale = False
+
+    def train_data(self, split: Split, seed: int) -> InteractionData:
+        return InteractionData(split, seed, self.samples_per_epoch)
+
+    # --- the two towers
+
+    def _items(self, items: torch.Tensor) -> torch.Tensor:
+        """items [n] -> [n, dim] unit vectors; encodes live (with gradient) when the encoder trains."""
+        if self.encoder.trainable and self.training:
+            features = encode_items(self.encoder, self.texts, items)
+        else:
+            features = self.item_table[items]
+        return F.normalize(self.item_proj(features), dim=-1)
+
+    def _users(self, users: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """users [B], pooled history encodings [B, enc] -> [B, dim] unit vectors."""
+        query = self.user_proj(pooled)
+        if self.user_text_proj is not None:
+            query = query + self.user_text_proj(self.user_table[users])
+        return F.normalize(query, dim=-1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """(users [B], items [B], negatives [B]) -> scalar loss; the positive is left out of its user's mean."""
+        users, items, negatives = (t.to(self.item_proj.weight.device) for t in batch)
+        count = self.counts[TRAIN][users].unsqueeze(1)
+        pooled = (self.sums[TRAIN][users] - self.item_table[items]) / (count - 1).clamp(min=1)  # leave-one-out
+        query = self._users(users, pooled)
+        self.stale = self.encoder.trainable
+        if self.loss == "bpr":
+            vectors = self._items(torch.cat([items, negatives]))
+            pos, neg = vectors[: len(items)], vectors[len(items) :]
+            return bpr((query * pos).sum(1) / self.temperature, (query * neg).sum(1) / self.temperature)
+        return in_batch_softmax(query @ self._items(items).T / self.temperature, items)
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items] cosine similarities."""
+        self.eval()
+        users = users.to(self.item_proj.weight.device)
+        self.refresh()
+        pooled = self.sums[stage][users] / self.counts[stage][users].unsqueeze(1).clamp(min=1)
+        return self._users(users, pooled) @ self._items(torch.arange(self.split.n_items, device=users.device)).T

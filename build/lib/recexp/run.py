@@ -1,0 +1,120 @@
+"""The spine: seed → model → data → split → task (fit, evaluate) → record. One screen, top to bottom."""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from recexp.config import build, config_id
+from recexp.errors import ConfigError, RecexpError
+from recexp.interfaces import FitContext, Recommender
+from recexp.records import RunRecord, check_objective, finished_record, save_evaluation
+from recexp.scenarios import build_or_load
+from recexp.tracking import NullLogger
+from recexp.train import default_device, process_info, single_cpu_launch
+
+log = logging.getLogger("recexp")
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one experiment; return ``cfg.objective`` (a validation metric) for sweepers."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    run_id = config_id(cfg)
+    done = finished_record(Path(hydra.sweep.dir), run_id) if hydra.mode == RunMode.MULTIRUN else None
+    if done is not None:
+        log.info("Run %s already finished in %s; skipping.", run_id, done.parent)
+        return RunRecord.load(done).objective
+    rank, world_size = process_info()
+    if single_cpu_launch():
+        log.warning("accelerate launch --cpu started one process (several CPU processes need its --mpirun_hostfile); "
+                    "for DDP over gloo use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`.")
+    record = RunRecord.start(run_dir, run_id, OmegaConf.to_container(cfg, resolve=True), cfg.objective, rank == 0)
+    logger = NullLogger()
+    try:
+        if rank == 0:
+            logger = build(cfg.logger, run_config=record.data["config"], _recursive_=False, _convert_="all", **_default_group(cfg, hydra))
+        seed_everything(cfg.seed)
+        device = pick_device(cfg.device)
+        make_model = model_factory(cfg.model, build(cfg.trainer))  # bad model or trainer settings fail here
+        task, evaluator = build(cfg.task), build(cfg.evaluator)
+        dataset = build(cfg.dataset).load()
+        split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
+        check_objective(cfg.objective, split, evaluator)
+        record.set_split(split)
+        ctx = FitContext(logger, device, run_dir, cfg.seed, cfg.progress, rank, world_size)
+        result = task.run(make_model, split, evaluator, ctx)
+        if rank == 0:
+            record.finish_ok(result)
+            save_evaluation(run_dir, result)
+            logger.summary(record.summary())
+            log.info("%s", _headline(record.data["segments"]))
+        return record.objective
+    except (Exception, KeyboardInterrupt) as err:
+        record.finish_failed(err, traceback.format_exc())
+        return _fail(err, hydra.mode)
+    finally:
+        record.write()
+        logger.finish(0 if record.data["status"] == "ok" else 1)
+
+
+def model_factory(node: DictConfig, trainer: Any) -> Callable[[], Recommender]:
+    """Builds one model now, so bad settings fail before any work; hands it out first, then fresh ones."""
+    first = [build(node, trainer=trainer)]
+    return lambda: first.pop() if first else build(node, trainer=trainer)
+
+
+def seed_everything(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is not allowed: it must be an integer in [0, 2**32).")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: this process's GPU when there is one (its own under multi-GPU launches), else the CPU."""
+    if name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but this machine has no CUDA device; use device=auto or device=cpu.")
+    return device
+
+
+def _default_group(cfg: DictConfig, hydra: Any) -> dict[str, str]:
+    """Runs of one multirun share a W&B group named after the sweep folder unless one is set."""
+    if cfg.logger.get("group") is None and hydra.mode == RunMode.MULTIRUN and "group" in cfg.logger:
+        return {"group": Path(hydra.sweep.dir).name}
+    return {}
+
+
+def _fail(err: BaseException, mode: RunMode) -> float:
+    """Single runs exit non-zero; a multirun records the failure and goes on to the next job."""
+    message = str(err) if isinstance(err, RecexpError) else f"{type(err).__name__}: {err} (traceback.txt in the run dir)"
+    log.error("Run failed: %s", message)
+    if isinstance(err, KeyboardInterrupt):
+        raise err
+    if mode == RunMode.MULTIRUN:
+        return float("nan")
+    if isinstance(err, RecexpError):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    raise err
+
+
+def _headline(segments: dict[str, dict[str, float]]) -> str:
+    keys = ("ndcg@10", "auc")
+    return ", ".join(f"{seg} {k}={m[k]:.4f}" for seg, m in segments.items() for k in keys if k in m)

@@ -1,0 +1,126 @@
+"""Pieces shared by the scenarios: per-user ratio splits, popularity segments, sanity checks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from recexp.errors import ConfigError, DataError
+from recexp.interfaces import TRAIN, Dataset, Split, Stage
+
+
+def check_ratios(ratios: list[float]) -> list[float]:
+    ratios = [float(r) for r in ratios]
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"scenario.ratios must be three non-negative numbers summing to 1, got {ratios}.")
+    return ratios
+
+
+def ratio_counts(total: int, ratios: list[float]) -> list[int]:
+    """RecBole's per-group counts: floor for valid/test, at least one each when the ratio asks for it."""
+    counts = [int(r * total) for r in ratios]
+    counts[0] = total - sum(counts[1:])
+    for i in range(1, len(ratios)):
+        if counts[0] <= 1:
+            break
+        if 0 < ratios[-i] * total < 1:
+            counts[-i] += 1
+            counts[0] -= 1
+    return counts
+
+
+def per_user_random_split(
+    inter: pd.DataFrame, ratios: list[float], rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Shuffle all interactions, then cut each user's list by ``ratios`` (RecBole's RS + RO protocol)."""
+    shuffled = inter.iloc[rng.permutation(len(inter))]
+    stage = np.empty(len(shuffled), dtype=np.int8)
+    users = shuffled["user"].to_numpy()
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for group in np.split(order, bounds):
+        train_n, valid_n, _ = ratio_counts(len(group), ratios)
+        stage[group[:train_n]] = 0
+        stage[group[train_n : train_n + valid_n]] = 1
+        stage[group[train_n + valid_n :]] = 2
+    parts = [shuffled[stage == s].reset_index(drop=True) for s in range(3)]
+    return parts[0], parts[1], parts[2]
+
+
+def head_items(train: pd.DataFrame, n_items: int, head_fraction: float) -> np.ndarray:
+    """The most popular ``head_fraction`` of the items that occur in training (ties: lower id first)."""
+    if not 0 < head_fraction < 1:
+        raise ConfigError(f"scenario.head_fraction must lie in (0, 1), got {head_fraction}.")
+    counts = np.bincount(train["item"].to_numpy(), minlength=n_items)
+    seen = int((counts > 0).sum())
+    order = np.lexsort((np.arange(n_items), -counts))
+    return np.sort(order[: math.ceil(head_fraction * seen)])
+
+
+def popularity_segments(candidates: np.ndarray, head: np.ndarray) -> dict[str, np.ndarray]:
+    is_head = np.isin(candidates, head)
+    return {"all": candidates, "head": candidates[is_head], "tail": candidates[~is_head]}
+
+
+def require_nonempty(scenario: str, **frames: pd.DataFrame) -> None:
+    for stage, frame in frames.items():
+        if len(frame) == 0:
+            raise DataError(
+                f"Scenario {scenario!r} left the {stage} split empty; the dataset is too small for the "
+                f"configured ratios/fractions. Raise the {stage} share or use a larger dataset."
+            )
+
+
+def labelled(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``frame`` with ``label`` = 1.0 where rating >= ``threshold``, else 0.0 (a DataError without ratings)."""
+    if frame["rating"].isna().any():
+        raise DataError(
+            f"scenario.label_threshold={threshold} labels pairs by rating, but {int(frame['rating'].isna().sum())} "
+            "interactions have no rating. Set dataset.rating_field to the rating column, or label_threshold=null."
+        )
+    return frame.assign(label=(frame["rating"] >= threshold).astype(np.float64))
+
+
+def holdout_split(
+    dataset: Dataset,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame,
+    candidates: dict[str, np.ndarray],
+    segments: dict[str, dict[str, np.ndarray]],
+    label_threshold: float | None,
+    **info,
+) -> Split:
+    """Stages ``valid`` (history: train) and ``test`` (history: train + valid), each ranking its own
+    part; with ``label_threshold`` the same interactions are also labelled pairs (rating >= T is 1)."""
+    if label_threshold is not None:
+        valid, test = labelled(valid, label_threshold), labelled(test, label_threshold)
+    pairs = label_threshold is not None
+    return Split(
+        dataset=dataset,
+        parts={TRAIN: train, "valid": valid, "test": test},
+        stages={
+            "valid": Stage((TRAIN,), "valid", candidates["valid"], segments["valid"], "valid" if pairs else None),
+            "test": Stage((TRAIN, "valid"), "test", candidates["test"], segments["test"], "test" if pairs else None),
+        },
+        info=info,
+    )
+
+
+def full_ranking_split(
+    dataset: Dataset,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame,
+    head_fraction: float,
+    label_threshold: float | None,
+    **info,
+) -> Split:
+    """A holdout split whose stages rank every item, with all/head/tail segments."""
+    everything = np.arange(dataset.n_items)
+    segments = popularity_segments(everything, head_items(train, dataset.n_items, head_fraction))
+    return holdout_split(
+        dataset, train, valid, test, {"valid": everything, "test": everything}, {"valid": segments, "test": segments},
+        label_threshold, **info,
+    )

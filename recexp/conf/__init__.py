@@ -1,0 +1,1 @@
+"""recexp's Hydra configs, shipped inside the package (one folder per config group)."""

@@ -1,0 +1,117 @@
+"""One evaluator for every model: full ranking and labelled pairs of any stage, per segment.
+
+Metrics come from the one registry in :mod:`recexp.evaluate.metrics`; ranking lives in
+:mod:`~recexp.evaluate.ranking`, pairs in :mod:`~recexp.evaluate.pointwise`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recexp.errors import ConfigError
+from recexp.evaluate.metrics import METRICS, higher_is_better, metric_key, parse_metric
+from recexp.evaluate.pointwise import evaluate_pairs
+from recexp.evaluate.ranking import rank_stage
+from recexp.interfaces import Recommender, Split
+
+__all__ = ["Evaluation", "Evaluator", "METRICS", "higher_is_better", "metric_key", "parse_metric"]
+
+
+@dataclass
+class Evaluation:
+    """Mean metrics per segment (``{segment: {"ndcg@10": ..., "auc": ...}}``) and the per-user values behind them."""
+
+    metrics: dict[str, dict[str, float]]
+    per_user: pd.DataFrame  # columns: segment, user, n_pos, <metric@k>..., n_pairs, <pointwise metric>...
+    topk: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U, maxK] item ids
+    users: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U] user ids
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # cut-offs K
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    batch_size: int = 512  # users scored per batch
+    tie_seed: int = 0  # equal scores are ordered by a fixed random item permutation drawn from this seed
+
+    def __post_init__(self):
+        ks = [self.ks] if isinstance(self.ks, int) else list(self.ks)
+        if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+            raise ConfigError(f"evaluator.ks must be a list of positive integers such as [10,20], got {self.ks}.")
+        metrics = [self.metrics] if isinstance(self.metrics, str) else list(self.metrics)
+        unknown = sorted(set(metrics) - set(METRICS))
+        if unknown:
+            raise ConfigError(f"Unknown evaluator metrics {unknown}; choose from {', '.join(METRICS)}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"evaluator.batch_size must be >= 1, got {self.batch_size}.")
+        object.__setattr__(self, "ks", ks)
+        object.__setattr__(self, "metrics", metrics)
+
+    def evaluate(
+        self,
+        model: Recommender,
+        split: Split,
+        stage: str,
+        device: torch.device | str = "cpu",
+        segments: tuple[str, ...] | None = None,
+        progress: bool = False,
+        shard: tuple[int, int] | None = None,
+    ) -> Evaluation:
+        """Rank ``stage``'s positives and score its labelled pairs, for each requested segment.
+
+        ``shard=(rank, world)`` keeps only the users with ``user % world == rank`` (one process's share).
+        """
+        device = torch.device(device)
+        spec = split.stage(stage)
+        names = tuple(segments or spec.segments or ("all",))
+        chosen = [METRICS[m] for m in self.metrics]
+        ranked = {}
+        if spec.positives is not None and any(m.at_k for m in chosen):
+            ranked = rank_stage(
+                model, split, stage, names, [m for m in chosen if m.at_k], self.ks, self.batch_size, self.tie_seed,
+                device, progress, shard,
+            )
+        pointwise = evaluate_pairs(
+            model, split, stage, names, [m for m in chosen if not m.at_k], device, self.batch_size, shard
+        )
+        return _combine(names, ranked, pointwise)
+
+    def value(self, model: Recommender, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:
+        """One metric (``ndcg@10``, ``auc`` ...) on the ``all`` segment of ``stage``: what early stopping reads."""
+        metric, k = parse_metric(key)
+        single = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=self.batch_size, tie_seed=self.tie_seed)
+        values = single.evaluate(model, split, stage, device, segments=("all",)).metrics.get("all", {})
+        name = metric_key(metric, k)
+        if name not in values:
+            raise ConfigError(
+                f"{key} cannot be computed on stage {stage!r}: it has "
+                f"{'ranking targets' if split.stage(stage).positives else 'no ranking targets'} and "
+                f"{'labelled pairs' if split.stage(stage).pairs else 'no labelled pairs'}"
+                f"{'' if metric.needs is None else f', and it needs a model that predicts a {metric.needs}'}."
+                " Choose another trainer.valid_metric (e.g. ndcg@10, or auc with scenario.label_threshold set)."
+            )
+        return values[name]
+
+
+def _combine(names, ranked, pointwise) -> Evaluation:
+    metrics, frames, topk, users = {}, [], {}, {}
+    for name in names:
+        values: dict[str, float] = {}
+        per_user = None
+        if name in ranked:
+            values.update(ranked[name].metrics)
+            per_user = ranked[name].per_user
+            topk[name], users[name] = ranked[name].topk, ranked[name].users
+        if name in pointwise:
+            values.update(pointwise[name][0])
+            extra = pointwise[name][1]
+            per_user = extra if per_user is None else per_user.merge(extra, on=["segment", "user"], how="outer")
+        if values:
+            metrics[name] = values
+            frames.append(per_user)
+    per_user = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return Evaluation(metrics=metrics, per_user=per_user, topk=topk, users=users)
+

@@ -1,0 +1,4 @@
+"""Tasks: how fitting and evaluation alternate over a split's stages (``task=holdout`` ...)."""
+from recexp.tasks.holdout import Holdout
+
+__all__ = ["Holdout"]

@@ -1,0 +1,56 @@
+"""Several processes train one model: DDP over gloo on CPU through accelerate, one record from rank 0."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+TEXT_TOWER = ["model=text_tower", "strategy=frozen", "scenario=cold_item", "trainer.max_epochs=2", "logger=none",
+              "progress=false"]
+
+
+def launch(prefix: list[str], overrides: list[str], run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECEXP_CACHE_DIR": str(cache), "MASTER_PORT": "29613"}
+    return subprocess.run([*prefix, "-m", "recexp", *overrides, f"hydra.run.dir={run_dir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    single = launch([sys.executable], TEXT_TOWER, tmp / "one", tmp / "cache")
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = launch([*ACCELERATE, "--multi_gpu", "--num_processes", "2"], TEXT_TOWER, tmp / "two", tmp / "cache")
+    assert double.returncode == 0, double.stderr[-3000:]
+    return [json.loads((tmp / name / "results.json").read_text()) for name in ("one", "two")], tmp
+
+
+def test_two_processes_write_one_record_and_say_so(one_and_two):
+    (one, two), tmp = one_and_two
+    assert one["status"] == two["status"] == "ok"
+    assert (one["cost"]["world_size"], two["cost"]["world_size"]) == (1, 2)
+    assert len(list((tmp / "two").rglob("results.json"))) == 1
+    assert two["cost"]["optimizer_steps"] == one["cost"]["optimizer_steps"]  # the batch is shared out, not doubled
+    assert two["effective"]["batch_size"] == one["effective"]["batch_size"] == 512
+
+
+def test_two_processes_match_one_up_to_summation_order(one_and_two):
+    (one, two), _ = one_and_two
+    for segment in ("all", "cold", "warm"):
+        assert two["segments"][segment]["ndcg@10"] == pytest.approx(one["segments"][segment]["ndcg@10"], abs=0.01)
+
+
+def test_cpu_flag_with_several_processes_warns_that_accelerate_started_one(tmp_path):
+    done = launch([*ACCELERATE, "--cpu", "--num_processes", "2"], ["model=random", "logger=none", "progress=false"],
+                  tmp_path / "run", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accelerate launch --cpu started one process" in done.stderr + done.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["cost"]["world_size"] == 1

@@ -1,0 +1,50 @@
+"""The package as users install it: a wheel carrying its configs, run from an empty folder, and
+user config folders added through ``hydra.searchpath``."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, ROOT
+
+USER_MODEL = """# python -m recexp hydra.searchpath=[file:///path/to/my_conf] model=my_pop
+_target_: recexp.models.recbole.RecBoleRecommender
+_convert_: object
+name: Pop
+"""
+
+
+def test_wheel_carries_the_configs_and_runs_from_an_empty_folder(tmp_path):
+    dist, target, empty = tmp_path / "dist", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(dist)],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next(dist.glob("recexp-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "recexp/conf/config.yaml" in names and "recexp/conf/model/text_tower.yaml" in names
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "offline"}
+    env.pop("RECEXP_CACHE_DIR", None)
+    where = subprocess.run([sys.executable, "-c", "import recexp; print(recexp.__file__)"], cwd=empty, env=env,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(target))  # the wheel, not this checkout
+    done = subprocess.run([str(target / "bin" / "recexp"), "model=pop", "logger=none", "progress=false"],
+                          cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = list(empty.glob("outputs/runs/*/*/results.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["status"] == "ok"
+
+
+def test_user_config_folders_join_through_the_searchpath(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_pop.yaml").write_text(USER_MODEL)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "model=my_pop"])
+    assert cfg.model.name == "Pop" and cfg.task._target_ == "recexp.tasks.Holdout"
