@@ -22,11 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $@
 
-run: install ## the default experiment: Pop and BPR on random and cold_item splits of ml-100k
-	$(PY) -m recexp -m experiment=quickstart hydra.sweep.dir=outputs/quickstart
-	for s in random cold_item; do \
-	  $(PY) -m recexp.compare outputs/quickstart/*scenario=$$s --out outputs/quickstart/compare_$$s \
-	    --metrics ndcg@10,recall@10,aplt@10 --reference bpr --no-wandb || exit 1; done
+run: install ## item cold start on ml-100k: Pop, BPR, frozen text_tower and fusion, LoRA text_tower; one table (< 5 min on 2 CPU cores)
+	$(PY) -m recexp -m experiment=quickstart hydra.sweep.dir=outputs/quickstart/runs
+	$(PY) -m recexp.compare outputs/quickstart/runs --out outputs/quickstart \
+	  --metrics ndcg@10,recall@10 --segments all,warm,cold --reference bpr --no-wandb
 
 test: install ## fast test suite (CPU, well under 15 minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -48,7 +47,8 @@ COMPARE_ARGS ?=
 PRESET ?= cpu
 PAPER_DIR ?= outputs/paper/$(PRESET)
 PAPER_COMPARE_ARGS ?= --segments all,warm,cold --reference bpr
-.PHONY: sweep compare paper
+CONTINUAL_DIR ?= outputs/continual/ml100k
+.PHONY: sweep compare paper continual
 
 sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
 	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
@@ -60,3 +60,8 @@ compare: install ## tables and plots of the runs under DIR (default SWEEP_DIR) i
 paper: install ## paper comparison end to end (PRESET=cpu: < 30 min on 2 cores; PRESET=full: GPU) into PAPER_DIR
 	$(PY) -m recexp -m experiment=paper_$(PRESET) hydra.sweep.dir=$(PAPER_DIR)/paper_$(PRESET)
 	$(PY) -m recexp.compare $(PAPER_DIR)/paper_$(PRESET) --out $(PAPER_DIR) $(PAPER_COMPARE_ARGS) $(COMPARE_ARGS)
+
+continual: install ## continual learning on ml-100k time blocks (update rules x models, 3 seeds) into CONTINUAL_DIR
+	$(PY) -m recexp -m experiment=continual_ml100k hydra.sweep.dir=$(CONTINUAL_DIR)/runs
+	$(PY) -m recexp.compare $(CONTINUAL_DIR)/runs --out $(CONTINUAL_DIR) --metrics ndcg@10,recall@10 --segments all,new_items,new_users \
+	  --row-key model,strategy,task.update --reference "bpr (task.update=fine_tune)" $(COMPARE_ARGS)

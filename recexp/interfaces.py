@@ -5,6 +5,7 @@ Interaction frames have columns ``user``, ``item``, ``rating``, ``timestamp`` (f
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
@@ -28,7 +29,8 @@ class Dataset:
     user_features: pd.DataFrame | None = None  # row u describes user u
     item_text: list[str] | None = None  # rendered from the item template
     user_text: list[str] | None = None  # rendered from the user template
-    content_hash: str = ""  # sha256 over the source files' bytes
+    content_hash: str = ""  # sha256 over the source files' bytes (and the rules that changed them)
+    info: dict[str, Any] = field(default_factory=dict)  # how interactions were read: counts read/dropped, positives
 
     @property
     def n_users(self) -> int:
@@ -50,7 +52,8 @@ class Stage:
     names the part whose interactions are ranked among ``candidates`` [n] item ids; ``pairs`` names
     the part whose rows carry a 0/1 ``label`` for pointwise metrics. Either may be None.
     ``segments[name]`` are item-id subsets: each a ranking restricted to those items, and the pairs
-    whose item is among them (``all`` always covers everything).
+    whose item is among them (``all`` always covers everything). ``user_segments[name]`` are user-id
+    subsets: the full ranking (and the pairs) of those users only, e.g. users new in a time block.
     """
 
     history: tuple[str, ...]
@@ -58,6 +61,11 @@ class Stage:
     candidates: np.ndarray | None = None
     segments: dict[str, np.ndarray] = field(default_factory=dict)
     pairs: str | None = None
+    user_segments: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return (*self.segments, *self.user_segments)
 
 
 @dataclass
@@ -148,6 +156,9 @@ class FitContext:
         """Only the main process writes files meant once per run (records, saved models)."""
         return self.rank == 0
 
+    def with_logger(self, logger: RunLogger) -> "FitContext":
+        return dataclasses.replace(self, logger=logger)
+
 
 @runtime_checkable
 class Recommender(Protocol):
@@ -213,14 +224,18 @@ class TaskResult:
     evaluations: dict[str, Any]  # stage -> recexp.evaluate.Evaluation, in the order evaluated
     cost: dict[str, Any]
     effective: dict[str, Any]  # trainer settings the model actually used (epochs run, batch size, lr, ...)
+    sections: dict[str, Any] = field(default_factory=dict)  # task-specific parts of results.json (e.g. continual)
 
 
 @runtime_checkable
 class Task(Protocol):
     """How fitting, updating and evaluation alternate over a split's stages (``task=holdout`` ...)."""
 
+    def stages(self, split: Split) -> dict[str, Stage]:
+        """The stages the result will report, by the names the record uses (checked before any work)."""
+
     def run(self, make_model: Callable[[], Recommender], split: Split, evaluator: Any, ctx: FitContext) -> TaskResult:
-        """Build model(s) with ``make_model``, fit them and evaluate every stage of ``split``."""
+        """Build model(s) with ``make_model``, fit them and evaluate the stages of ``split``."""
 
 
 @runtime_checkable

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -12,14 +14,15 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from recexp.config import build, config_id
+from recexp.config import build, check_complete, config_id, record_config
 from recexp.errors import ConfigError, RecexpError
 from recexp.interfaces import FitContext, Recommender
-from recexp.records import RunRecord, check_objective, finished_record, save_evaluation
+from recexp.locks import Claim, claim, stop_with_launcher
+from recexp.records import RunRecord, check_objective, save_evaluation
 from recexp.scenarios import build_or_load
-from recexp.tracking import NullLogger
+from recexp.tracking import NullLogger, finish_logger
 from recexp.train import default_device, process_info, single_cpu_launch
 
 log = logging.getLogger("recexp")
@@ -30,26 +33,30 @@ def run(cfg: DictConfig) -> float:
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     run_id = config_id(cfg)
-    done = finished_record(Path(hydra.sweep.dir), run_id) if hydra.mode == RunMode.MULTIRUN else None
-    if done is not None:
-        log.info("Run %s already finished in %s; skipping.", run_id, done.parent)
-        return RunRecord.load(done).objective
+    multirun = hydra.mode == RunMode.MULTIRUN
+    if multirun:
+        stop_with_launcher()  # a parallel worker exits when its launcher dies
     rank, world_size = process_info()
+    job = claim(run_dir, run_id, Path(hydra.sweep.dir) if multirun else None, lock=world_size == 1)
+    if job.skip:
+        return _skip(run_id, job, multirun)
     if single_cpu_launch():
         log.warning("accelerate launch --cpu started one process (several CPU processes need its --mpirun_hostfile); "
                     "for DDP over gloo use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`.")
-    record = RunRecord.start(run_dir, run_id, OmegaConf.to_container(cfg, resolve=True), cfg.objective, rank == 0)
+    record = RunRecord.start(run_dir, run_id, record_config(cfg), cfg.objective, rank == 0, job.provenance)
     logger = NullLogger()
     try:
+        check_complete(cfg)
         if rank == 0:
             logger = build(cfg.logger, run_config=record.data["config"], _recursive_=False, _convert_="all", **_default_group(cfg, hydra))
         seed_everything(cfg.seed)
         device = pick_device(cfg.device)
+        check_cache_dir(cfg.cache_dir)
         make_model = model_factory(cfg.model, build(cfg.trainer))  # bad model or trainer settings fail here
         task, evaluator = build(cfg.task), build(cfg.evaluator)
         dataset = build(cfg.dataset).load()
         split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
-        check_objective(cfg.objective, split, evaluator)
+        check_objective(cfg.objective, task.stages(split), evaluator)
         record.set_split(split)
         ctx = FitContext(logger, device, run_dir, cfg.seed, cfg.progress, rank, world_size)
         result = task.run(make_model, split, evaluator, ctx)
@@ -63,8 +70,11 @@ def run(cfg: DictConfig) -> float:
         record.finish_failed(err, traceback.format_exc())
         return _fail(err, hydra.mode)
     finally:
-        record.write()
-        logger.finish(0 if record.data["status"] == "ok" else 1)
+        try:
+            record.write()
+            finish_logger(logger, record.data)
+        finally:
+            job.release()  # only now may another launch take this job
 
 
 def model_factory(node: DictConfig, trainer: Any) -> Callable[[], Recommender]:
@@ -91,7 +101,21 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but this machine has no CUDA device; use device=auto or device=cpu.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}, or device=auto.")
     return device
+
+
+def check_cache_dir(folder: Any) -> None:
+    """A ConfigError, before any data is read, unless ``folder`` is (or can be made) a folder this process can write."""
+    try:
+        path = Path(str(folder)).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise ConfigError(f"cache_dir={folder} is not a writable folder ({err.strerror or err}); set cache_dir "
+                          "(or RECEXP_CACHE_DIR) to a folder you can write.") from None
 
 
 def _default_group(cfg: DictConfig, hydra: Any) -> dict[str, str]:
@@ -101,18 +125,28 @@ def _default_group(cfg: DictConfig, hydra: Any) -> dict[str, str]:
     return {}
 
 
+def _skip(run_id: str, job: Claim, multirun: bool) -> float:
+    """A sweep job that another process runs, or that finished, is skipped; a single run cannot start."""
+    if not multirun:
+        print(f"error: run {run_id} cannot start: {job.skip}. Wait for it to end, or choose another hydra.run.dir.",
+              file=sys.stderr)
+        sys.exit(1)
+    log.info("Run %s skipped: %s.", run_id, job.skip)
+    return RunRecord.load(job.done).objective if job.done else float("nan")
+
+
 def _fail(err: BaseException, mode: RunMode) -> float:
-    """Single runs exit non-zero; a multirun records the failure and goes on to the next job."""
+    """Single runs exit non-zero with one line; a multirun records the failure and goes on to the next job.
+    Unexpected errors (not a RecexpError) keep their traceback in traceback.txt (HYDRA_FULL_ERROR=1: on screen)."""
     message = str(err) if isinstance(err, RecexpError) else f"{type(err).__name__}: {err} (traceback.txt in the run dir)"
+    message = " ".join(message.split())
     log.error("Run failed: %s", message)
-    if isinstance(err, KeyboardInterrupt):
+    if isinstance(err, KeyboardInterrupt) or (os.environ.get("HYDRA_FULL_ERROR") == "1" and mode != RunMode.MULTIRUN):
         raise err
     if mode == RunMode.MULTIRUN:
         return float("nan")
-    if isinstance(err, RecexpError):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
-    raise err
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def _headline(segments: dict[str, dict[str, float]]) -> str:

@@ -67,6 +67,13 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def finish_logger(logger: Any, record: Mapping[str, Any]) -> None:
+    """Close ``logger``; a run that did not end ``ok`` first puts its status and error text in the summary."""
+    if record["status"] != "ok":
+        logger.summary({"status": record["status"], "error": record["error"]})
+    logger.finish(0 if record["status"] == "ok" else 1)
+
+
 class NullLogger:
     """``logger=none``: records nothing."""
 
@@ -110,6 +117,7 @@ class WandbLogger:
             reinit="finish_previous",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
+        self.run.define_metric("continual/*", step_metric="update")  # continual runs: one point per update
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.run.log(dict(metrics), step=step)

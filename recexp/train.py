@@ -86,7 +86,10 @@ def check_trainer(config: TrainerConfig) -> None:
             f"trainer.mixed_precision={config.mixed_precision!r} is not allowed: choose {', '.join(MIXED_PRECISION)} "
             "(or null for bf16 on CUDA, no elsewhere)."
         )
-    parse_metric(config.valid_metric)
+    try:
+        parse_metric(config.valid_metric)
+    except ConfigError as err:
+        raise ConfigError(f"trainer.valid_metric={config.valid_metric!r}: {err}") from None
 
 
 TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1)
@@ -179,10 +182,12 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio))
     evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256)
     stats, best_state, misses = FitStats(), {}, 0
+    start_norm = weight_norm(model)
     for epoch in range(config.max_epochs):
         data.set_epoch(epoch)
         model.refresh()
         loss = train_epoch(wrapped, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats)
+        check_weights(model, start_norm, epoch, config)
         value = validate(model, split, evaluator, key, accelerator)
         ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
                         "epoch": epoch}, step=stats.optimizer_steps)
@@ -293,9 +298,28 @@ def torch_threads(count: int | None) -> Iterator[None]:
 def check_finite(loss: torch.Tensor, epoch: int, index: int, config: TrainerConfig) -> None:
     if not torch.isfinite(loss).all():
         raise TrainingError(
-            f"Training diverged: the loss is {loss.item()} at epoch {epoch}, batch {index}. "
-            f"Lower trainer.lr (now {config.lr}), or set trainer.mixed_precision=no if it happened under "
-            f"{config.mixed_precision}."
+            f"Training diverged: the loss is {loss.item()} at epoch {epoch}, batch {index}. Lower trainer.lr (now {config.lr})"
+            + (f", or set trainer.mixed_precision=no (now {config.mixed_precision})." if config.mixed_precision != "no" else ".")
+        )
+
+
+WEIGHT_GROWTH = 1e4  # trainable weights whose norm grew more than this many times over have diverged
+
+
+def weight_norm(model: nn.Module) -> float:
+    """L2 norm of all trainable weights together (inf/nan when any weight is)."""
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(torch.stack([p.float().norm() for p in model.parameters() if p.requires_grad])))
+
+
+def check_weights(model: nn.Module, start_norm: float, epoch: int, config: TrainerConfig) -> None:
+    """A TrainingError when the trainable weights became non-finite or grew by more than WEIGHT_GROWTH:
+    the loss can stay finite while they explode (e.g. cosine scores never overflow)."""
+    norm = weight_norm(model)
+    if not math.isfinite(norm) or norm > WEIGHT_GROWTH * max(start_norm, 1.0):
+        raise TrainingError(
+            f"Training diverged: the trainable weights' norm went from {start_norm:.3g} to {norm:.3g} by epoch {epoch}. "
+            f"Lower trainer.lr (now {config.lr})."
         )
 
 

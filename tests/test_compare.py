@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import CONF, ROOT
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from scipy import stats
 
 from recexp.compare import Options, compare
-from recexp.compare.aggregate import ranks
+from recexp.compare.aggregate import constant_by_construction, ranks
 from recexp.compare.buckets import item_buckets, recall_by_bucket
 from recexp.compare.cli import main as cli_main
+from recexp.compare.load import Run, uses_text_encoder
 from recexp.compare.plots import pareto_front
 from recexp.compare.stats import holm, wilcoxon
 from recexp.errors import RecexpError
@@ -406,3 +409,42 @@ def test_summary_run_logged_to_wandb_offline(real_sweep, tmp_path):
     logged = json.loads(tables[0].read_text())
     assert logged["columns"][0] == "row" and len(logged["data"]) == 2
     assert len(list((media / "images").rglob("*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    "segment, metric, value",
+    [("head", "aplt@10", 0), ("tail", "aplt@5", 1), ("cold", "aplt@10", 1),
+     ("cold", "averagepopularity@10", 0), ("all", "aplt@10", None), ("warm", "aplt@10", None),
+     ("head", "averagepopularity@10", None), ("cold", "ndcg@10", None), ("tail", "recall@10", None)],
+)
+def test_constant_by_construction_follows_segment_definitions(segment, metric, value):
+    assert constant_by_construction(segment, metric) == value
+
+
+def test_columns_constant_by_construction_are_left_out(real_sweep, tmp_path):
+    """APLT inside head/tail/cold and cold average popularity are the same for every model: not shown."""
+    metrics = ["ndcg@10", "aplt@10", "averagepopularity@10"]
+    result = compare([real_sweep], tmp_path / "out", Options(wandb=False, metrics=metrics))
+    header = result.files["markdown"].read_text().splitlines()[0]
+    fixed = ["aplt@10 (head)", "aplt@10 (tail)", "aplt@10 (cold)", "averagepopularity@10 ↓ (cold)"]
+    assert not [name for name in fixed if name in header]
+    assert "aplt@10 (all)" in header and "aplt@10 (warm)" in header and "ndcg@10 (cold)" in header
+    assert "Left out, constant by construction: head/aplt@10 = 0, tail/aplt@10 = 1, cold/aplt@10 = 1" in (
+        result.files["markdown"].read_text())
+    table = pd.read_csv(result.files["csv"])  # the CSV keeps every number: the constants hold on real runs
+    assert (table["head/aplt@10"] == 0).all() and (table["tail/aplt@10"] == 1).all()
+    assert (table["cold/aplt@10"] == 1).all() and (table["cold/averagepopularity@10"] == 0).all()
+    latex = result.files["latex"].read_text()
+    widths = {line.count("&") for line in latex.splitlines() if line.endswith(r"\\") and "multicolumn" not in line}
+    assert len(widths) == 1
+    kept = compare([real_sweep], tmp_path / "kept", Options(wandb=False, metrics=metrics, keep_constant=True))
+    assert all(name in kept.files["markdown"].read_text() for name in fixed)
+
+
+@pytest.mark.parametrize("arm", sorted(p.stem for p in (CONF / "arm").glob("*.yaml")))
+def test_text_models_get_their_strategy_in_the_row_label(arm):
+    """Text models nest encoder and strategy under model.module; their rows read model/strategy."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+arm={arm}", "logger=none"])
+    run = Run(Path("runs") / arm, {"config": OmegaConf.to_container(cfg, resolve=False)})
+    assert uses_text_encoder(run) is arm.startswith(("text_tower", "fusion"))

@@ -109,7 +109,7 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     folder = tmp_path / "s"
     args = ("model=random", "scenario=cold_item", "scenario.cold_fraction=0.2,1.5", f"hydra.sweep.dir={folder}")
     done = sweep(tmp_path, *args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 1 and "error: 1 job(s) of this sweep failed" in done.stderr, done.stderr[-3000:]
     found = records(folder)
     status = {r["config"]["scenario"]["cold_fraction"]: r for r in found.values()}
     assert status[0.2]["status"] == "ok"
@@ -126,19 +126,30 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert list(listed["status"]) == ["failed"] and "cold_fraction" in listed["error"].item()
 
 
-def test_extending_a_sweep_keeps_finished_records_with_override_named_subdirs(tmp_path):
-    """A larger sweep in the same folder reuses job numbers; naming run folders by their overrides keeps
-    every record (the default ``${hydra.job.num}`` subdir would let new jobs overwrite old ones)."""
+def test_extending_a_sweep_keeps_finished_records_in_override_named_folders(tmp_path):
+    """A larger sweep in the same folder reuses job numbers; naming run folders by (a hash of) their
+    overrides keeps every record (a ``${hydra.job.num}`` subdir would let new jobs overwrite old ones)."""
     folder = tmp_path / "s"
-    subdir = "hydra.sweep.subdir=${hydra.job.override_dirname}"
-    first = sweep(tmp_path, "model=random", "evaluator.tie_seed=0,1", "seed=0", subdir, f"hydra.sweep.dir={folder}")
+    first = sweep(tmp_path, "model=random", "evaluator.tie_seed=0,1", "seed=0", f"hydra.sweep.dir={folder}")
     assert first.returncode == 0, first.stderr[-3000:]
     before = {p: p.read_bytes() for p in records(folder)}
-    second = sweep(tmp_path, "model=random", "evaluator.tie_seed=0,1", "seed=0,1", subdir, f"hydra.sweep.dir={folder}")
+    second = sweep(tmp_path, "model=random", "evaluator.tie_seed=0,1", "seed=0,1", f"hydra.sweep.dir={folder}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert all(p.read_bytes() == content for p, content in before.items())
     counts = by_config(records(folder), "evaluator.tie_seed", "seed")
     assert counts == {(str(t), str(s)): 1 for t in (0, 1) for s in (0, 1)}
+
+
+def test_the_same_sweep_launched_twice_at_once_runs_every_job_once(tmp_path):
+    folder, args = tmp_path / "s", ("model=random", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}")
+    launches = [subprocess.Popen(command(*args, multirun=True), cwd=ROOT, env=environment(tmp_path), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs
+    found = records(folder)
+    assert by_config(found, "seed") == {("0",): 1, ("1",): 1} and len(found) == 2
+    assert [r["provenance"]["attempts"] for r in found.values()] == [1, 1]
+    assert "".join(outputs).count("skipped") == 2  # each launch left the other's job (running or finished) alone
 
 
 def test_optuna_study_continues_in_its_storage(tmp_path):

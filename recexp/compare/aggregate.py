@@ -7,10 +7,17 @@ import numpy as np
 import pandas as pd
 
 from recexp.compare.rows import Row
-from recexp.evaluate import higher_is_better
+from recexp.evaluate import higher_is_better, parse_metric
 
 # cost key in results.json -> column name in the table
 COST_COLUMNS = {"trainable_params": "trainable params", "train_seconds": "train s", "peak_memory_mb": "peak MB"}
+
+# (segment, metric) -> the value a segment's definition fixes for every model. APLT is the share of
+# listed items outside `head`: 0 inside `head`, 1 inside `tail` and `cold` (cold items are never
+# trained, so never head). Cold items have no training interactions: average popularity 0.
+CONSTANT_BY_CONSTRUCTION = {
+    ("head", "aplt"): 0, ("tail", "aplt"): 1, ("cold", "aplt"): 1, ("cold", "averagepopularity"): 0,
+}
 
 
 def column(segment: str, metric: str) -> str:
@@ -20,6 +27,11 @@ def column(segment: str, metric: str) -> str:
 def smaller_is_better(metric: str) -> bool:
     """``gini@10`` -> True: the direction comes from the evaluator's metric registry."""
     return not higher_is_better(metric)
+
+
+def constant_by_construction(segment: str, metric: str) -> int | None:
+    """``('head', 'aplt@10')`` -> 0, the value every model gets there; None for a column that varies."""
+    return CONSTANT_BY_CONSTRUCTION.get((segment, parse_metric(metric)[0].name))
 
 
 def summarise(rows: list[Row], metrics: list[str], segments: list[str]) -> pd.DataFrame:

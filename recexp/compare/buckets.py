@@ -7,6 +7,7 @@ users with a test item in b.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from recexp.cache import DamagedCache
 from recexp.compare.load import Run, rankings_path
 from recexp.config import build
+from recexp.scenarios.artifact import read_meta, verified_part
 
 
 class BucketsUnavailable(Exception):
@@ -29,9 +32,13 @@ def bucket_labels(n_buckets: int) -> list[str]:
     return names + ["cold"]
 
 
-def read_inter(path: Path) -> pd.DataFrame:
-    """An artifact's atomic interaction file as raw tokens: columns user, item."""
-    raw = pd.read_csv(path, sep="\t", dtype=str, usecols=[0, 1])
+def read_inter(folder: Path, part: str) -> pd.DataFrame:
+    """An artifact's atomic interaction file as raw tokens: columns user, item (checksum verified)."""
+    try:
+        data = verified_part(folder, part, read_meta(folder))
+    except DamagedCache as err:
+        raise BucketsUnavailable(f"split artifact damaged: {err}; rerun any job of it to rebuild.") from err
+    raw = pd.read_csv(io.BytesIO(data), sep="\t", dtype=str, usecols=[0, 1])
     raw.columns = ["user", "item"]
     return raw
 
@@ -106,5 +113,5 @@ def run_buckets(run: Run, reader: SplitReader, k: int, n_buckets: int) -> dict[s
         "item": topk.astype(str).ravel(),
         "rank": np.tile(np.arange(topk.shape[1]), len(users)),
     })
-    train, test = read_inter(folder / "train.inter"), read_inter(folder / "test.inter")
+    train, test = read_inter(folder, "train"), read_inter(folder, "test")
     return recall_by_bucket(frame, test, item_buckets(train, test["item"].unique(), n_buckets), k)

@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket-k", type=int, help="K of recall per popularity bucket (default: the plot metric's K)")
     p.add_argument("--cache-dir", type=Path, action="append", default=[],
                    help="where split artifacts lie if not at the path recorded by the run (repeatable)")
+    p.add_argument("--keep-constant", action="store_true",
+                   help="also show columns constant by construction (e.g. APLT inside head/tail/cold)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the table and plots to W&B")
     p.add_argument("--wandb-project", default="recexp", help="W&B project of the summary run")
     return p
@@ -46,7 +48,7 @@ def options(args: argparse.Namespace) -> Options:
         metrics=args.metrics, segments=args.segments, reference=args.reference, test=args.test,
         alpha=args.alpha, row_key=args.row_key, plot_metric=args.plot_metric, buckets=args.buckets,
         bucket_k=args.bucket_k, cache_dirs=list(args.cache_dir), wandb=not args.no_wandb,
-        wandb_project=args.wandb_project,
+        wandb_project=args.wandb_project, keep_constant=args.keep_constant,
     )
 
 

@@ -98,9 +98,10 @@ def model_name(run: Run) -> str:
 
 
 def uses_text_encoder(run: Run) -> bool:
-    """Text models take the adaptation strategy (``strategy: ${strategy}``) or an encoder in their config."""
+    """Text models take the adaptation strategy (``strategy: ${strategy}``) or an encoder in their
+    config, or in that of the torch module they wrap (``model.module``)."""
     model = run.config.get("model") or {}
-    return "strategy" in model or "encoder" in model
+    return any("strategy" in node or "encoder" in node for node in (model, model.get("module") or {}))
 
 
 def strategy_name(run: Run) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recexp.compare import plots, tables
+from recexp.compare import continual, plots, tables
 from recexp.compare.aggregate import mean_std, summarise
 from recexp.compare.buckets import BucketsUnavailable, SplitReader, bucket_labels, run_buckets
 from recexp.compare.load import Run, available, check_selection, find_runs, model_name
@@ -35,6 +35,7 @@ class Options:
     cache_dirs: list[Path] = field(default_factory=list)  # extra places to look for split artifacts
     wandb: bool = True  # log the table and plots to a summary W&B run (offline without an API key)
     wandb_project: str = "recexp"
+    keep_constant: bool = False  # also show columns constant by construction (APLT inside head/tail/cold ...)
 
 
 @dataclass
@@ -64,12 +65,14 @@ def compare(run_dirs: list[Path], out_dir: Path, options: Options = Options()) -
     check_axes(finished, axes)
     rows = build_rows(finished, axes)
     reference = pick_reference(rows, options.reference)
-    spec = tables.TableSpec(metrics, segments, reference.label, options.test, options.alpha)
+    spec = tables.TableSpec(metrics, segments, reference.label, options.test, options.alpha, options.keep_constant)
     summary = summarise(rows, metrics, segments)
     tests = significance(rows, reference, metrics, segments, options.test, options.alpha)
     notes = [n for r in rows for n in r.notes]
     files.update(write_tables(summary, tests, spec, failed, notes, out_dir))
     files.update(write_plots(rows, summary, metrics, segments, options, notes, out_dir))
+    if continual.has_continual(rows):
+        files.update(continual.write(rows, reference, options.test, options.alpha, out_dir))
     if notes:
         with open(files["markdown"], "a", encoding="utf-8") as handle:
             handle.write("\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes))
@@ -146,6 +149,8 @@ def write_plots(rows, summary, metrics, segments, options: Options, notes: list[
         "quality_vs_time": plots.quality_vs_cost(
             summary, "train s", "training time (s)", metric, segments, out_dir / "quality_vs_train_time.png"),
     }
+    if continual.has_continual(rows):  # time blocks have no single test part to bucket
+        return files
     k = options.bucket_k or parse_metric(metric)[1] or 10  # a pointwise metric has no K
     labels, per_row = popularity_buckets(rows, k, options, notes)
     if per_row:

@@ -67,7 +67,7 @@ def axis_value(run: Run, axis: str, flat: dict[str, str] | None = None) -> str |
 
 
 def _is_strategy_axis(axis: str) -> bool:
-    return axis == "strategy" or axis.startswith("strategy.") or axis.startswith("model.strategy")
+    return axis == "strategy" or axis.startswith(("strategy.", "model.strategy", "model.module.strategy"))
 
 
 def default_axes(runs: list[Run]) -> list[str]:

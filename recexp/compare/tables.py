@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from recexp.compare.aggregate import COST_COLUMNS, column, ranks, smaller_is_better
+from recexp.compare.aggregate import COST_COLUMNS, column, constant_by_construction, ranks, smaller_is_better
 
 DAGGER = "†"
 
@@ -22,6 +22,16 @@ class TableSpec:
     reference: str  # label of the reference row
     test: str  # wilcoxon | ttest
     alpha: float
+    keep_constant: bool = False  # also show columns constant by construction (APLT inside head ...)
+
+    def shown(self, segment: str) -> list[str]:
+        """The metrics shown for ``segment``: all of them, less those its definition fixes."""
+        return [m for m in self.metrics if self.keep_constant or constant_by_construction(segment, m) is None]
+
+    def omitted(self) -> list[str]:
+        """``segment/metric = value`` of each column left out."""
+        return [f"{column(s, m)} = {constant_by_construction(s, m)}"
+                for s in self.segments for m in self.metrics if m not in self.shown(s)]
 
 
 def fmt(value: float, like: float | None = None) -> str:
@@ -45,7 +55,7 @@ def fmt_cost(name: str, value: float) -> str:
 
 
 def metric_columns(spec: TableSpec) -> list[str]:
-    return [column(s, m) for s in spec.segments for m in spec.metrics]
+    return [column(s, m) for s in spec.segments for m in spec.shown(s)]
 
 
 def cell_marks(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> dict[str, list[tuple]]:
@@ -90,11 +100,14 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def legend(spec: TableSpec) -> str:
+    omitted = spec.omitted()
+    left_out = f" Left out, constant by construction: {', '.join(omitted)}." if omitted else ""
     return (
         f"Mean ± sample std over seeds (test split). Per column the best mean is **bold** and the second "
         f"best <u>underlined</u>; ↓ marks metrics where smaller is better. {DAGGER}: differs from "
         f"`{spec.reference}` at Holm-corrected p < {spec.alpha} ({spec.test}, paired over test users of "
         f"matched seeds). Cost: trainable parameters, training seconds and peak memory (MB), seed means."
+        + left_out
     )
 
 
@@ -109,18 +122,21 @@ def tex_escape(text: str) -> str:
 def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> str:
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``): segments span their metric columns."""
     marks = cell_marks(summary, significance, spec)
-    n_metric, n_cost = len(spec.metrics), len(COST_COLUMNS)
+    groups = [(s, spec.shown(s)) for s in spec.segments if spec.shown(s)]
+    n_cost = len(COST_COLUMNS)
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
-        r"\begin{tabular}{l r " + " ".join(["r" * n_metric] * len(spec.segments)) + " " + "r" * n_cost + "}",
+        r"\begin{tabular}{l r " + " ".join("r" * len(m) for _, m in groups) + " " + "r" * n_cost + "}",
         r"\toprule",
     ]
-    spans = [rf"\multicolumn{{{n_metric}}}{{c}}{{{tex_escape(s)}}}" for s in spec.segments]
+    spans = [rf"\multicolumn{{{len(m)}}}{{c}}{{{tex_escape(s)}}}" for s, m in groups]
     lines.append(" & & " + " & ".join(spans) + " & " + rf"\multicolumn{{{n_cost}}}{{c}}{{cost}} \\")
-    rules = [f"\\cmidrule(lr){{{3 + i * n_metric}-{2 + (i + 1) * n_metric}}}" for i in range(len(spec.segments))]
-    start = 3 + len(spec.segments) * n_metric
-    lines.append(" ".join(rules + [f"\\cmidrule(lr){{{start}-{start + n_cost - 1}}}"]))
-    metric_heads = [_tex_metric(m) for _ in spec.segments for m in spec.metrics]
+    rules, start = [], 3
+    for _, shown in groups + [("cost", list(COST_COLUMNS))]:
+        rules.append(f"\\cmidrule(lr){{{start}-{start + len(shown) - 1}}}")
+        start += len(shown)
+    lines.append(" ".join(rules))
+    metric_heads = [_tex_metric(m) for _, shown in groups for m in shown]
     lines.append(" & ".join(["row", "seeds"] + metric_heads + [tex_escape(c) for c in COST_COLUMNS.values()]) + r" \\")
     lines.append(r"\midrule")
     for i, rec in summary.iterrows():

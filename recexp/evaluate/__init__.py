@@ -5,6 +5,7 @@ Metrics come from the one registry in :mod:`recexp.evaluate.metrics`; ranking li
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,15 +39,18 @@ class Evaluator:
     tie_seed: int = 0  # equal scores are ordered by a fixed random item permutation drawn from this seed
 
     def __post_init__(self):
-        ks = [self.ks] if isinstance(self.ks, int) else list(self.ks)
+        ks = [self.ks] if isinstance(self.ks, int) else _as_list(self.ks)
         if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
             raise ConfigError(f"evaluator.ks must be a list of positive integers such as [10,20], got {self.ks}.")
-        metrics = [self.metrics] if isinstance(self.metrics, str) else list(self.metrics)
-        unknown = sorted(set(metrics) - set(METRICS))
-        if unknown:
-            raise ConfigError(f"Unknown evaluator metrics {unknown}; choose from {', '.join(METRICS)}.")
-        if self.batch_size < 1:
-            raise ConfigError(f"evaluator.batch_size must be >= 1, got {self.batch_size}.")
+        metrics = [self.metrics] if isinstance(self.metrics, str) else _as_list(self.metrics)
+        unknown = sorted({str(m) for m in metrics} - set(METRICS))
+        if unknown or not metrics:
+            what = f"Unknown evaluator metrics {unknown}" if unknown else "evaluator.metrics is empty"
+            raise ConfigError(f"{what}; choose from {', '.join(METRICS)}.")
+        for name in ("batch_size", "tie_seed"):
+            value, low = getattr(self, name), 1 if name == "batch_size" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"evaluator.{name} must be an integer >= {low}, got {value!r}.")
         object.__setattr__(self, "ks", ks)
         object.__setattr__(self, "metrics", metrics)
 
@@ -66,7 +70,7 @@ class Evaluator:
         """
         device = torch.device(device)
         spec = split.stage(stage)
-        names = tuple(segments or spec.segments or ("all",))
+        names = tuple(segments or spec.segment_names or ("all",))
         chosen = [METRICS[m] for m in self.metrics]
         ranked = {}
         if spec.positives is not None and any(m.at_k for m in chosen):
@@ -94,6 +98,11 @@ class Evaluator:
                 " Choose another trainer.valid_metric (e.g. ndcg@10, or auc with scenario.label_threshold set)."
             )
         return values[name]
+
+
+def _as_list(value: object) -> list:
+    """A list of the items of a list-like config value; [] for anything else (a string, a number, null)."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
 
 
 def _combine(names, ranked, pointwise) -> Evaluation:

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from recexp.evaluate.metrics import Metric
+from recexp.evaluate.ranking import check_scores
 from recexp.interfaces import Recommender, Split
 
 
@@ -27,7 +28,9 @@ def pair_scores(
             .detach().float().cpu().numpy()
             for i in range(0, len(users), size)
         ]
-        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+        scores = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+        check_scores(torch.from_numpy(scores[None]), model, stage)
+        return scores
     out = np.empty(len(users), dtype=np.float64)
     distinct, row_of = np.unique(users, return_inverse=True)
     with torch.no_grad():
@@ -36,6 +39,7 @@ def pair_scores(
             scores = model.score(torch.tensor(chunk, device=device), stage).float().cpu().numpy()
             rows = np.flatnonzero((row_of >= start) & (row_of < start + len(chunk)))
             out[rows] = scores[row_of[rows] - start, items[rows]]
+    check_scores(torch.from_numpy(out[None]), model, stage)
     return out
 
 
@@ -73,7 +77,10 @@ def evaluate_pairs(
     spec = split.stage(stage)
     out = {}
     for name in segments:
-        chosen = scored if name == "all" else scored[np.isin(items, spec.segments[name])]
+        if name in spec.user_segments:
+            chosen = scored[np.isin(users, spec.user_segments[name])]
+        else:
+            chosen = scored if name == "all" else scored[np.isin(items, spec.segments[name])]
         if len(chosen):
             out[name] = _summarise(name, chosen, usable, split.dataset.user_tokens)
     return out

@@ -3,23 +3,30 @@
 ``TextEncoder`` wraps ``transformers.AutoModel``/``AutoTokenizer``. A strategy
 (:mod:`recexp.strategies`) adapts the wrapped model in place; when it leaves nothing trainable, the
 embeddings of whole text lists are cached on disk under ``cache_dir``, keyed by the sha256 of the
-weights, the tokenizer vocabulary, pooling, ``max_length`` and the texts themselves.
+weights, the tokenizer vocabulary, pooling, ``max_length`` and the texts themselves. Each file
+carries the sha256 of its tensor bytes in its safetensors metadata; a file that fails that check (or
+cannot be parsed) is reported with a warning naming it, recomputed and rewritten.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from recexp.cache import DamagedCache, sha256
 from recexp.errors import ConfigError
 from recexp.interfaces import Strategy
 
+log = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls")
 
 
@@ -110,9 +117,9 @@ class TextEncoder(nn.Module):
     def embed(self, texts: list[str]) -> torch.Tensor:
         """texts [N] -> [N, dim] in eval mode, batched; read from / written to the disk cache if frozen."""
         path = self._cache_path(texts)
-        if path is not None and path.is_file():
-            self.cache_hits += 1
-            return load_file(path)["embeddings"].to(self.device)
+        cached = self._read_cache(path, len(texts))
+        if cached is not None:
+            return cached
         was_training = self.training
         self.eval()
         try:
@@ -124,6 +131,18 @@ class TextEncoder(nn.Module):
             self.cache_misses += 1
             _save_atomically(embeddings, path)
         return embeddings
+
+    def _read_cache(self, path: Path | None, n: int) -> torch.Tensor | None:
+        """The [n, dim] embeddings cached at ``path`` (a hit), or None: no cache, no file, or a damaged one."""
+        if path is None or not path.is_file():
+            return None
+        try:
+            cached = read_embeddings(path, (n, self.dim))
+        except DamagedCache as err:
+            log.warning("Embedding cache damaged: %s; recomputing it.", err)
+            return None
+        self.cache_hits += 1
+        return cached.to(self.device)
 
     def cache_stats(self) -> dict[str, int]:
         """How often :meth:`embed` read (hits) or wrote (misses) the disk cache."""
@@ -166,12 +185,34 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def read_embeddings(path: Path, shape: tuple[int, int]) -> torch.Tensor:
+    """The ``embeddings`` [N, dim] cached at ``path``, or :class:`DamagedCache` when the file is
+    unreadable, of another shape, or its bytes differ from the sha256 in its metadata."""
+    try:
+        data = path.read_bytes()
+        embeddings = load(data)["embeddings"]
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # valid once load() passed
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        raise DamagedCache(f"{path} cannot be read ({type(err).__name__}: {err})") from err
+    recorded = (header.get("__metadata__") or {}).get("sha256")
+    if tuple(embeddings.shape) != shape:
+        raise DamagedCache(f"{path} holds shape {tuple(embeddings.shape)}, expected {shape}")
+    if recorded != _tensor_sha256(embeddings):
+        raise DamagedCache(f"{path} does not match its recorded sha256 (overwritten or written by an older recexp)")
+    return embeddings
+
+
 def _save_atomically(embeddings: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
     os.close(handle)
+    tensor = embeddings.detach().cpu().contiguous()
     try:
-        save_file({"embeddings": embeddings.detach().cpu().contiguous()}, temporary)
+        save_file({"embeddings": tensor}, temporary, metadata={"sha256": _tensor_sha256(tensor)})
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

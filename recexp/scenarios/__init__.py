@@ -3,5 +3,6 @@ from recexp.scenarios.artifact import build_or_load
 from recexp.scenarios.cold_item import ColdItemScenario
 from recexp.scenarios.random import RandomScenario
 from recexp.scenarios.temporal import TemporalScenario
+from recexp.scenarios.time_blocks import TimeBlocksScenario
 
-__all__ = ["build_or_load", "ColdItemScenario", "RandomScenario", "TemporalScenario"]
+__all__ = ["build_or_load", "ColdItemScenario", "RandomScenario", "TemporalScenario", "TimeBlocksScenario"]

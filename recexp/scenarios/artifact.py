@@ -3,14 +3,19 @@
 Layout of ``CACHE/splits/HASH/``: one ``PART.inter`` per named part (``train``, ``valid``, ``test``
 for a holdout split; atomic files with the dataset's raw id tokens, and a ``label`` column where a
 part holds labelled pairs) and ``split.json``: every stage's history, positives and pairs (part
-names), candidates and segments (raw item tokens). Any model, or an independent checker, reads the
-same files.
+names), candidates and segments (raw item tokens), the sha256 of every ``PART.inter`` file, and a
+``checksum`` over all of that. Any model, or an independent checker, reads the same files.
+
+Every load verifies every checksum; a damaged artifact (truncated, overwritten or emptied file,
+unreadable ``split.json``) is reported with a warning naming the file, moved aside and rebuilt.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,7 +25,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from recexp.cache import DamagedCache, discard, read_verified, sha256
 from recexp.interfaces import Dataset, Split, Stage
+
+log = logging.getLogger(__name__)
 
 INTER_FIELDS = {"user": "user_id:token", "item": "item_id:token", "rating": "rating:float", "timestamp": "timestamp:float"}
 LABEL_FIELD = "label:float"
@@ -45,8 +53,12 @@ def build_or_load(dataset: Dataset, scenario: Scenario, seed: int, cache_dir: st
     """Return the split for this key, computing and storing it only the first time."""
     digest = scenario_hash(dataset, scenario, seed)
     folder = Path(cache_dir) / "splits" / digest[:20]
-    if (folder / "split.json").is_file():
-        return load_split(folder, dataset)
+    if folder.exists():
+        try:
+            return load_split(folder, dataset)
+        except DamagedCache as err:
+            log.warning("Split artifact damaged: %s; rebuilding it.", err)
+            discard(folder)
     split = scenario.build(dataset, seed)
     split.hash = digest
     _save_atomically(split, folder, {"scenario": type(scenario).__name__, **dataclasses.asdict(scenario), "seed": seed})
@@ -58,8 +70,11 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     try:
+        files = {}
         for name, frame in split.parts.items():
-            write_inter(staging / f"{name}.inter", frame, split.dataset)
+            data = inter_bytes(frame, split.dataset)
+            (staging / f"{name}.inter").write_bytes(data)
+            files[f"{name}.inter"] = sha256(data)
         tokens = split.dataset.item_tokens
         meta = {
             "hash": split.hash,
@@ -67,9 +82,11 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
             "counts": split.counts(),
             "info": split.info,
             "parts": list(split.parts),
-            "stages": {name: _stage_json(stage, tokens) for name, stage in split.stages.items()},
+            "stages": {name: _stage_json(stage, tokens, split.dataset.user_tokens) for name, stage in split.stages.items()},
+            "files": files,
         }
-        (staging / "split.json").write_text(json.dumps(meta, default=str))
+        meta = json.loads(json.dumps(meta, default=str))  # what a reader will parse, checksummed as such
+        (staging / "split.json").write_text(json.dumps({**meta, "checksum": _meta_checksum(meta)}))
         try:
             os.rename(staging, folder)
         except OSError:  # another process stored the same artifact first
@@ -79,18 +96,23 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
         raise
 
 
-def _stage_json(stage: Stage, tokens: np.ndarray) -> dict[str, Any]:
+def _stage_json(stage: Stage, tokens: np.ndarray, user_tokens: np.ndarray) -> dict[str, Any]:
     return {
         "history": list(stage.history),
         "positives": stage.positives,
         "pairs": stage.pairs,
         "candidates": None if stage.candidates is None else tokens[stage.candidates].tolist(),
         "segments": {name: tokens[ids].tolist() for name, ids in stage.segments.items()},
+        "user_segments": {name: user_tokens[ids].tolist() for name, ids in stage.user_segments.items()},
     }
 
 
-def write_inter(path: Path, frame: pd.DataFrame, dataset: Dataset) -> None:
-    """Write interactions as an atomic file with raw tokens (and their ``label`` when they have one)."""
+def _meta_checksum(meta: dict[str, Any]) -> str:
+    return sha256(json.dumps(meta, sort_keys=True).encode())
+
+
+def inter_bytes(frame: pd.DataFrame, dataset: Dataset) -> bytes:
+    """Interactions as an atomic file with raw tokens (and their ``label`` when they have one)."""
     out = pd.DataFrame(
         {
             "user_id": dataset.user_tokens[frame["user"].to_numpy()],
@@ -101,21 +123,23 @@ def write_inter(path: Path, frame: pd.DataFrame, dataset: Dataset) -> None:
         }
     )
     header = [*INTER_FIELDS.values(), *([LABEL_FIELD] if "label" in frame else [])]
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\t".join(header) + "\n")
-        out.to_csv(handle, sep="\t", header=False, index=False, na_rep="", float_format="%.17g")
+    body = out.to_csv(sep="\t", header=False, index=False, na_rep="", float_format="%.17g", lineterminator="\n")
+    return ("\t".join(header) + "\n" + body).encode("utf-8")
 
 
 def load_split(folder: Path, dataset: Dataset) -> Split:
-    """Read an artifact written by :func:`build_or_load` back onto ``dataset``'s internal ids."""
-    meta = json.loads((folder / "split.json").read_text())
+    """Read an artifact written by :func:`build_or_load` back onto ``dataset``'s internal ids.
+
+    Raises :class:`DamagedCache` (naming the file) when any file fails its checksum.
+    """
+    meta = read_meta(folder)
     users = {t: i for i, t in enumerate(dataset.user_tokens)}
     items = {t: i for i, t in enumerate(dataset.item_tokens)}
 
     def ids(tokens: list[str]) -> np.ndarray:
         return np.fromiter((items[t] for t in tokens), dtype=np.int64, count=len(tokens))
 
-    parts = {name: _read_part(folder / f"{name}.inter", users, items) for name in meta["parts"]}
+    parts = {name: _read_part(verified_part(folder, name, meta), users, items) for name in meta["parts"]}
     stages = {
         name: Stage(
             history=tuple(spec["history"]),
@@ -123,14 +147,36 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
             candidates=None if spec["candidates"] is None else ids(spec["candidates"]),
             segments={n: ids(t) for n, t in spec["segments"].items()},
             pairs=spec["pairs"],
+            user_segments={n: np.fromiter((users[t] for t in u), dtype=np.int64, count=len(u))
+                           for n, u in spec.get("user_segments", {}).items()},
         )
         for name, spec in meta["stages"].items()
     }
     return Split(dataset=dataset, parts=parts, stages=stages, hash=meta["hash"], path=folder, info=meta["info"])
 
 
-def _read_part(path: Path, users: dict[str, int], items: dict[str, int]) -> pd.DataFrame:
-    raw = pd.read_csv(path, sep="\t", dtype={INTER_FIELDS["user"]: str, INTER_FIELDS["item"]: str})
+def read_meta(folder: Path) -> dict[str, Any]:
+    """``split.json`` of an artifact, checked against its own checksum (:class:`DamagedCache` if not)."""
+    path = folder / "split.json"
+    try:
+        meta = json.loads(path.read_bytes())
+        recorded = meta.pop("checksum", None)
+    except (OSError, ValueError, AttributeError) as err:
+        raise DamagedCache(f"{path} cannot be read ({err})") from err
+    if recorded is None:
+        raise DamagedCache(f"{path} has no checksum (written by an older recexp)")
+    if recorded != _meta_checksum(meta):
+        raise DamagedCache(f"{path} does not match its recorded checksum (edited or overwritten)")
+    return meta
+
+
+def verified_part(folder: Path, name: str, meta: dict[str, Any]) -> bytes:
+    """The bytes of ``folder/NAME.inter``, checked against the sha256 ``split.json`` records for it."""
+    return read_verified(folder / f"{name}.inter", meta["files"].get(f"{name}.inter"))
+
+
+def _read_part(data: bytes, users: dict[str, int], items: dict[str, int]) -> pd.DataFrame:
+    raw = pd.read_csv(io.BytesIO(data), sep="\t", dtype={INTER_FIELDS["user"]: str, INTER_FIELDS["item"]: str})
     frame = pd.DataFrame(
         {
             "user": raw[INTER_FIELDS["user"]].map(users).to_numpy(dtype=np.int64),

@@ -1,4 +1,5 @@
 """Tasks: how fitting and evaluation alternate over a split's stages (``task=holdout`` ...)."""
+from recexp.tasks.continual import Continual
 from recexp.tasks.holdout import Holdout
 
-__all__ = ["Holdout"]
+__all__ = ["Continual", "Holdout"]

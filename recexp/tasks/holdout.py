@@ -8,12 +8,20 @@ from typing import Any, Callable
 from recexp.costs import CostMeter
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
-from recexp.interfaces import FitContext, Recommender, Saveable, Split, TaskResult
+from recexp.interfaces import FitContext, Recommender, Saveable, Split, Stage, TaskResult
 
 
 @dataclass(frozen=True)
 class Holdout:
     save_model: bool = True  # write the trained model to run_dir/model (reload with the model's load())
+
+    def stages(self, split: Split) -> dict[str, Stage]:
+        if "valid" not in split.stages:
+            raise ConfigError(
+                f"task=holdout fits once and early-stops on a 'valid' stage; this split has {', '.join(split.stages)}. "
+                "Use task=continual for scenario=time_blocks."
+            )
+        return split.stages
 
     def run(self, make_model: Callable[[], Recommender], split: Split, evaluator: Evaluator, ctx: FitContext) -> TaskResult:
         model = make_model()

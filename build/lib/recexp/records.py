@@ -4,8 +4,10 @@ Keys: ``run_id``, ``status`` (running / ok / failed), ``error``, ``metrics`` ({s
 stage, the ``all`` segment), ``segments`` (the final stage's metrics per segment: ``test`` in a
 holdout split), ``stages`` ({stage: {segment: {...}}}), ``valid_segments``, ``effective`` (trainer
 settings the model used), ``cost``, ``split``, ``config``, ``objective``, ``versions``, ``git_sha``,
-``started_at``, ``finished_at``. Per-user values of the final stage go to ``per_user_test.csv.gz`` and
-its top-K lists (internal ids) to ``rankings_test.npz``. Only the main process writes.
+``started_at``, ``finished_at``, ``provenance`` (``host``, ``pid``, ``started``, ``attempts``: runs of
+this configuration in the sweep folder, this one included; ``launch``; see :mod:`recexp.locks`).
+Per-user values of the final stage go to ``per_user_test.csv.gz`` and its top-K lists (internal ids)
+to ``rankings_test.npz``. Only the main process writes.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
-from recexp.interfaces import Split, TaskResult
+from recexp.interfaces import Split, Stage, TaskResult
 from recexp.tracking import git_sha, package_versions, write_json_atomic
 
 RESULTS = "results.json"
@@ -35,7 +37,8 @@ class RunRecord:
     persist: bool = True  # False in helper processes of a multi-process run: nothing is written
 
     @classmethod
-    def start(cls, run_dir: Path, run_id: str, config: dict[str, Any], objective: str, persist: bool = True) -> "RunRecord":
+    def start(cls, run_dir: Path, run_id: str, config: dict[str, Any], objective: str, persist: bool = True,
+              provenance: dict[str, Any] | None = None) -> "RunRecord":
         data = {
             "run_id": run_id,
             "status": "running",
@@ -53,6 +56,7 @@ class RunRecord:
             "git_sha": git_sha(),
             "run_dir": str(run_dir),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "provenance": provenance or {},  # host, pid, started, attempts (recexp.locks)
         }
         record = cls(run_dir / RESULTS, data, persist)
         if persist:
@@ -71,6 +75,7 @@ class RunRecord:
 
     def set_split(self, split: Split) -> None:
         self.data["split"] = {"hash": split.hash, "path": str(split.path), "counts": split.counts(), **split.info}
+        self.data["data"] = dict(split.dataset.info)  # which interactions were read, dropped and kept as positives
 
     def finish_ok(self, result: TaskResult) -> None:
         evaluations: dict[str, Evaluation] = result.evaluations
@@ -81,6 +86,7 @@ class RunRecord:
         self.data["valid_segments"] = evaluations["valid"].metrics if "valid" in evaluations else {}
         self.data["cost"] = result.cost
         self.data["effective"] = result.effective
+        self.data.update(result.sections)
         stage, _, metric = self.data["objective_name"].partition("/")
         value = self.data["metrics"].get(stage, {}).get(metric)
         if value is None:
@@ -123,13 +129,16 @@ def final_stage(evaluations: dict[str, Any]) -> str:
     return "test" if "test" in evaluations else list(evaluations)[-1]
 
 
-def check_objective(name: str, split: Split, evaluator: Evaluator) -> None:
-    """A ConfigError, before any training, unless ``name`` is stage/metric of this split and evaluator."""
+def check_objective(name: str, stages: dict[str, Stage], evaluator: Evaluator) -> None:
+    """A ConfigError, before any training, unless ``name`` is stage/metric of the reported ``stages`` and evaluator."""
     stage, slash, metric = str(name).partition("/")
-    if not slash or stage not in split.stages:
-        raise ConfigError(f"objective={name!r} must be stage/metric with stage one of {', '.join(split.stages)} (e.g. valid/ndcg@10).")
-    spec, k = parse_metric(metric)
-    has = split.stage(stage).pairs if spec.kind == "pointwise" else split.stage(stage).positives
+    if not slash or stage not in stages:
+        raise ConfigError(f"objective={name!r} must be stage/metric with stage one of {', '.join(stages)} (e.g. valid/ndcg@10).")
+    try:
+        spec, k = parse_metric(metric)
+    except ConfigError as err:
+        raise ConfigError(f"objective={name!r}: {err}") from None
+    has = stages[stage].pairs if spec.kind == "pointwise" else stages[stage].positives
     if has is None:
         what = "labelled pairs (set scenario.label_threshold)" if spec.kind == "pointwise" else "ranking targets"
         raise ConfigError(f"objective={name!r}: stage {stage!r} has no {what}; choose another objective.")
@@ -149,17 +158,3 @@ def save_evaluation(run_dir: Path, result: TaskResult) -> None:
         arrays[f"{segment}/users"] = final.users[segment]
         arrays[f"{segment}/topk"] = topk
     np.savez_compressed(run_dir / RANKINGS, **arrays)
-
-
-def finished_record(folder: Path, run_id: str) -> Path | None:
-    """A ``results.json`` under ``folder`` with this run id and status ok, if any."""
-    if not folder.is_dir():
-        return None
-    for path in folder.rglob(RESULTS):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if data.get("run_id") == run_id and data.get("status") == "ok":
-            return path
-    return None

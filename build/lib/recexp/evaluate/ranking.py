@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from recexp.errors import TrainingError
 from recexp.evaluate.metrics import ListContext, Metric, metric_key
 from recexp.interfaces import Recommender, Split
 
@@ -41,14 +42,19 @@ def rank_stage(
     progress: bool = False,
     shard: tuple[int, int] | None = None,
 ) -> dict[str, SegmentRanking]:
-    """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``)."""
+    """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``).
+
+    An item segment ranks its items for every user; a user segment ranks every candidate for its users.
+    """
     spec = split.stage(stage)
     positives = user_items(split.positives(stage), split.n_users, split.n_items)
     history = user_items(split.history(stage), split.n_users, split.n_items)
     users = np.flatnonzero(np.diff(positives.indptr) > 0)
     if shard is not None:
         users = users[users % shard[1] == shard[0]]
-    masks = {n: item_mask(spec.segments[n], spec.candidates, split.n_items, device) for n in segments}
+    everything = np.arange(split.n_items)
+    masks = {n: item_mask(spec.segments.get(n, everything), spec.candidates, split.n_items, device) for n in segments}
+    members = {n: user_mask(spec.user_segments[n], split.n_users) for n in segments if n in spec.user_segments}
     order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
     max_k = max(ks)
     collected: dict[str, list] = {n: [] for n in segments}
@@ -56,10 +62,12 @@ def rank_stage(
         for start in tqdm(range(0, len(users), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
             batch = users[start : start + batch_size]
             scores = model.score(torch.as_tensor(batch, device=device), stage).to(device, torch.float32)
+            check_scores(scores, model, stage)
             pos = dense_rows(positives, batch, split.n_items, device)
             scores = scores.masked_fill(dense_rows(history, batch, split.n_items, device), float("-inf"))
             for name, mask in masks.items():
-                collected[name].append(_rank(scores, pos, mask, batch, min(max_k, int(mask.sum())), order))
+                rows = torch.as_tensor(members[name][batch], device=device) if name in members else None
+                collected[name].append(_rank(scores, pos, mask, batch, min(max_k, int(mask.sum())), order, rows))
     context = ListContext(
         popularity=torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), device=device),
         is_tail=_tail_mask(spec.segments.get("head", np.array([], dtype=np.int64)), split.n_items, device),
@@ -69,6 +77,19 @@ def rank_stage(
         if parts and sum(len(p[0]) for p in parts) > 0:
             out[name] = _summarise(name, parts, int(masks[name].sum()), metrics, ks, context, split.dataset.user_tokens)
     return out
+
+
+def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
+    """A TrainingError when scores [B, n_items] hold NaN or +inf, or a user has no finite score at all:
+    such a model diverged, and ranking its scores would give quiet nonsense."""
+    broken = int(scores.isnan().sum() + scores.isposinf().sum())
+    empty = int((~torch.isfinite(scores)).all(dim=-1).sum()) if scores.dim() == 2 and scores.shape[-1] else 0
+    if broken or empty:
+        raise TrainingError(
+            f"{getattr(model, 'name', None) or type(getattr(model, 'module', model)).__name__} gave non-finite scores at stage {stage!r} "
+            f"({broken} NaN/+inf, {empty} users without a finite score): training diverged. Lower trainer.lr, "
+            "or set trainer.mixed_precision=no."
+        )
 
 
 def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens) -> SegmentRanking:
@@ -96,14 +117,15 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens) -> 
     return SegmentRanking(summary, frame, topk_np, users)
 
 
-def _rank(scores, pos, mask, batch, k, order):
-    """Top-k of each user with positives in the segment; ties fall to the fixed random ``order``.
+def _rank(scores, pos, mask, batch, k, order, rows=None):
+    """Top-k of each user with positives in the segment (and among ``rows`` [B] bool, if given); ties
+    fall to the fixed random ``order``.
 
     Returns (users [U], topk item ids [U, k] with -1 for empty slots, hits [U, k], pos_len [U]).
     """
     seg_pos = pos & mask
     pos_len = seg_pos.sum(1)
-    keep = pos_len > 0
+    keep = pos_len > 0 if rows is None else (pos_len > 0) & rows
     masked = scores[keep].masked_fill(~mask, float("-inf"))
     best = masked[:, order].topk(k, dim=1)
     filled = best.values > float("-inf")
@@ -132,6 +154,13 @@ def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, n_items: int, device: to
     coo = block.tocoo()
     out[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = True
     return out.to(device)
+
+
+def user_mask(users: np.ndarray, n_users: int) -> np.ndarray:
+    """[n_users] bool, True for ``users``."""
+    mask = np.zeros(n_users, dtype=bool)
+    mask[users] = True
+    return mask
 
 
 def item_mask(items: np.ndarray, candidates: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:

@@ -74,20 +74,20 @@ class Fusion(nn.Module):
         return DEFAULTS[self.encoder.trainable]
 
     def prepare(self, split: Split, device: torch.device) -> None:
-        """Size the ID tables for ``split`` and mark which items have an ID signal."""
+        """Size the ID tables for ``split`` (once: a later split continues them)."""
         self.split = split
         self.texts = item_texts(split)
-        width = 2 * self.dim if self.combine == "concat" else self.dim
-        self.item_id = nn.Embedding(split.n_items, self.dim)
-        self.user_id = nn.Embedding(split.n_users, width)
-        for table in (self.item_id, self.user_id):
-            nn.init.xavier_normal_(table.weight)
-        if self.id_init:
-            _copy_rows(self.item_id.weight, self.id_init, split.dataset.item_tokens)
-        has_id = torch.zeros(split.n_items)
-        has_id[torch.tensor(split.train["item"].unique())] = 1.0
+        if not hasattr(self, "item_id"):
+            width = 2 * self.dim if self.combine == "concat" else self.dim
+            self.item_id = nn.Embedding(split.n_items, self.dim)
+            self.user_id = nn.Embedding(split.n_users, width)
+            for table in (self.item_id, self.user_id):
+                nn.init.xavier_normal_(table.weight)
+            if self.id_init:
+                _copy_rows(self.item_id.weight, self.id_init, split.dataset.item_tokens)
+            # [n_items] 1 for items with a trained ID part; a buffer, so it is saved with the weights
+            self.register_buffer("has_id", torch.zeros(split.n_items))
         self.to(device)
-        self.has_id = has_id.to(device)  # [n_items] 1 for items seen in training
         self.stale = True
 
     def refresh(self) -> None:
@@ -96,6 +96,8 @@ class Fusion(nn.Module):
             self.stale = False
 
     def train_data(self, split: Split, seed: int) -> InteractionData:
+        """Training interactions; their items get an ID part from now on (cold items keep text only)."""
+        self.has_id[torch.tensor(split.train["item"].unique(), device=self.has_id.device)] = 1.0
         return InteractionData(split, seed, self.samples_per_epoch)
 
     def _items(self, items: torch.Tensor) -> torch.Tensor:

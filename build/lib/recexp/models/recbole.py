@@ -100,7 +100,8 @@ class _Config(Config):
 class RecBoleRecommender:
     """Any RecBole general or sequential model (``name`` is its class, e.g. ``BPR``, ``SASRec``).
 
-    General models score from what they learned on train, as in RecBole (later parts are not folded
+    A second ``fit`` continues from the weights of the first (continual updates); a fresh instance
+    starts from scratch. General models score from what they learned on train, as in RecBole (later parts are not folded
     in at later stages); sequential models read the user's ``split.history(stage)``. ``params``
     override RecBole's hyper-parameters (its config keys) and win over ``trainer``, whose max_epochs,
     patience, batch_size, lr, weight_decay and valid_metric (a ranking metric) map to RecBole's
@@ -145,6 +146,8 @@ class RecBoleRecommender:
             train_data, valid_data, _ = data_preparation(config, dataset)
             init_seed(config["seed"], config["reproducibility"])
             model = self.model_class(config, train_data._dataset).to(config["device"])
+            if self._model is not None:  # a later fit (a continual update) continues from the last weights
+                self._continue(model, dataset, split)
             trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
             best = self._train(trainer, train_data, valid_data, ctx)
         self._used = used_settings(trainer, config) | {"epochs_run": len(trainer.train_loss_dict), "best_epoch": best}
@@ -152,6 +155,14 @@ class RecBoleRecommender:
         self._checkpoint = Path(trainer.saved_model_file)
         self._model = model.eval()
         self._index(dataset, split, max_len, config["device"])
+
+    def attach(self, split: Split, device: torch.device) -> None:
+        """Score ``split``'s stages from now on without training on it (same users and items as the fit)."""
+        self._stages = tuple(split.stages)
+        if self.sequential:
+            self._histories = {
+                s: history_tensors(split.history(s), split.n_users, self._max_len, self._item_ids) for s in split.stages
+            }
 
     def effective(self) -> dict[str, Any]:
         """The trainer settings the last fit ran with, read back from RecBole, plus ``epochs_run`` and
@@ -259,12 +270,30 @@ class RecBoleRecommender:
         self._item_ids = torch.as_tensor([items[str(i)] for i in range(split.n_items)])
         self._device = torch.device(device)
         self._item_columns = self._item_ids.to(self._device)
-        self._stages = tuple(split.stages)
-        self._histories = {}
-        if self.sequential:
-            self._histories = {
-                s: history_tensors(split.history(s), split.n_users, max_len, self._item_ids) for s in split.stages
-            }
+        self._max_len, self._histories = max_len, {}
+        self.attach(split, device)
+
+    def _continue(self, model: AbstractRecommender, dataset: Any, split: Split) -> None:
+        """Start ``model`` from the previous fit's weights. RecBole numbers users and items in order of
+        first appearance in the interaction files, so each fit numbers them differently: every tensor
+        axis of length n_items (n_users) is reordered from the old numbering to the new one. Tensors
+        among RecBole's other parameters (e.g. Pop's counts) carry over; anything else is rebuilt from
+        the new data (e.g. ItemKNN's similarities)."""
+        users = dataset.field2token_id[dataset.uid_field]
+        items = dataset.field2token_id[dataset.iid_field]
+        new_users = torch.as_tensor([users[str(u)] for u in range(split.n_users)])
+        new_items = torch.as_tensor([items[str(i)] for i in range(split.n_items)])
+        if len(users) == len(items):
+            raise ConfigError(
+                f"RecBole {self.name} cannot continue training here: users and items are equally many "
+                f"({len(items)}), so their tables cannot be told apart. Use task.update=full_retrain or window."
+            )
+        orders = {len(items): _old_order(self._item_ids, new_items, len(items)),
+                  len(users): _old_order(self._user_ids, new_users, len(users))}
+        state = {k: _reorder(v, orders) for k, v in self._model.state_dict().items()}
+        model.load_state_dict(state)
+        carried = {k: _reorder(v, orders) for k, v in self._model.other_parameter().items() if torch.is_tensor(v)}
+        model.load_other_parameter(carried)
 
     def _interaction(self, users: torch.Tensor, stage: str) -> Interaction:
         """RecBole's input for CPU ``users`` [B] at ``stage``: user ids, and the histories if sequential."""
@@ -307,6 +336,21 @@ class RecBoleRecommender:
             scores = self.score(distinct[start : start + step], stage)
             out[chosen] = scores[row[chosen] - start, items[chosen]]
         return out
+
+
+def _old_order(old_ids: torch.Tensor, new_ids: torch.Tensor, size: int) -> torch.Tensor:
+    """[size] index: new RecBole id -> the old RecBole id of the same recexp id (0, padding, stays 0)."""
+    order = torch.zeros(size, dtype=torch.long)
+    order[new_ids] = old_ids
+    return order
+
+
+def _reorder(tensor: torch.Tensor, orders: dict[int, torch.Tensor]) -> torch.Tensor:
+    """``tensor`` with every axis whose length has an entry in ``orders`` re-indexed by it."""
+    for axis, length in enumerate(tensor.shape):
+        if length in orders:
+            tensor = tensor.index_select(axis, orders[length].to(tensor.device))
+    return tensor.clone()
 
 
 def trainer_values(trainer: TrainerConfig, model: str) -> dict[str, Any]:

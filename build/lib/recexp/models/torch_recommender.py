@@ -46,6 +46,10 @@ class TorchRecommender:
             data = self.module.train_data(split, ctx.seed)
             self.stats = train.fit(self.module, split, ctx, self.used, data)
 
+    def attach(self, split: Split, device: torch.device) -> None:
+        """Score ``split``'s stages from now on without training on it (e.g. a continual run's later blocks)."""
+        self.module.prepare(split, device)
+
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
         """users [B] -> [B, n_items]."""
         return self.module.score(users, stage)

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recexp.errors import ConfigError, DataError
+from recexp.errors import DataError
 from recexp.interfaces import Dataset, Split
 from recexp.scenarios.common import (
+    check_fraction,
     check_ratios,
     head_items,
     holdout_split,
@@ -31,11 +32,8 @@ class ColdItemScenario:
     label_threshold: float | None = None  # rating >= this labels a valid/test pair 1, lower 0 (None: no pairs)
 
     def build(self, dataset: Dataset, seed: int) -> Split:
-        if not 0 < self.cold_fraction < 1 or not 0 < self.cold_valid_share < 1:
-            raise ConfigError(
-                "scenario.cold_fraction and scenario.cold_valid_share must lie in (0, 1), got "
-                f"{self.cold_fraction} and {self.cold_valid_share}."
-            )
+        check_fraction("cold_fraction", self.cold_fraction)
+        check_fraction("cold_valid_share", self.cold_valid_share)
         rng = np.random.default_rng(seed)
         inter = dataset.inter
         interacted = np.unique(inter["item"].to_numpy())

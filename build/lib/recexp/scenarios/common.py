@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,10 +12,22 @@ from recexp.interfaces import TRAIN, Dataset, Split, Stage
 
 
 def check_ratios(ratios: list[float]) -> list[float]:
-    ratios = [float(r) for r in ratios]
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-        raise ConfigError(f"scenario.ratios must be three non-negative numbers summing to 1, got {ratios}.")
-    return ratios
+    numbers = list(ratios) if isinstance(ratios, Sequence) and not isinstance(ratios, str) else []
+    numbers = numbers if all(_is_number(r) for r in numbers) else []
+    if len(numbers) != 3 or any(r < 0 for r in numbers) or not math.isclose(sum(numbers), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"scenario.ratios must be three non-negative numbers summing to 1 (e.g. [0.8,0.1,0.1]), got {ratios}.")
+    return [float(r) for r in numbers]
+
+
+def check_fraction(name: str, value: float) -> float:
+    """``value`` if it is a number in (0, 1), else a ConfigError naming ``scenario.<name>``."""
+    if not _is_number(value) or not 0 < value < 1:
+        raise ConfigError(f"scenario.{name} must lie in (0, 1), got {value!r}.")
+    return float(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ratio_counts(total: int, ratios: list[float]) -> list[int]:
@@ -50,8 +63,7 @@ def per_user_random_split(
 
 def head_items(train: pd.DataFrame, n_items: int, head_fraction: float) -> np.ndarray:
     """The most popular ``head_fraction`` of the items that occur in training (ties: lower id first)."""
-    if not 0 < head_fraction < 1:
-        raise ConfigError(f"scenario.head_fraction must lie in (0, 1), got {head_fraction}.")
+    check_fraction("head_fraction", head_fraction)
     counts = np.bincount(train["item"].to_numpy(), minlength=n_items)
     seen = int((counts > 0).sum())
     order = np.lexsort((np.arange(n_items), -counts))
@@ -74,6 +86,8 @@ def require_nonempty(scenario: str, **frames: pd.DataFrame) -> None:
 
 def labelled(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """``frame`` with ``label`` = 1.0 where rating >= ``threshold``, else 0.0 (a DataError without ratings)."""
+    if not _is_number(threshold):
+        raise ConfigError(f"scenario.label_threshold={threshold!r} must be a rating (a number such as 4) or null.")
     if frame["rating"].isna().any():
         raise DataError(
             f"scenario.label_threshold={threshold} labels pairs by rating, but {int(frame['rating'].isna().sum())} "

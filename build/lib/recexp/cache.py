@@ -1,0 +1,53 @@
+"""Checksums for the on-disk caches (split artifacts, text embeddings) and the rule for damaged entries.
+
+A cached file is trusted only when its bytes match the sha256 written with it. A damaged entry is
+moved aside and deleted (rename first, so concurrent readers never see half a folder), then rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from recexp.errors import DataError
+
+
+class DamagedCache(DataError):
+    """A cached file is missing, unreadable, or does not match its recorded checksum; names the file."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_verified(path: Path, expected: str | None) -> bytes:
+    """The bytes of ``path`` if their sha256 equals ``expected``, else :class:`DamagedCache`."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DamagedCache(f"{path} cannot be read ({err.strerror or err})") from err
+    if expected is None:
+        raise DamagedCache(f"{path} has no recorded checksum (written by an older recexp)")
+    if sha256(data) != expected:
+        raise DamagedCache(f"{path} does not match its recorded sha256 (truncated or overwritten)")
+    return data
+
+
+def discard(path: Path) -> None:
+    """Move a damaged file or folder aside and delete it; another process may have done so already."""
+    aside = path.with_name(f".damaged-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise DataError(
+            f"Cannot move the damaged cache entry {path} aside ({err.strerror or err}); "
+            "delete it by hand, or set cache_dir to a writable folder."
+        ) from err
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)

@@ -1,0 +1,267 @@
+"""Every bad input is one clear error: a line naming the problem (and the fix), no traceback, a
+non-zero exit, and a ``failed`` record holding the error when the run had started.
+
+One table drives the checks. Cases run the real Hydra app in this process (``recexp.__main__.main``
+with ``sys.argv`` set): the same code path as the command line without ~5 s of imports per case.
+A few go through ``python -m recexp`` to check the shell-facing end as well.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from wandb_records import history_and_summary
+
+BASE = ("model=random", "logger=none", "progress=false")
+ROWS = [(f"u{u}", f"i{(u * 7 + k) % 30}", str(1 + (u + k) % 5), str(u * 100 + k)) for u in range(40) for k in range(10)]
+HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+ITEMS = "item_id:token\ttitle:token\n" + "".join(f"i{i}\tMovie number {i}\n" for i in range(30))
+
+
+def lines(*rows: str) -> str:
+    return "".join(f"{row}\n" for row in rows)
+
+
+TINY = lines(HEADER, *("\t".join(r) for r in ROWS))  # 40 users x 10 of 30 items, rated, timed
+VARIANTS = {  # name -> (NAME.inter, NAME.item); None: no such file
+    "tiny": (TINY, ITEMS),
+    "empty": ("", ITEMS),
+    "header_only": (lines(HEADER), ITEMS),
+    "no_types": (lines("user_id\titem_id", "u1\ti1"), ITEMS),
+    "csv": (lines(HEADER.replace("\t", ","), "u1,i1,5,1"), ITEMS),
+    "short_row": (TINY + lines("u1\ti2"), ITEMS),
+    "text_rating": (TINY + lines("u1\ti2\tgood\t5"), ITEMS),
+    "latin1_item": (TINY, ITEMS.encode() + "i99\tCaf\xe9\n".encode("latin-1")),
+    "no_item": (TINY, None),
+    "unrated": (lines("user_id:token\titem_id:token", *(f"{u}\t{i}" for u, i, _, _ in ROWS)), ITEMS),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for name, files in VARIANTS.items():
+        (root / name).mkdir()
+        for suffix, content in zip(("inter", "item"), files):
+            if content is not None:
+                (root / name / f"tiny.{suffix}").write_bytes(content if isinstance(content, bytes) else content.encode())
+    (root / "a_file").write_text("not a folder")
+    return root
+
+
+def atomic(variant: str, *more: str) -> tuple[str, ...]:
+    return ("dataset=atomic", f"dataset.path={{data}}/{variant}", "dataset.name=tiny", *more)
+
+
+TEXT = ("model=text_tower", *atomic("tiny", "dataset.item_template='{title}'"), "trainer.max_epochs=1")
+
+# (id, overrides, text the one error line must hold, where it fails: "hydra" before a run dir exists, else "run")
+CASES = [
+    # seed, device, output places, display
+    ("seed_text", ["seed=abc"], "seed='abc' is not allowed", "run"),
+    ("seed_negative", ["seed=-1"], "seed=-1 is not allowed", "run"),
+    ("seed_float", ["seed=1.5"], "seed=1.5 is not allowed", "run"),
+    ("seed_too_big", ["seed=4294967296"], "seed=4294967296 is not allowed", "run"),
+    ("seed_bool", ["seed=true"], "seed=True is not allowed", "run"),
+    ("device_gpu", ["device=gpu"], "device='gpu' is not a device", "run"),
+    ("device_tpu", ["device=tpu"], "device='tpu' is not a device", "run"),
+    ("device_bad_index", ["device=cuda:abc"], "device='cuda:abc' is not a device", "run"),
+    ("device_index_too_high", ["device=cuda:99"], "device=cuda:99 but this machine has", "run"),
+    ("device_cuda_without_gpu", ["device=cuda"], "no CUDA device", "run"),
+    ("cache_dir_is_a_file", ["cache_dir={data}/a_file/cache"], "is not a writable folder", "run"),
+    ("cache_dir_unresolvable", ["cache_dir=${oc.env:RECEXP_TEST_NO_SUCH_VARIABLE}"], "cache_dir cannot be resolved", "run"),
+    ("progress_not_bool", ["progress=maybe"], "progress: Value 'maybe' is not a valid bool", "run"),
+    # objective
+    ("objective_without_stage", ["objective=ndcg@10"], "stage one of valid, test", "run"),
+    ("objective_unknown_stage", ["objective=later/ndcg@10"], "stage one of valid, test", "run"),
+    ("objective_without_k", ["objective=valid/ndcg"], "ndcg needs a cut-off", "run"),
+    ("objective_unknown_metric", ["objective=valid/nosuch@10"], "objective='valid/nosuch@10': 'nosuch@10' is not a known metric", "run"),
+    ("objective_k_not_evaluated", ["objective=valid/ndcg@7"], "add ndcg@7 to them", "run"),
+    ("objective_metric_not_evaluated", ["objective=valid/recall@10", "evaluator.metrics=[ndcg]"], "add recall@10", "run"),
+    ("objective_pointwise_without_pairs", ["objective=valid/auc"], "has no labelled pairs", "run"),
+    # what Hydra refuses before recexp runs
+    ("unknown_model", ["model=nosuchmodel"], "Could not find 'model/nosuchmodel'", "hydra"),
+    ("unknown_strategy", ["strategy=nosuch"], "Could not find 'strategy/nosuch'", "hydra"),
+    ("unknown_scenario", ["scenario=nosuch"], "Could not find 'scenario/nosuch'", "hydra"),
+    ("unknown_experiment", ["experiment=nosuch"], "Could not find 'experiment/nosuch'", "hydra"),
+    ("unknown_key", ["nosuchkey=1"], "Could not override 'nosuchkey'", "hydra"),
+    ("template_unquoted", ["dataset.item_template={title}"], "Quote the value for Hydra inside shell quotes", "hydra"),
+    ("override_unclosed_list", ["evaluator.ks=[10,20"], "cannot parse the override evaluator.ks=[10,20", "hydra"),
+    # dataset files and fields
+    ("atomic_without_path_and_name", ["dataset=atomic"], "dataset.name, dataset.path must be set", "run"),
+    ("atomic_without_name", ["dataset=atomic", "dataset.path={data}/tiny"], "dataset.name must be set", "run"),
+    ("dataset_folder_missing", ["dataset=atomic", "dataset.path={data}/nosuch", "dataset.name=tiny"], "not found", "run"),
+    ("inter_file_missing", [*atomic("tiny", "dataset.name=other")], "other.inter", "run"),
+    ("inter_empty", [*atomic("empty")], "the file is empty", "run"),
+    ("inter_header_only", [*atomic("header_only")], "split empty", "run"),
+    ("inter_header_without_types", [*atomic("no_types")], "is not 'field:type'", "run"),
+    ("inter_comma_separated", [*atomic("csv")], "is not 'field:type'", "run"),
+    ("inter_short_row", [*atomic("short_row")], "expected 4 tab-separated fields", "run"),
+    ("inter_text_in_float_column", [*atomic("text_rating")], "declared float but holds 'good'", "run"),
+    ("item_file_not_utf8", [*atomic("latin1_item", "dataset.item_template='{title}'")], "not UTF-8", "run"),
+    ("item_template_without_item_file", [*atomic("no_item", "dataset.item_template='{title}'")], "no .item file", "run"),
+    ("item_template_unknown_field", ["dataset.item_template='{nosuchfield}'"], "names field 'nosuchfield'", "run"),
+    ("user_template_unknown_field", ["dataset.user_template='{nosuchfield}'"], "names field 'nosuchfield'", "run"),
+    ("user_field_missing", [*atomic("tiny", "dataset.user_field=uid")], "no 'uid' column", "run"),
+    ("item_field_missing", [*atomic("tiny", "dataset.item_field=iid")], "no 'iid' column", "run"),
+    ("label_threshold_on_unrated_data", [*atomic("unrated", "dataset.rating_field=null", "scenario.label_threshold=4")],
+     "have no rating", "run"),
+    ("temporal_without_time", [*atomic("tiny", "dataset.time_field=null", "scenario=temporal")], "needs a timestamp", "run"),
+    # scenario
+    ("ratios_two_numbers", ["scenario.ratios=[0.5,0.5]"], "scenario.ratios must be three non-negative numbers", "run"),
+    ("ratios_sum_not_one", ["scenario.ratios=[0.8,0.1,0.2]"], "scenario.ratios must be three non-negative numbers", "run"),
+    ("ratios_negative", ["scenario.ratios=[-0.1,0.6,0.5]"], "scenario.ratios must be three non-negative numbers", "run"),
+    ("ratios_text", ["scenario.ratios=abc"], "scenario.ratios must be three non-negative numbers", "run"),
+    ("ratios_empty_valid", ["scenario.ratios=[1.0,0.0,0.0]"], "left the valid split empty", "run"),
+    ("head_fraction_zero", ["scenario.head_fraction=0"], "scenario.head_fraction must lie in (0, 1)", "run"),
+    ("head_fraction_above_one", ["scenario.head_fraction=1.5"], "scenario.head_fraction must lie in (0, 1)", "run"),
+    ("cold_fraction_zero", ["scenario=cold_item", "scenario.cold_fraction=0"], "scenario.cold_fraction must lie in (0, 1)", "run"),
+    ("cold_fraction_above_one", ["scenario=cold_item", "scenario.cold_fraction=1.5"], "scenario.cold_fraction must lie", "run"),
+    ("cold_fraction_text", ["scenario=cold_item", "scenario.cold_fraction=abc"], "scenario.cold_fraction must lie", "run"),
+    ("cold_valid_share_one", ["scenario=cold_item", "scenario.cold_valid_share=1"], "scenario.cold_valid_share must lie", "run"),
+    ("cold_items_too_few", [*atomic("tiny", "scenario=cold_item", "scenario.cold_fraction=0.01")], "both need at least one", "run"),
+    ("label_threshold_text", ["scenario.label_threshold=abc"], "scenario.label_threshold='abc' must be a rating", "run"),
+    # evaluator
+    ("ks_empty", ["evaluator.ks=[]"], "evaluator.ks must be a list of positive integers", "run"),
+    ("ks_zero", ["evaluator.ks=[0]"], "evaluator.ks must be a list of positive integers", "run"),
+    ("ks_text", ["evaluator.ks=[a]"], "evaluator.ks must be a list of positive integers", "run"),
+    ("ks_null", ["evaluator.ks=null"], "evaluator.ks must be a list of positive integers", "run"),
+    ("metrics_unknown", ["evaluator.metrics=[nosuch]"], "Unknown evaluator metrics ['nosuch']", "run"),
+    ("metrics_empty", ["evaluator.metrics=[]"], "evaluator.metrics is empty", "run"),
+    ("eval_batch_size_zero", ["evaluator.batch_size=0"], "evaluator.batch_size must be an integer >= 1", "run"),
+    ("eval_batch_size_text", ["evaluator.batch_size=abc"], "evaluator.batch_size must be an integer >= 1", "run"),
+    ("tie_seed_text", ["evaluator.tie_seed=abc"], "evaluator.tie_seed must be an integer >= 0", "run"),
+    # trainer
+    ("trainer_on_untrained_model", ["trainer.max_epochs=3"], "has no effect on model=random", "run"),
+    ("bpr_batch_size_zero", ["model=bpr", "trainer.batch_size=0"], "trainer.batch_size=0", "run"),
+    ("bpr_lr_zero", ["model=bpr", "trainer.lr=0"], "trainer.lr=0", "run"),
+    ("bpr_lr_text", ["model=bpr", "trainer.lr=abc"], "trainer.lr='abc' is not allowed", "run"),
+    ("bpr_max_epochs_negative", ["model=bpr", "trainer.max_epochs=-1"], "trainer.max_epochs=-1", "run"),
+    ("bpr_patience_zero", ["model=bpr", "trainer.patience=0"], "trainer.patience=0", "run"),
+    ("bpr_warmup", ["model=bpr", "trainer.warmup_ratio=0.2"], "trainer.warmup_ratio=0.2", "run"),
+    ("bpr_fp16", ["model=bpr", "trainer.mixed_precision=fp16"], "cannot be honoured by RecBole BPR", "run"),
+    ("grad_accum_zero", ["model=bpr", "trainer.grad_accum=0"], "trainer.grad_accum=0", "run"),
+    ("mixed_precision_unknown", ["model=bpr", "trainer.mixed_precision=fp8"], "trainer.mixed_precision='fp8'", "run"),
+    ("valid_metric_unknown", ["model=bpr", "trainer.valid_metric=nosuch"], "trainer.valid_metric='nosuch'", "run"),
+    ("text_tower_lr_zero", ["model=text_tower", "trainer.lr=0"], "trainer.lr=0", "run"),
+    ("trainer_unknown_key", ["model=text_tower", "+trainer.momentum=0.9"], "momentum: not a setting of TrainerConfig", "run"),
+    # models and strategies
+    ("recbole_without_name", ["model=recbole"], "model.name must be set", "run"),
+    ("recbole_unknown_name", ["model=recbole", "model.name=NoSuch"], "Unknown RecBole model 'NoSuch'", "run"),
+    ("model_unknown_key", ["+model.foo=1"], "foo: not a setting of RandomRecommender", "run"),
+    ("text_model_without_template", ["model=text_tower", *atomic("tiny")], "set dataset.item_template", "run"),
+    ("user_text_without_template", [*TEXT, "model.module.user_text=true"], "needs user text", "run"),
+    ("text_tower_dim_zero", [*TEXT, "model.module.dim=0"], "model.module.dim must be >= 1", "run"),
+    ("text_tower_loss_unknown", [*TEXT, "model.module.loss=nosuch"], "'nosuch' is unknown", "run"),
+    ("encoder_missing", [*TEXT, "model.module.encoder.name_or_path={data}/no_model"], "Could not load encoder", "run"),
+    ("encoder_pooling_unknown", [*TEXT, "model.module.encoder.pooling=nosuch"], "encoder.pooling='nosuch' is unknown", "run"),
+    ("encoder_max_length_zero", [*TEXT, "model.module.encoder.max_length=0"], "encoder.max_length must be >= 2", "run"),
+    ("fusion_combine_unknown", [*TEXT, "model=fusion", "model.module.combine=nosuch"], "combine='nosuch' is unknown", "run"),
+    ("lm_head_unknown", [*TEXT, "model=lm_classifier", "model.module.head=nosuch"], "head='nosuch' is unknown", "run"),
+    ("lora_unknown_modules", [*TEXT, "strategy=lora", "strategy.config.target_modules=[nosuch]"], "cannot be applied", "run"),
+    ("lora_rank_zero", [*TEXT, "strategy=lora", "strategy.config.r=0"], "`r` should be a positive integer", "run"),
+    ("prefix_without_task_type", [*TEXT, "strategy=prefix", "strategy.config.task_type=null"], "needs a task type", "run"),
+    ("peft_config_unknown", [*TEXT, "strategy=lora", "strategy.config._target_=peft.NoSuchConfig"], "peft.NoSuchConfig", "run"),
+    # divergence: a finite loss does not make a run ok
+    ("text_tower_diverges", [*TEXT, "trainer.lr=1e30"], "Training diverged", "run"),
+    ("fusion_diverges", [*TEXT, "model=fusion", "trainer.max_epochs=2", "trainer.lr=1e30"], "Training diverged", "run"),
+    ("bpr_diverges", ["model=bpr", *atomic("tiny", "trainer.max_epochs=2", "trainer.lr=1e30")], "diverged", "run"),
+]
+
+
+MARKS = {"device_cuda_without_gpu": pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")}
+PARAMS = [pytest.param(*case, id=case[0], marks=MARKS.get(case[0], ())) for case in CASES]
+
+
+@pytest.fixture
+def app(monkeypatch, capfd, tmp_path, data, cache_dir):
+    """Run ``recexp`` with these overrides in this process; returns (exit code, stderr, run dir)."""
+    from recexp.__main__ import main
+
+    monkeypatch.setenv("RECEXP_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("RECEXP_LAUNCHER", "")  # main() marks this process as a launcher; restored afterwards
+
+    def call(*overrides: str) -> tuple[int, str, Path]:
+        run_dir = tmp_path / "run"
+        argv = [o.replace("{data}", str(data)) for o in (*BASE, *overrides)]
+        monkeypatch.setattr(sys, "argv", ["recexp", *argv, f"hydra.run.dir={run_dir}"])
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        return code, capfd.readouterr().err, run_dir
+
+    return call
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name, overrides, message, where", PARAMS)
+def test_bad_input_is_one_clear_error(app, name, overrides, message, where):
+    code, stderr, run_dir = app(*overrides)
+    assert code not in (0, None), f"{name}: exit code {code}"
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if message in line]
+    assert lines, f"{name}: {message!r} not in stderr:\n{stderr}"
+    if where == "run":
+        assert lines[0].startswith("error: ") and len([l for l in stderr.splitlines() if l.startswith("error: ")]) == 1
+        record = json.loads((run_dir / "results.json").read_text())
+        assert record["status"] == "failed" and message in record["error"], record["error"]
+    else:
+        assert not (run_dir / "results.json").exists()
+
+
+def test_the_catalogue_is_large():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("model, setting", [("bpr", "trainer.batch_size=0"), ("text_tower", "trainer.lr=0")])
+def test_impossible_trainer_settings_stop_the_run_before_any_work(app, model, setting, cache_dir):
+    before = set(cache_dir.rglob("*"))
+    code, _, run_dir = app(f"model={model}", setting)
+    record = json.loads((run_dir / "results.json").read_text())
+    assert code == 1 and record["status"] == "failed" and record["split"] == {}  # no data was read, nothing trained
+    assert not (run_dir / "recbole").exists() and set(cache_dir.rglob("*")) == before
+
+
+def test_a_run_folder_held_by_a_live_process_is_left_alone(app, tmp_path):
+    from recexp.locks import LOCK, _lock
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text('{"status": "running"}')
+    holder = _lock(tmp_path / "run" / LOCK)
+    try:
+        code, stderr, run_dir = app()
+    finally:
+        holder.close()
+    assert code == 1 and "cannot start: another process" in stderr and "Traceback" not in stderr
+    assert (run_dir / "results.json").read_text() == '{"status": "running"}'
+
+
+def test_a_failed_wandb_run_records_its_error(app):
+    code, _, run_dir = app("logger=wandb", "scenario.ratios=[0.5,0.5]")
+    assert code == 1
+    _, summary, _ = history_and_summary(run_dir)
+    assert json.loads(summary["status"]) == "failed" and "scenario.ratios must be three" in json.loads(summary["error"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dataset.item_template={title}"], "'dataset.item_template=\"{title}\"'"),  # as bash passes "{title}"
+        (["seed=abc"], "seed='abc' is not allowed"),
+        (["model=nosuchmodel"], "Could not find 'model/nosuchmodel'"),
+    ],
+)
+def test_bad_input_through_the_command_line(tmp_path, overrides, message):
+    env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "recexp", *BASE, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,133 @@
+"""Verified caches: a damaged split artifact or embedding file is detected, named, and rebuilt equal."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from recexp.cache import DamagedCache
+from recexp.models.text_encoder import TextEncoder, read_embeddings
+from recexp.scenarios import ColdItemScenario, build_or_load
+from recexp.scenarios.artifact import load_split
+from recexp.strategies import Frozen
+from test_strategies import tiny_bert  # noqa: F401  (session fixture)
+
+
+def assert_same_parts(split, original) -> None:
+    assert list(split.parts) == list(original.parts)
+    for name, frame in original.parts.items():
+        got, want = split.parts[name].reset_index(drop=True), frame.reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def truncate_mid_line(path: Path) -> None:
+    data = path.read_bytes()
+    cut = len(data) // 2
+    while data[cut - 1 : cut] == b"\n":
+        cut -= 1
+    path.write_bytes(data[:cut])
+
+
+def overwrite_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def edit_json(path: Path) -> None:
+    meta = json.loads(path.read_text())
+    meta["stages"]["test"]["segments"]["cold"] = meta["stages"]["test"]["segments"]["cold"][:-1]
+    path.write_text(json.dumps(meta))
+
+
+def drop_checksum(path: Path) -> None:
+    meta = json.loads(path.read_text())
+    del meta["checksum"]
+    path.write_text(json.dumps(meta))
+
+
+SPLIT_DAMAGE = [
+    ("train.inter", truncate_mid_line),
+    ("test.inter", overwrite_middle),
+    ("valid.inter", empty),
+    ("valid.inter", Path.unlink),
+    ("split.json", empty),
+    ("split.json", edit_json),
+    ("split.json", drop_checksum),  # an artifact written before checksums existed
+]
+
+
+@pytest.fixture(scope="module")
+def pristine(ml100k, tmp_path_factory):
+    """A cold_item artifact of ml-100k, built once; tests damage copies of it."""
+    cache = tmp_path_factory.mktemp("pristine")
+    return build_or_load(ml100k, ColdItemScenario(), 5, cache), cache
+
+
+@pytest.mark.parametrize("name, damage", SPLIT_DAMAGE, ids=lambda v: getattr(v, "__name__", v))
+def test_damaged_split_artifact_is_named_and_rebuilt_equal(name, damage, pristine, ml100k, tmp_path, caplog):
+    original, source = pristine
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+    folder = tmp_path / "splits" / original.path.name
+    damage(folder / name)
+    with pytest.raises(DamagedCache, match=str(folder / name)):
+        load_split(folder, ml100k)
+    with caplog.at_level(logging.WARNING, logger="recexp"):
+        rebuilt = build_or_load(ml100k, ColdItemScenario(), 5, tmp_path)
+    assert str(folder / name) in caplog.text and "rebuilding" in caplog.text
+    assert rebuilt.hash == original.hash and rebuilt.counts() == original.counts()
+    assert_same_parts(rebuilt, original)
+    reread = load_split(folder, ml100k)  # the rebuilt artifact on disk verifies and matches
+    assert_same_parts(reread, original)
+    assert (reread.stage("test").segments["cold"] == original.stage("test").segments["cold"]).all()
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == [folder.name]  # nothing left aside
+
+
+def test_concurrent_repairs_of_one_artifact_agree(pristine, ml100k, tmp_path):
+    """Several loaders meet the same damaged artifact at once: each gets the original split, one folder stays."""
+    original, source = pristine
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+    truncate_mid_line(tmp_path / "splits" / original.path.name / "train.inter")
+    start = threading.Barrier(3)
+
+    def load(_):
+        start.wait()
+        return build_or_load(ml100k, ColdItemScenario(), 5, tmp_path)
+
+    with ThreadPoolExecutor(3) as pool:
+        for split in pool.map(load, range(3)):
+            assert_same_parts(split, original)
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == [original.path.name]
+    assert_same_parts(load_split(tmp_path / "splits" / original.path.name, ml100k), original)
+
+
+EMBEDDING_DAMAGE = [truncate_mid_line, overwrite_middle, empty]
+
+
+@pytest.mark.parametrize("damage", EMBEDDING_DAMAGE, ids=lambda f: f.__name__)
+def test_damaged_embedding_file_is_named_and_recomputed_equal(damage, tiny_bert, ml100k, tmp_path, caplog):  # noqa: F811
+    texts = ml100k.item_text[:40]
+    original = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen()).embed(texts)
+    (path,) = tmp_path.glob("*.safetensors")
+    damage(path)
+    with pytest.raises(DamagedCache, match=str(path)):
+        read_embeddings(path, tuple(original.shape))
+    encoder = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen())
+    with caplog.at_level(logging.WARNING, logger="recexp"):
+        again = encoder.embed(texts)
+    assert str(path) in caplog.text and "recomputing" in caplog.text
+    assert encoder.cache_stats() == {"cache_hits": 0, "cache_misses": 1}
+    assert torch.equal(again, original)
+    assert torch.equal(read_embeddings(path, tuple(original.shape)), original)  # rewritten, verified
