@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,9 +22,11 @@ name: Pop
 
 
 def test_wheel_carries_the_configs_and_runs_from_an_empty_folder(tmp_path):
-    dist, target, empty = tmp_path / "dist", tmp_path / "site", tmp_path / "empty"
+    dist, target, empty, source = tmp_path / "dist", tmp_path / "site", tmp_path / "empty", tmp_path / "source"
     empty.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(dist)],
+    skip = shutil.ignore_patterns(".git", ".venv", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=skip)  # setuptools writes build/ beside the sources: keep it out of the checkout
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w", str(dist)],
                    check=True, capture_output=True, timeout=600)
     wheel = next(dist.glob("recexp-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,1 +1,0 @@
-"""recexp's Hydra configs, shipped inside the package (one folder per config group)."""

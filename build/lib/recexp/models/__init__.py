@@ -1,1 +1,0 @@
-"""Recommenders: RecBole baselines (recbole.py), text models, and a random lower bound."""
