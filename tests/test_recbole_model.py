@@ -263,11 +263,13 @@ def test_benchmark_files_list_every_item_and_user(cold_split, tmp_path):
     train = pd.read_csv(tmp_path / "recexp.train.inter", sep="\t")
     assert len(train) == len(cold_split.train)
     cold = set(cold_split.stage("test").segments["cold"])
-    assert cold and not cold & set(train["item_id:token"])  # cold items get ids only through recexp.item
+    assert cold and not cold & set(train["item_id:token"])  # cold items are never trained on
     valid = pd.read_csv(tmp_path / "recexp.valid.inter", sep="\t")
     assert len(valid) == len(cold_split.positives("valid"))
+    test = pd.read_csv(tmp_path / "recexp.test.inter", sep="\t")  # fixes RecBole's numbering of cold test items
+    assert len(test) == len(cold_split.positives("test"))
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["recexp.item", "recexp.train.inter", "recexp.user", "recexp.valid.inter"]
+    assert written == ["recexp.item", "recexp.test.inter", "recexp.train.inter", "recexp.user", "recexp.valid.inter"]
 
 
 def test_sequential_rows_are_prefixes_and_histories():

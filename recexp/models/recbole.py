@@ -207,8 +207,9 @@ class RecBoleRecommender:
         inter_cols = ["user_id", "item_id", *_float_columns(split), *(["item_id_list"] if self.sequential else [])]
         values: dict[str, Any] = {
             "data_path": str(folder),
-            # RecBole wants a test file too; recexp evaluates every stage itself
-            "benchmark_filename": ["train", "valid", "valid"],
+            # RecBole wants a test file too (recexp evaluates every stage itself); it also fixes
+            # RecBole's numbering of items first seen there, so the final stage's positives fill it
+            "benchmark_filename": ["train", "valid", "test"],
             "load_col": {"inter": inter_cols, "item": ["item_id"], "user": ["user_id"]},
             "seed": ctx.seed,
             "reproducibility": True,
@@ -387,6 +388,12 @@ def used_settings(trainer: Any, config: Config) -> dict[str, Any]:
     }
 
 
+def final_ranked_stage(split: Split) -> str:
+    """``test`` when the split has it, else its last stage with ranking targets."""
+    ranked = [name for name, stage in split.stages.items() if stage.positives is not None]
+    return "test" if "test" in ranked else ranked[-1]
+
+
 def valid_positives(split: Split) -> pd.DataFrame:
     """The positives of the split's valid stage, which RecBole early-stops on (a ConfigError if none)."""
     if VALID not in split.stages or split.positives(VALID) is None:
@@ -399,20 +406,22 @@ def valid_positives(split: Split) -> pd.DataFrame:
 
 def write_benchmark(split: Split, folder: Path, max_len: int = 0) -> None:
     """Write ``recexp.train.inter`` (``split.train``), ``recexp.valid.inter`` (the valid stage's positives),
-    ``recexp.item`` and ``recexp.user`` into ``folder``.
+    ``recexp.test.inter`` (the final stage's positives), ``recexp.item`` and ``recexp.user`` into ``folder``.
 
     Tokens are recexp's internal ids. The item/user files list every id, so ids without training
     interactions (cold items) still get a RecBole id. With ``max_len > 0`` (sequential models) each
     row carries ``item_id_list``: train rows are every prefix -> next item of a user's training
-    sequence; valid rows are the user's ``split.history("valid")`` -> each target.
+    sequence; valid/test rows are the user's stage history -> each target.
     """
     folder.mkdir(parents=True, exist_ok=True)
     floats = _float_columns(split)
-    train, valid = split.train, valid_positives(split)
+    final = final_ranked_stage(split)
+    frames = {TRAIN: split.train, VALID: valid_positives(split), "test": split.positives(final)}
     if max_len:
-        train, valid = augment_train(train, max_len), with_history(valid, split.history(VALID), max_len)
-    _write_atomic(folder / f"{DATASET}.{TRAIN}.inter", train, floats, with_list=bool(max_len))
-    _write_atomic(folder / f"{DATASET}.{VALID}.inter", valid, floats, with_list=bool(max_len))
+        frames = {TRAIN: augment_train(split.train, max_len), VALID: with_history(frames[VALID], split.history(VALID), max_len),
+                  "test": with_history(frames["test"], split.history(final), max_len)}
+    for name, frame in frames.items():
+        _write_atomic(folder / f"{DATASET}.{name}.inter", frame, floats, with_list=bool(max_len))
     _write_tokens(folder / f"{DATASET}.item", "item_id", split.n_items)
     _write_tokens(folder / f"{DATASET}.user", "user_id", split.n_users)
 
