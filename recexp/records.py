@@ -28,6 +28,7 @@ from recexp.tracking import git_sha, package_versions, write_json_atomic
 RESULTS = "results.json"
 PER_USER = "per_user_test.csv.gz"
 RANKINGS = "rankings_test.npz"
+PAIRS = "pairs_test.csv.gz"  # the final stage's scored labelled pairs: user_id, item_id, label, score
 
 
 @dataclass
@@ -150,7 +151,8 @@ def check_objective(name: str, stages: dict[str, Stage], evaluator: Evaluator) -
 
 
 def save_evaluation(run_dir: Path, result: TaskResult) -> None:
-    """The final stage's per-user values (CSV, raw user tokens) and each segment's top-K lists (npz, internal ids; -1 = empty)."""
+    """The final stage's per-user values (CSV, raw user tokens), each segment's top-K lists (npz, internal ids;
+    -1 = empty) and, where it has labelled pairs, every scored pair (CSV: raw user and item ids, label, score)."""
     final = result.evaluations[final_stage(result.evaluations)]
     final.per_user.to_csv(run_dir / PER_USER, index=False)
     arrays = {}
@@ -158,3 +160,5 @@ def save_evaluation(run_dir: Path, result: TaskResult) -> None:
         arrays[f"{segment}/users"] = final.users[segment]
         arrays[f"{segment}/topk"] = topk
     np.savez_compressed(run_dir / RANKINGS, **arrays)
+    if getattr(final, "pairs", None) is not None:
+        final.pairs.to_csv(run_dir / PAIRS, index=False, float_format="%.17g")

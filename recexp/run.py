@@ -52,7 +52,8 @@ def run(cfg: DictConfig) -> float:
         seed_everything(cfg.seed)
         device = pick_device(cfg.device)
         check_cache_dir(cfg.cache_dir)
-        make_model = model_factory(cfg.model, build(cfg.trainer))  # bad model or trainer settings fail here
+        tail = build(cfg.tail) if cfg.get("tail") else None
+        make_model = model_factory(cfg.model, build(cfg.trainer), tail)  # bad model, trainer or tail settings fail here
         task, evaluator = build(cfg.task), build(cfg.evaluator)
         dataset = build(cfg.dataset).load()
         split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
@@ -77,10 +78,15 @@ def run(cfg: DictConfig) -> float:
             job.release()  # only now may another launch take this job
 
 
-def model_factory(node: DictConfig, trainer: Any) -> Callable[[], Recommender]:
-    """Builds one model now, so bad settings fail before any work; hands it out first, then fresh ones."""
-    first = [build(node, trainer=trainer)]
-    return lambda: first.pop() if first else build(node, trainer=trainer)
+def model_factory(node: DictConfig, trainer: Any, tail: Any = None) -> Callable[[], Recommender]:
+    """Builds one model now, so bad settings fail before any work; hands it out first, then fresh ones.
+    ``tail`` (``tail=rerank|reweight``) wraps or adjusts each model it builds."""
+    def make() -> Recommender:
+        model = build(node, trainer=trainer)
+        return model if tail is None else tail.wrap(model)
+
+    first = [make()]
+    return lambda: first.pop() if first else make()
 
 
 def seed_everything(seed: Any) -> None:

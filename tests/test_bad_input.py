@@ -173,6 +173,14 @@ CASES = [
     ("text_tower_diverges", [*TEXT, "trainer.lr=1e30"], "Training diverged", "run"),
     ("fusion_diverges", [*TEXT, "model=fusion", "trainer.max_epochs=2", "trainer.lr=1e30"], "Training diverged", "run"),
     ("bpr_diverges", ["model=bpr", *atomic("tiny", "trainer.max_epochs=2", "trainer.lr=1e30")], "diverged", "run"),
+    # few-shot and cold-user scenarios: K, the label threshold and the support size against what the data holds
+    ("tallrec_shots_too_many", ["scenario=tallrec", "scenario.shots=8001"], "scenario.shots=8001 asks for more training samples than there are: 8000", "run"),
+    ("tallrec_too_little_data", ["scenario=tallrec", *atomic("tiny")], "scenario=tallrec found 0 samples", "run"),
+    ("cold_user_shots_too_many", ["scenario=cold_user", "scenario.shots=1000", *atomic("tiny")], "scenario.shots=1000 asks for more training samples than there are: 320", "run"),
+    ("cold_user_threshold_one_class", ["scenario=cold_user", "scenario.label_threshold=6", *atomic("tiny")], "scenario.label_threshold=6 labels every valid query pair 0: ratings run from 1 to 5", "run"),
+    ("cold_user_support_too_large", ["scenario=cold_user", "scenario.support=10", *atomic("tiny")], "scenario.support=10 leaves no query interaction", "run"),
+    ("tallrec_like_above_one_class", ["scenario=tallrec", "scenario.like_above=5"], "scenario.like_above=5 labels every", "run"),
+    ("user_rate_refuses_training", ["model=user_rate", "scenario=tallrec", "trainer.max_epochs=3"], "trainer.max_epochs=3 has no effect on model=user_rate", "run"),
 ]
 
 

@@ -29,6 +29,7 @@ from recexp.compare.cli import main as cli_main
 from recexp.compare.load import Run, uses_text_encoder
 from recexp.compare.plots import pareto_front
 from recexp.compare.stats import holm, wilcoxon
+from recexp.compare.tables import TableSpec
 from recexp.errors import RecexpError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -421,24 +422,29 @@ def test_constant_by_construction_follows_segment_definitions(segment, metric, v
     assert constant_by_construction(segment, metric) == value
 
 
-def test_columns_constant_by_construction_are_left_out(real_sweep, tmp_path):
-    """APLT inside head/tail/cold and cold average popularity are the same for every model: not shown."""
+def test_popularity_bias_columns_come_from_full_lists_only(real_sweep, tmp_path):
+    """Restricted segments carry no APLT or ARP (inside head/tail/cold they would be constant): no such column."""
     metrics = ["ndcg@10", "aplt@10", "averagepopularity@10"]
     result = compare([real_sweep], tmp_path / "out", Options(wandb=False, metrics=metrics))
     header = result.files["markdown"].read_text().splitlines()[0]
-    fixed = ["aplt@10 (head)", "aplt@10 (tail)", "aplt@10 (cold)", "averagepopularity@10 ↓ (cold)"]
-    assert not [name for name in fixed if name in header]
-    assert "aplt@10 (all)" in header and "aplt@10 (warm)" in header and "ndcg@10 (cold)" in header
-    assert "Left out, constant by construction: head/aplt@10 = 0, tail/aplt@10 = 1, cold/aplt@10 = 1" in (
-        result.files["markdown"].read_text())
-    table = pd.read_csv(result.files["csv"])  # the CSV keeps every number: the constants hold on real runs
-    assert (table["head/aplt@10"] == 0).all() and (table["tail/aplt@10"] == 1).all()
-    assert (table["cold/aplt@10"] == 1).all() and (table["cold/averagepopularity@10"] == 0).all()
+    restricted = [f"{m} ({s})" for m in ("aplt@10", "averagepopularity@10 ↓") for s in ("head", "tail", "cold", "warm")]
+    assert not [name for name in restricted if name in header]
+    assert "aplt@10 (all)" in header and "aplt@10 (tail_full)" in header and "ndcg@10 (cold)" in header
+    assert "ndcg@10 (cold_full)" in header
+    table = pd.read_csv(result.files["csv"])
+    assert "tail/aplt@10" not in table.columns and (table["head_full/aplt@10"] < 1).all()
     latex = result.files["latex"].read_text()
     widths = {line.count("&") for line in latex.splitlines() if line.endswith(r"\\") and "multicolumn" not in line}
     assert len(widths) == 1
-    kept = compare([real_sweep], tmp_path / "kept", Options(wandb=False, metrics=metrics, keep_constant=True))
-    assert all(name in kept.files["markdown"].read_text() for name in fixed)
+
+
+def test_columns_constant_by_construction_are_left_out_of_older_records():
+    """Records written before the full view carry APLT inside head/tail/cold: those columns are left out."""
+    metrics = ["ndcg@10", "aplt@10", "averagepopularity@10"]
+    spec = TableSpec(metrics, ["all", "head", "tail", "cold"], "ref", "wilcoxon", 0.05)
+    assert spec.shown("head") == ["ndcg@10", "averagepopularity@10"] and spec.shown("cold") == ["ndcg@10"]
+    assert spec.omitted() == ["head/aplt@10 = 0", "tail/aplt@10 = 1", "cold/aplt@10 = 1", "cold/averagepopularity@10 = 0"]
+    assert TableSpec(metrics, ["head"], "ref", "wilcoxon", 0.05, keep_constant=True).shown("head") == metrics
 
 
 @pytest.mark.parametrize("arm", sorted(p.stem for p in (CONF / "arm").glob("*.yaml")))

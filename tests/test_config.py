@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF
 
-GROUPS = ["dataset", "scenario", "model", "task", "strategy", "trainer", "evaluator", "logger"]
+GROUPS = ["dataset", "scenario", "model", "task", "strategy", "tail", "trainer", "evaluator", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ARMS = sorted(p.stem for p in (CONF / "arm").glob("*.yaml"))

@@ -64,7 +64,9 @@ def test_general_model_fits_and_scores(name, scenario, request, tmp_path):
     scores = model.score(torch.tensor([0, 5, 7]), "test")
     assert scores.shape == (3, split.n_items) and torch.isfinite(scores).all()
     metrics = ndcg(model, split)
-    assert set(metrics) == set(split.stage("test").segments) and all(math.isfinite(v) for v in metrics.values())
+    segments = set(split.stage("test").segments)
+    expected = segments | {f"{seg}_full" for seg in segments - {"all"}}  # restricted and full tail views
+    assert set(metrics) == expected and all(math.isfinite(v) for v in metrics.values())
     assert metrics["all"] > 0
     assert [step for step, _ in logger.rows] == ([0, 1] if name == "BPR" else [0])  # Pop, ItemKNN: one pass
     assert all(set(row) == {"train/loss", "valid/ndcg@10"} for _, row in logger.rows)

@@ -41,7 +41,8 @@ def test_record_has_every_key(cold_run):
     record = json.loads((cold_run / "results.json").read_text())
     assert RECORD_KEYS <= set(record) and record["status"] == "ok" and record["error"] is None
     assert set(record["metrics"]) == {"valid", "test"} and "ndcg@10" in record["metrics"]["test"]
-    assert set(record["segments"]) == {"all", "head", "tail", "cold", "warm"}
+    views = {"head", "tail", "cold", "warm"}  # each item segment restricted, and as the full ranking (`_full`)
+    assert set(record["segments"]) == {"all", *views, *(f"{s}_full" for s in views)}
     assert record["stages"]["test"] == record["segments"] and record["stages"]["valid"]["all"] == record["metrics"]["valid"]
     assert COST_KEYS <= set(record["cost"]) and record["cost"]["device"] == "cpu"
     assert len(record["split"]["hash"]) == 64 and record["split"]["counts"]["users"] == 943

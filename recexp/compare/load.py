@@ -13,7 +13,7 @@ from recexp.errors import ConfigError, DataError
 from recexp.evaluate.metrics import is_metric_key, parse_metric
 from recexp.records import PER_USER, RANKINGS, RESULTS
 
-SEGMENT_ORDER = ("all", "head", "tail", "warm", "cold")
+SEGMENT_ORDER = ("all", "head", "head_full", "tail", "tail_full", "warm", "warm_full", "cold", "cold_full")
 # Hydra group choices that say where output goes or which preset was used, not what was run.
 IGNORED_CHOICES = ("logger", "experiment", "hparams_search")
 
@@ -132,8 +132,19 @@ def _segment_order(segments: set[str]) -> list[str]:
     return known + sorted(segments - set(known))
 
 
+def carried(runs: list[Run]) -> dict[str, frozenset[str]]:
+    """segment -> the metric keys some run reports there (restricted segments carry no popularity-bias metrics)."""
+    found: dict[str, set[str]] = {}
+    for run in runs:
+        for segment, values in (run.data.get("segments") or {}).items():
+            found.setdefault(segment, set()).update(values)
+    return {segment: frozenset(keys) for segment, keys in found.items()}
+
+
 def check_selection(runs: list[Run], metrics: list[str], segments: list[str]) -> None:
-    """Every chosen metric exists; every finished run has each chosen metric in each segment it has."""
+    """Every chosen metric exists; every finished run has each chosen metric in each segment it has,
+    where some run reports it there (APLT, coverage ... are not computed inside restricted segments)."""
+    reported = carried(runs)
     names, segs = available(runs)
     unknown = [m for m in metrics if m not in names]
     if unknown:
@@ -146,7 +157,7 @@ def check_selection(runs: list[Run], metrics: list[str], segments: list[str]) ->
         if not have:
             raise DataError(f"{run.path}/{RESULTS} has status ok but no test metrics ('segments' is empty).")
         for segment in segments:
-            lacking = [m for m in metrics if segment in have and m not in have[segment]]
+            lacking = [m for m in metrics if segment in have and m in reported[segment] and m not in have[segment]]
             if lacking:
                 raise DataError(
                     f"{run.path}/{RESULTS} lacks {', '.join(lacking)} in segment {segment!r}; it has "

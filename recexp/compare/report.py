@@ -11,7 +11,7 @@ import pandas as pd
 from recexp.compare import continual, plots, tables
 from recexp.compare.aggregate import mean_std, summarise
 from recexp.compare.buckets import BucketsUnavailable, SplitReader, bucket_labels, run_buckets
-from recexp.compare.load import Run, available, check_selection, find_runs, model_name
+from recexp.compare.load import Run, available, carried, check_selection, find_runs, model_name
 from recexp.compare.rows import Row, build_rows, check_axes, default_axes
 from recexp.compare.stats import SIGNIFICANCE_COLUMNS, TESTS, significance
 from recexp.errors import ConfigError, DataError
@@ -65,7 +65,8 @@ def compare(run_dirs: list[Path], out_dir: Path, options: Options = Options()) -
     check_axes(finished, axes)
     rows = build_rows(finished, axes)
     reference = pick_reference(rows, options.reference)
-    spec = tables.TableSpec(metrics, segments, reference.label, options.test, options.alpha, options.keep_constant)
+    spec = tables.TableSpec(metrics, segments, reference.label, options.test, options.alpha, options.keep_constant,
+                            carried(finished))
     summary = summarise(rows, metrics, segments)
     tests = significance(rows, reference, metrics, segments, options.test, options.alpha)
     notes = [n for r in rows for n in r.notes]

@@ -23,15 +23,20 @@ class TableSpec:
     test: str  # wilcoxon | ttest
     alpha: float
     keep_constant: bool = False  # also show columns constant by construction (APLT inside head ...)
+    carried: dict[str, frozenset[str]] | None = None  # segment -> metrics some run reports there (None: all)
+
+    def reported(self, segment: str, metric: str) -> bool:
+        return self.carried is None or metric in self.carried.get(segment, frozenset())
 
     def shown(self, segment: str) -> list[str]:
-        """The metrics shown for ``segment``: all of them, less those its definition fixes."""
-        return [m for m in self.metrics if self.keep_constant or constant_by_construction(segment, m) is None]
+        """The metrics shown for ``segment``: those reported there, less those its definition fixes."""
+        return [m for m in self.metrics if self.reported(segment, m)
+                and (self.keep_constant or constant_by_construction(segment, m) is None)]
 
     def omitted(self) -> list[str]:
-        """``segment/metric = value`` of each column left out."""
+        """``segment/metric = value`` of each column left out as constant by construction."""
         return [f"{column(s, m)} = {constant_by_construction(s, m)}"
-                for s in self.segments for m in self.metrics if m not in self.shown(s)]
+                for s in self.segments for m in self.metrics if self.reported(s, m) and m not in self.shown(s)]
 
 
 def fmt(value: float, like: float | None = None) -> str:
@@ -161,7 +166,9 @@ def _tex_metric(metric: str) -> str:
 
 def csv_frame(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     """The summary numbers plus, per metric column, the Holm-corrected p-value against the reference."""
-    frame = summary.copy()
+    unreported = [f"{column(s, m)}{tail}" for s in spec.segments for m in spec.metrics if not spec.reported(s, m)
+                  for tail in ("", " std", " n")]
+    frame = summary.drop(columns=[c for c in unreported if c in summary.columns])
     frame.insert(1, "reference", frame["row"] == spec.reference)
     for name in metric_columns(spec):
         segment, metric = name.split("/", 1)

@@ -14,8 +14,8 @@ import torch
 
 from recexp.errors import ConfigError
 from recexp.evaluate.metrics import METRICS, higher_is_better, metric_key, parse_metric
-from recexp.evaluate.pointwise import evaluate_pairs
-from recexp.evaluate.ranking import rank_stage
+from recexp.evaluate.pointwise import evaluate_pairs, raw_pairs
+from recexp.evaluate.ranking import FULL, rank_stage
 from recexp.interfaces import Recommender, Split
 
 __all__ = ["Evaluation", "Evaluator", "METRICS", "higher_is_better", "metric_key", "parse_metric"]
@@ -29,6 +29,7 @@ class Evaluation:
     per_user: pd.DataFrame  # columns: segment, user, n_pos, <metric@k>..., n_pairs, <pointwise metric>...
     topk: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U, maxK] item ids
     users: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U] user ids
+    pairs: pd.DataFrame | None = None  # every scored labelled pair: user_id, item_id (raw tokens), label, score
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Evaluator:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     batch_size: int = 512  # users scored per batch
     tie_seed: int = 0  # equal scores are ordered by a fixed random item permutation drawn from this seed
+    tail_view: str = "both"  # item segments as a restricted ranking (`tail`), the full ranking (`tail_full`), or both
 
     def __post_init__(self):
         ks = [self.ks] if isinstance(self.ks, int) else _as_list(self.ks)
@@ -51,6 +53,8 @@ class Evaluator:
             value, low = getattr(self, name), 1 if name == "batch_size" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"evaluator.{name} must be an integer >= {low}, got {value!r}.")
+        if self.tail_view not in TAIL_VIEWS:
+            raise ConfigError(f"evaluator.tail_view={self.tail_view!r} is unknown; choose one of {', '.join(TAIL_VIEWS)}.")
         object.__setattr__(self, "ks", ks)
         object.__setattr__(self, "metrics", metrics)
 
@@ -70,7 +74,8 @@ class Evaluator:
         """
         device = torch.device(device)
         spec = split.stage(stage)
-        names = tuple(segments or spec.segment_names or ("all",))
+        asked = tuple(segments or spec.segment_names or ("all",))
+        names = segment_views(asked, spec.segments, self.tail_view)
         chosen = [METRICS[m] for m in self.metrics]
         ranked = {}
         if spec.positives is not None and any(m.at_k for m in chosen):
@@ -78,10 +83,12 @@ class Evaluator:
                 model, split, stage, names, [m for m in chosen if m.at_k], self.ks, self.batch_size, self.tie_seed,
                 device, progress, shard,
             )
-        pointwise = evaluate_pairs(
-            model, split, stage, names, [m for m in chosen if not m.at_k], device, self.batch_size, shard
+        pointwise, scored = evaluate_pairs(
+            model, split, stage, asked, [m for m in chosen if not m.at_k], device, self.batch_size, shard
         )
-        return _combine(names, ranked, pointwise)
+        evaluation = _combine(tuple(dict.fromkeys((*names, *asked))), ranked, pointwise)
+        evaluation.pairs = raw_pairs(scored, split)
+        return evaluation
 
     def value(self, model: Recommender, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:
         """One metric (``ndcg@10``, ``auc`` ...) on the ``all`` segment of ``stage``: what early stopping reads."""
@@ -98,6 +105,21 @@ class Evaluator:
                 " Choose another trainer.valid_metric (e.g. ndcg@10, or auc with scenario.label_threshold set)."
             )
         return values[name]
+
+
+TAIL_VIEWS = ("restricted", "full", "both")
+
+
+def segment_views(names: tuple[str, ...], item_segments: dict, tail_view: str) -> tuple[str, ...]:
+    """The ranked segment names: each item segment other than ``all`` as ``name`` (restricted ranking)
+    and/or ``name_full`` (full ranking, only its positives counted); ``all`` and user segments as they are."""
+    out: list[str] = []
+    for name in names:
+        if name in item_segments and name != "all":
+            out += [name] * (tail_view != "full") + [name + FULL] * (tail_view != "restricted")
+        else:
+            out.append(name)
+    return tuple(out)
 
 
 def _as_list(value: object) -> list:

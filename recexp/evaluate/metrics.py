@@ -6,6 +6,9 @@ Kinds and the function each registers:
 * ``ranking``: per user, from the top-K hits: ``fn(hits [U, K] bool, pos_len [U], k) -> [U]``;
 * ``list``: per user, from the top-K item ids: ``fn(topk [U, K], context, k) -> [U]``;
 * ``catalog``: one value over all users' top-K lists: ``fn(topk [U, K] ndarray, n_candidates) -> float``;
+* ``exposure``: one value per stage from the ``all`` segment's lists and hits, split by the stage's
+  head/tail items: ``fn(topk [U, K] ndarray, hits [U, K] ndarray, users [U], context, k) -> float``
+  (popularity-bias metrics PopREO and PopRSP);
 * ``pointwise``: on labelled pairs: ``fn(pairs) -> (value, per-user values [n_users] or None)``,
   where ``pairs`` has columns user, label, score (and rating). ``needs`` names the model output it
   requires ("probability" for logloss, "rating" for rmse/mae; None: any score).
@@ -24,7 +27,7 @@ from scipy.stats import rankdata
 
 from recexp.errors import ConfigError
 
-KINDS = ("ranking", "list", "catalog", "pointwise")
+KINDS = ("ranking", "list", "catalog", "exposure", "pointwise")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def register(
     def add(fn: Callable) -> Callable:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = Metric(name, kind, higher_is_better, fn, needs, kind != "catalog" if per_user is None else per_user)
+        per = kind not in ("catalog", "exposure") if per_user is None else per_user
+        METRICS[name] = Metric(name, kind, higher_is_better, fn, needs, per)
         return fn
 
     return add
@@ -151,7 +155,9 @@ def _slot_mean(values: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
 
 @register("averagepopularity", "list", higher_is_better=False)
 def average_popularity(topk: torch.Tensor, context: ListContext, k: int) -> torch.Tensor:
-    """Per-user mean training popularity of the top-k items (RecBole's AveragePopularity)."""
+    """Per-user mean training popularity of the top-k items: ARP, the Average Recommendation Popularity of
+    Abdollahpouri et al. (mean over users of ``sum_{i in L_u} phi(i) / |L_u|``, ``phi(i)`` = training
+    interactions of item i); RecBole's AveragePopularity."""
     return _slot_mean(context.popularity[topk[:, :k].clamp(min=0)], topk[:, :k])
 
 
@@ -177,6 +183,50 @@ def gini_index(topk: np.ndarray, n_items: int) -> float:
     counts = np.sort(np.unique(filled, return_counts=True)[1])
     idx = np.arange(n_items - len(counts) + 1, n_items + 1)
     return float(np.sum((2 * idx - n_items - 1) * counts) / filled.size / n_items)
+
+
+# --- exposure: one value per stage, from the `all` lists split into the stage's head and tail items
+
+
+@dataclass
+class ExposureContext:
+    """Per-user counts by popularity group (column 0: head, 1: tail), indexed by internal user id."""
+
+    is_head: np.ndarray  # [n_items] bool: the stage's head segment
+    positives: np.ndarray  # [n_users, 2] the user's positives among the candidates, per group
+    rankable: np.ndarray  # [n_users, 2] candidates not in the user's history (what could be listed), per group
+
+
+def _group_ratio_spread(numerators: np.ndarray, denominators: np.ndarray) -> float:
+    """std / mean (population std) of the per-group ratios numerator / denominator; NaN when undefined."""
+    if (denominators <= 0).any():
+        return float("nan")
+    ratios = numerators / denominators
+    return float(np.std(ratios) / ratios.mean()) if ratios.mean() > 0 else float("nan")
+
+
+@register("popreo", "exposure", higher_is_better=False)
+def pop_reo(topk: np.ndarray, hits: np.ndarray, users: np.ndarray, context: ExposureContext, k: int) -> float:
+    """Popularity-biased Ranking-based Equal Opportunity (Zhu et al. 2021): per group g (head, tail),
+    ``P(R@k | g, y=1)`` = the group's test positives found in the top-k over its test positives, summed
+    over users; PopREO = std / mean of the two (0 = equal recall for head and tail items)."""
+    top, hit = topk[:, :k], hits[:, :k].astype(bool)
+    head = (top >= 0) & context.is_head[top.clip(min=0)]
+    found = np.array([(hit & head).sum(), (hit & ~head).sum()], dtype=np.float64)
+    return _group_ratio_spread(found, context.positives[users].sum(0).astype(np.float64))
+
+
+@register("poprsp", "exposure", higher_is_better=False)
+def pop_rsp(topk: np.ndarray, hits: np.ndarray, users: np.ndarray, context: ExposureContext, k: int) -> float:
+    """Popularity-biased Ranking-based Statistical Parity (Zhu et al. 2021): per group g (head, tail),
+    ``P(R@k | g)`` = the group's items in the top-k lists over the group's items each user could be shown
+    (candidates outside the user's history), summed over users; PopRSP = std / mean of the two
+    (0 = head and tail items are listed at the same rate)."""
+    top = topk[:, :k]
+    filled = top >= 0
+    head = filled & context.is_head[top.clip(min=0)]
+    listed = np.array([head.sum(), (filled & ~head).sum()], dtype=np.float64)
+    return _group_ratio_spread(listed, context.rankable[users].sum(0).astype(np.float64))
 
 
 # --- pointwise: pairs frame (user, label, score[, rating]) -> (value, per-user values or None)

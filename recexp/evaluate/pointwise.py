@@ -52,8 +52,9 @@ def evaluate_pairs(
     device: torch.device,
     batch_size: int,
     shard: tuple[int, int] | None = None,
-) -> dict[str, tuple[dict[str, float], pd.DataFrame]]:
-    """-> {segment: (mean metrics, per-user frame with columns segment, user, n_pairs, <metric>...)}.
+) -> tuple[dict[str, tuple[dict[str, float], pd.DataFrame]], pd.DataFrame | None]:
+    """-> ({segment: (mean metrics, per-user frame with columns segment, user, n_pairs, <metric>...)},
+    every scored pair: columns user, item (internal ids), label, rating, score; None without pairs).
 
     ``shard=(rank, world)`` keeps the pairs of users with ``user % world == rank``.
     """
@@ -63,7 +64,7 @@ def evaluate_pairs(
     if shard is not None and pairs is not None:
         pairs = pairs[pairs["user"].to_numpy() % shard[1] == shard[0]]
     if not usable or pairs is None or len(pairs) == 0:
-        return {}
+        return {}, None
     users, items = pairs["user"].to_numpy(), pairs["item"].to_numpy()
     scored = pd.DataFrame(
         {
@@ -83,7 +84,21 @@ def evaluate_pairs(
             chosen = scored if name == "all" else scored[np.isin(items, spec.segments[name])]
         if len(chosen):
             out[name] = _summarise(name, chosen, usable, split.dataset.user_tokens)
-    return out
+    return out, scored
+
+
+def raw_pairs(scored: pd.DataFrame | None, split: Split) -> pd.DataFrame | None:
+    """Scored pairs with the dataset's raw ids: columns user_id, item_id, label, score (what a run saves)."""
+    if scored is None:
+        return None
+    return pd.DataFrame(
+        {
+            "user_id": split.dataset.user_tokens[scored["user"].to_numpy()],
+            "item_id": split.dataset.item_tokens[scored["item"].to_numpy()],
+            "label": scored["label"].to_numpy(),
+            "score": scored["score"].to_numpy(),
+        }
+    )
 
 
 def _summarise(segment: str, pairs: pd.DataFrame, metrics: list[Metric], user_tokens: np.ndarray):

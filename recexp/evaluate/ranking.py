@@ -1,8 +1,13 @@
 """Full ranking of one stage: every user with positives ranks the stage's candidates, per segment.
 
 Items the user already has in the stage's history are removed, the remaining candidates are
-ranked (ties fall to a fixed random item order), and ranking, list and catalog metrics are computed
-from the top-K lists. A segment restricts the ranking (and the positives) to its items.
+ranked (ties fall to a fixed random item order), and ranking, list, catalog and exposure metrics
+are computed from the top-K lists. An item segment has two views: ``tail`` restricts the ranking (and
+the positives) to its items; ``tail_full`` ranks every candidate and counts only the segment's
+positives (what the user actually sees: a tail item must beat the head items to be listed).
+Popularity-bias metrics (list, catalog and exposure kinds) are read off full lists only, so a
+restricted segment reports ranking metrics alone; exposure metrics (PopREO, PopRSP) are one value
+per stage, on the ``all`` segment.
 """
 from __future__ import annotations
 
@@ -15,8 +20,17 @@ import torch
 from tqdm.auto import tqdm
 
 from recexp.errors import TrainingError
-from recexp.evaluate.metrics import ListContext, Metric, metric_key
+from recexp.evaluate.metrics import ExposureContext, ListContext, Metric, metric_key
 from recexp.interfaces import Recommender, Split
+
+
+FULL = "_full"  # suffix naming an item segment's full-ranking view: tail -> tail_full
+
+
+def full_view_of(name: str, segments: dict) -> str | None:
+    """``'tail_full'`` -> ``'tail'`` when ``tail`` is an item segment other than ``all``; else None."""
+    base = name[: -len(FULL)] if name.endswith(FULL) else None
+    return base if base in segments and base != "all" else None
 
 
 @dataclass
@@ -44,7 +58,8 @@ def rank_stage(
 ) -> dict[str, SegmentRanking]:
     """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``).
 
-    An item segment ranks its items for every user; a user segment ranks every candidate for its users.
+    An item segment ranks its items for every user; its full view (``<segment>_full``) ranks every
+    candidate and counts only the segment's positives; a user segment ranks every candidate for its users.
     """
     spec = split.stage(stage)
     positives = user_items(split.positives(stage), split.n_users, split.n_items)
@@ -53,7 +68,10 @@ def rank_stage(
     if shard is not None:
         users = users[users % shard[1] == shard[0]]
     everything = np.arange(split.n_items)
-    masks = {n: item_mask(spec.segments.get(n, everything), spec.candidates, split.n_items, device) for n in segments}
+    counted = {n: item_mask(spec.segments.get(full_view_of(n, spec.segments) or n, everything), spec.candidates,
+                            split.n_items, device) for n in segments}  # whose positives count
+    candidates = item_mask(everything, spec.candidates, split.n_items, device)
+    masks = {n: candidates if full_view_of(n, spec.segments) else counted[n] for n in segments}  # what is ranked
     members = {n: user_mask(spec.user_segments[n], split.n_users) for n in segments if n in spec.user_segments}
     order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
     max_k = max(ks)
@@ -67,16 +85,37 @@ def rank_stage(
             scores = scores.masked_fill(dense_rows(history, batch, split.n_items, device), float("-inf"))
             for name, mask in masks.items():
                 rows = torch.as_tensor(members[name][batch], device=device) if name in members else None
-                collected[name].append(_rank(scores, pos, mask, batch, min(max_k, int(mask.sum())), order, rows))
+                k = min(max_k, int(mask.sum()))
+                collected[name].append(_rank(scores, pos, mask, batch, k, order, rows, counted[name]))
     context = ListContext(
         popularity=torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), device=device),
         is_tail=_tail_mask(spec.segments.get("head", np.array([], dtype=np.int64)), split.n_items, device),
     )
+    exposure = exposure_context(spec.segments.get("head", np.array([], dtype=np.int64)), spec.candidates,
+                                positives, history)
     out = {}
     for name, parts in collected.items():
         if parts and sum(len(p[0]) for p in parts) > 0:
-            out[name] = _summarise(name, parts, int(masks[name].sum()), metrics, ks, context, split.dataset.user_tokens)
+            restricted = name in spec.segments and name != "all"
+            kinds = ("ranking",) if restricted else ("ranking", "list", "catalog") + (("exposure",) if name == "all" else ())
+            chosen = [m for m in metrics if m.kind in kinds]
+            out[name] = _summarise(name, parts, int(masks[name].sum()), chosen, ks, context, split.dataset.user_tokens,
+                                   exposure)
     return out
+
+
+def exposure_context(head: np.ndarray, candidates: np.ndarray, positives: sp.csr_matrix,
+                     history: sp.csr_matrix) -> ExposureContext:
+    """Per-user positives and rankable candidates in the head and the tail (candidates outside ``head``)."""
+    n_items = positives.shape[1]
+    is_head = np.zeros(n_items, dtype=bool)
+    is_head[head] = True
+    is_candidate = np.zeros(n_items, dtype=bool)
+    is_candidate[candidates] = True
+    groups = np.stack([is_candidate & is_head, is_candidate & ~is_head], axis=1).astype(np.float64)  # [n_items, 2]
+    pos = np.asarray(positives.astype(np.float64) @ groups)
+    seen = np.asarray((history.astype(bool).astype(np.float64)) @ groups)
+    return ExposureContext(is_head=is_head, positives=pos, rankable=groups.sum(0)[None, :] - seen)
 
 
 def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
@@ -92,7 +131,7 @@ def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
         )
 
 
-def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens) -> SegmentRanking:
+def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens, exposure) -> SegmentRanking:
     users = np.concatenate([p[0] for p in parts])
     topk = torch.cat([p[1] for p in parts])
     hits = torch.cat([p[2] for p in parts])
@@ -110,6 +149,8 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens) -> 
                 columns[key] = metric.fn(topk, context, kk).cpu().numpy()
             elif metric.kind == "catalog":
                 catalog[key] = metric.fn(topk_np[:, :k], n_candidates)
+            elif metric.kind == "exposure":
+                catalog[key] = metric.fn(topk_np, hits.cpu().numpy(), users, exposure, kk)
     frame = pd.DataFrame(columns)
     summary = {c: float(frame[c].mean()) for c in frame.columns if "@" in c}
     summary.update(catalog)
@@ -117,13 +158,13 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens) -> 
     return SegmentRanking(summary, frame, topk_np, users)
 
 
-def _rank(scores, pos, mask, batch, k, order, rows=None):
-    """Top-k of each user with positives in the segment (and among ``rows`` [B] bool, if given); ties
-    fall to the fixed random ``order``.
+def _rank(scores, pos, mask, batch, k, order, rows=None, counted=None):
+    """Top-k among the ``mask`` items of each user with positives among the ``counted`` items (default:
+    ``mask``; and among ``rows`` [B] bool, if given); ties fall to the fixed random ``order``.
 
     Returns (users [U], topk item ids [U, k] with -1 for empty slots, hits [U, k], pos_len [U]).
     """
-    seg_pos = pos & mask
+    seg_pos = pos & (mask if counted is None else counted)
     pos_len = seg_pos.sum(1)
     keep = pos_len > 0 if rows is None else (pos_len > 0) & rows
     masked = scores[keep].masked_fill(~mask, float("-inf"))

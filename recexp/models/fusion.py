@@ -24,6 +24,7 @@ from recexp.errors import ConfigError
 from recexp.interfaces import Split, Strategy
 from recexp.models.objectives import (
     InteractionData,
+    Sampling,
     bpr,
     check_loss,
     encode_items,
@@ -67,6 +68,7 @@ class Fusion(nn.Module):
         self.loss = check_loss(loss)
         live = self.encoder.trainable
         self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.sampling = Sampling()  # popularity-aware weights and negatives (tail=reweight sets them)
         self.cpu_threads = preferred_cpu_threads(live)
         self.stale = True
 
@@ -98,7 +100,7 @@ class Fusion(nn.Module):
     def train_data(self, split: Split, seed: int) -> InteractionData:
         """Training interactions; their items get an ID part from now on (cold items keep text only)."""
         self.has_id[torch.tensor(split.train["item"].unique(), device=self.has_id.device)] = 1.0
-        return InteractionData(split, seed, self.samples_per_epoch)
+        return InteractionData(split, seed, self.samples_per_epoch, self.sampling)
 
     def _items(self, items: torch.Tensor) -> torch.Tensor:
         """items [n] -> fused item vectors [n, dim] (or [n, 2*dim] for concat)."""
@@ -118,15 +120,15 @@ class Fusion(nn.Module):
         return gate * ids + (1 - gate) * text
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """(users [B], items [B], negatives [B]) -> scalar loss."""
-        users, items, negatives = (t.to(self.has_id.device) for t in batch)
+        """(users [B], items [B], negatives [B], weights [B]) -> scalar loss."""
+        users, items, negatives, weights = (t.to(self.has_id.device) for t in batch)
         query = self.user_id(users)
         self.stale = self.encoder.trainable
         if self.loss == "bpr":
             vectors = self._items(torch.cat([items, negatives]))
             pos, neg = vectors[: len(items)], vectors[len(items) :]
-            return bpr((query * pos).sum(1), (query * neg).sum(1))
-        return in_batch_softmax(query @ self._items(items).T, items)
+            return bpr((query * pos).sum(1), (query * neg).sum(1), weights)
+        return in_batch_softmax(query @ self._items(items).T, items, weights)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:

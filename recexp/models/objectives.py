@@ -1,6 +1,8 @@
 """Implicit-feedback objectives shared by the text tower and the fusion model, and their batches."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -20,20 +22,35 @@ def check_loss(loss: str) -> str:
     return loss
 
 
-def in_batch_softmax(logits: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """logits [B, B] (row: example, column: the positive item of each example), items [B] -> scalar.
+def in_batch_softmax(logits: torch.Tensor, items: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, B] (row: example, column: the positive item of each example), items [B] (weights [B]) -> scalar.
 
     Each example's own positive is its target; the other positives in the batch are its negatives,
     except copies of its own item, which are masked out.
     """
     duplicate = (items[:, None] == items[None, :]) & ~torch.eye(len(items), dtype=torch.bool, device=items.device)
     target = torch.arange(len(items), device=logits.device)
-    return F.cross_entropy(logits.masked_fill(duplicate, float("-inf")), target)
+    losses = F.cross_entropy(logits.masked_fill(duplicate, float("-inf")), target, reduction="none")
+    return (losses * weights).mean() if weights is not None else losses.mean()
 
 
-def bpr(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """positive [B], negative [B] scores -> scalar ``-mean log sigmoid(pos - neg)``."""
-    return -F.logsigmoid(positive - negative).mean()
+def bpr(positive: torch.Tensor, negative: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """positive [B], negative [B] scores (weights [B], mean 1 over the data) -> scalar ``-mean w log sigmoid(pos - neg)``."""
+    losses = -F.logsigmoid(positive - negative)
+    return (losses * weights).mean() if weights is not None else losses.mean()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How training examples are drawn and weighted (``tail=reweight``); the defaults are plain training.
+
+    ``weight_alpha``: each positive's loss is multiplied by ``pop_i ** -weight_alpha`` (normalised to mean 1
+    over the training interactions); ``negative_alpha``: negatives are drawn with probability
+    proportional to ``pop_i ** negative_alpha`` (0: uniform). ``pop_i`` counts item i's training interactions.
+    """
+
+    weight_alpha: float = 0.0
+    negative_alpha: float = 0.0
 
 
 class InteractionData(Dataset):
@@ -42,13 +59,19 @@ class InteractionData(Dataset):
     ``limit`` keeps only that many interactions per epoch (a fresh sample each epoch). Negatives are
     drawn uniformly from the items that occur in training (so cold items are never pushed down),
     redrawn while they are among the user's own train items. :meth:`set_epoch` re-draws both.
+    ``sampling`` (:class:`Sampling`) weights positives and draws negatives by popularity instead;
+    batches are (users [B], items [B], negatives [B], weights [B]).
     """
 
-    def __init__(self, split: Split, seed: int, limit: int | None = None):
+    def __init__(self, split: Split, seed: int, limit: int | None = None, sampling: Sampling = Sampling()):
         self.users = torch.tensor(split.train["user"].to_numpy())
         self.items = torch.tensor(split.train["item"].to_numpy())
         self.keys = self.users * split.n_items + self.items
-        self.pool = torch.unique(self.items)
+        self.pool, counts = torch.unique(self.items, return_counts=True)
+        pop = torch.bincount(self.items, minlength=split.n_items).double()
+        weights = pop[self.items] ** -sampling.weight_alpha
+        self.weights = (weights / weights.mean()).float()  # [n_train], mean 1
+        self.pool_probs = None if sampling.negative_alpha == 0 else counts.double() ** sampling.negative_alpha
         self.n_items, self.seed, self.limit = split.n_items, seed, limit
         self.epoch = None
         self.set_epoch(0)
@@ -59,7 +82,7 @@ class InteractionData(Dataset):
         self.epoch = epoch
         self.order = epoch_order(len(self.items), self.seed, epoch, self.limit)
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch + 1)
-        self.negatives = _negatives(self.users[self.order], self.keys, self.pool, self.n_items, generator)
+        self.negatives = _negatives(self.users[self.order], self.keys, self.pool, self.n_items, generator, self.pool_probs)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -67,19 +90,26 @@ class InteractionData(Dataset):
     def __getitems__(self, indices: list[int]) -> Batch:
         rows = torch.as_tensor(indices)
         picked = self.order[rows]
-        return self.users[picked], self.items[picked], self.negatives[rows]
+        return self.users[picked], self.items[picked], self.negatives[rows], self.weights[picked]
 
 
-def _negatives(users, positive_keys, pool, n_items, generator, rounds: int = 20) -> torch.Tensor:
-    """users [b] -> [b] items from ``pool``, avoiding keys ``user * n_items + item`` in ``positive_keys``."""
+def _negatives(users, positive_keys, pool, n_items, generator, probs=None, rounds: int = 20) -> torch.Tensor:
+    """users [b] -> [b] items from ``pool`` (uniformly, or by ``probs`` [len(pool)]), avoiding keys
+    ``user * n_items + item`` in ``positive_keys``."""
     known = torch.sort(positive_keys).values
-    negatives = pool[torch.randint(len(pool), (len(users),), generator=generator)]
+
+    def draw(n: int) -> torch.Tensor:
+        if probs is None:
+            return pool[torch.randint(len(pool), (n,), generator=generator)]
+        return pool[torch.multinomial(probs, n, replacement=True, generator=generator)]
+
+    negatives = draw(len(users))
     for _ in range(rounds):
         keys = users * n_items + negatives
         clash = known[torch.searchsorted(known, keys).clamp(max=len(known) - 1)] == keys
         if not clash.any():
             break
-        negatives[clash] = pool[torch.randint(len(pool), (int(clash.sum()),), generator=generator)]
+        negatives[clash] = draw(int(clash.sum()))
     return negatives
 
 

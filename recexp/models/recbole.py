@@ -201,6 +201,18 @@ class RecBoleRecommender:
         params = list(self._model.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
+    def popularity_negatives(self, alpha: float) -> None:
+        """Draw training negatives with probability proportional to popularity ** ``alpha`` (``tail=reweight
+        tail.method=negatives``), through RecBole's own sampler; a ConfigError for a model that samples none."""
+        if self.model_class.type == ModelType.TRADITIONAL or (self.sequential and self._sequential_sampling()):
+            raise ConfigError(
+                f"tail=reweight tail.method=negatives cannot be honoured by the RecBole model {self.name}: it trains "
+                "without sampled negatives. Use tail=rerank, or a model trained with negatives (bpr, lightgcn, neumf ...)."
+            )
+        self.params["train_neg_sample_args"] = {
+            "distribution": "popularity", "alpha": float(alpha), "sample_num": 1, "dynamic": False, "candidate_num": 0,
+        }
+
     # --- helpers
 
     def _config_dict(self, split: Split, ctx: FitContext, folder: Path) -> dict[str, Any]:

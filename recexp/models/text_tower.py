@@ -19,6 +19,7 @@ from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split, Strategy
 from recexp.models.objectives import (
     InteractionData,
+    Sampling,
     bpr,
     check_loss,
     encode_items,
@@ -60,6 +61,7 @@ class TextTower(nn.Module):
         self.temperature = temperature
         live = self.encoder.trainable
         self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.sampling = Sampling()  # popularity-aware weights and negatives (tail=reweight sets them)
         self.cpu_threads = preferred_cpu_threads(live)
         self.stale = True
 
@@ -88,7 +90,7 @@ class TextTower(nn.Module):
             self.stale = False
 
     def train_data(self, split: Split, seed: int) -> InteractionData:
-        return InteractionData(split, seed, self.samples_per_epoch)
+        return InteractionData(split, seed, self.samples_per_epoch, self.sampling)
 
     # --- the two towers
 
@@ -108,8 +110,8 @@ class TextTower(nn.Module):
         return F.normalize(query, dim=-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """(users [B], items [B], negatives [B]) -> scalar loss; the positive is left out of its user's mean."""
-        users, items, negatives = (t.to(self.item_proj.weight.device) for t in batch)
+        """(users [B], items [B], negatives [B], weights [B]) -> scalar loss; the positive is left out of its user's mean."""
+        users, items, negatives, weights = (t.to(self.item_proj.weight.device) for t in batch)
         count = self.counts[TRAIN][users].unsqueeze(1)
         pooled = (self.sums[TRAIN][users] - self.item_table[items]) / (count - 1).clamp(min=1)  # leave-one-out
         query = self._users(users, pooled)
@@ -117,8 +119,8 @@ class TextTower(nn.Module):
         if self.loss == "bpr":
             vectors = self._items(torch.cat([items, negatives]))
             pos, neg = vectors[: len(items)], vectors[len(items) :]
-            return bpr((query * pos).sum(1) / self.temperature, (query * neg).sum(1) / self.temperature)
-        return in_batch_softmax(query @ self._items(items).T / self.temperature, items)
+            return bpr((query * pos).sum(1) / self.temperature, (query * neg).sum(1) / self.temperature, weights)
+        return in_batch_softmax(query @ self._items(items).T / self.temperature, items, weights)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Layout of ``CACHE/splits/HASH/``: one ``PART.inter`` per named part (``train``, ``valid``, ``test``
 for a holdout split; atomic files with the dataset's raw id tokens, and a ``label`` column where a
-part holds labelled pairs) and ``split.json``: every stage's history, positives and pairs (part
+part holds labelled pairs, and a ``sample`` column where rows are numbered samples or their
+histories, as in ``tallrec``) and ``split.json``: every stage's history, positives and pairs (part
 names), candidates and segments (raw item tokens), the sha256 of every ``PART.inter`` file, and a
 ``checksum`` over all of that. Any model, or an independent checker, reads the same files.
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 INTER_FIELDS = {"user": "user_id:token", "item": "item_id:token", "rating": "rating:float", "timestamp": "timestamp:float"}
 LABEL_FIELD = "label:float"
+SAMPLE_FIELD = "sample:token"  # parts of sample-based scenarios (tallrec): which sample a row is, or is history for
 
 
 class Scenario(Protocol):
@@ -120,9 +122,11 @@ def inter_bytes(frame: pd.DataFrame, dataset: Dataset) -> bytes:
             "rating": frame["rating"].to_numpy(),
             "timestamp": frame["timestamp"].to_numpy(),
             **({"label": frame["label"].to_numpy()} if "label" in frame else {}),
+            **({"sample": frame["sample"].to_numpy()} if "sample" in frame else {}),
         }
     )
-    header = [*INTER_FIELDS.values(), *([LABEL_FIELD] if "label" in frame else [])]
+    header = [*INTER_FIELDS.values(), *([LABEL_FIELD] if "label" in frame else []),
+              *([SAMPLE_FIELD] if "sample" in frame else [])]
     body = out.to_csv(sep="\t", header=False, index=False, na_rep="", float_format="%.17g", lineterminator="\n")
     return ("\t".join(header) + "\n" + body).encode("utf-8")
 
@@ -187,4 +191,6 @@ def _read_part(data: bytes, users: dict[str, int], items: dict[str, int]) -> pd.
     )
     if LABEL_FIELD in raw:
         frame["label"] = raw[LABEL_FIELD].to_numpy(dtype=np.float64)
+    if SAMPLE_FIELD in raw:
+        frame["sample"] = raw[SAMPLE_FIELD].to_numpy(dtype=np.int64)
     return frame

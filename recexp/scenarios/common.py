@@ -26,6 +26,18 @@ def check_fraction(name: str, value: float) -> float:
     return float(value)
 
 
+def check_shots(shots: object, available: int, what: str) -> int:
+    """``scenario.shots`` as a count of training samples, at most ``available`` (a ConfigError otherwise)."""
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ConfigError(f"scenario.shots={shots!r} must be a positive integer (training samples) or null (all).")
+    if shots > available:
+        raise ConfigError(
+            f"scenario.shots={shots} asks for more training samples than there are: {available} {what}. "
+            f"Use scenario.shots <= {available}, or null for all of them."
+        )
+    return shots
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -1,0 +1,219 @@
+"""Tail-aware strategies (``tail=rerank|reweight``), orthogonal to ``model`` and ``strategy``.
+
+* :class:`Rerank` wraps any built recommender (RecBole models included) and re-ranks its scores
+  after the fact: a popularity penalty, or an xQuAD-style balance of head and tail items.
+* :class:`Reweight` makes training popularity-aware: inverse-popularity weights on the loss of each
+  positive, or negatives drawn by popularity (torch models; RecBole models: popularity negatives
+  through RecBole's own sampler).
+
+Both are applied once per built model by :func:`recexp.run.model_factory` (``tail.wrap(model)``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recexp.errors import ConfigError
+from recexp.interfaces import Recommender, Split
+from recexp.models.objectives import Sampling
+
+RERANK_METHODS = ("penalty", "xquad")
+REWEIGHT_METHODS = ("weight", "negatives")
+MAX_ALPHA = 2.0  # popularity exponents beyond this make one item's weight swamp the rest
+
+
+def _number(name: str, value: Any, low: float, high: float, rule: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"tail.{name}={value!r} is out of range: it must be {rule}.")
+    return float(value)
+
+
+class Rerank:
+    """``tail=rerank``: post-hoc re-ranking of any model's scores.
+
+    ``penalty``: ``score - lam * sd_u * log(1 + pop_i) / log(1 + max pop)``, where ``pop_i`` counts the
+    item's training interactions and ``sd_u`` is the spread (standard deviation) of the user's scores,
+    so ``lam`` means the same for every model's score scale (``lam`` >= 0).
+    ``xquad``: greedy xQuAD over the user's ``depth`` best candidates (Abdollahpouri et al. 2019, smooth
+    variant): each next item maximises ``(1 - lam) * rel + lam * P(g | u) * (1 - share of g listed so far)``
+    with ``rel`` the min-max normalised score, ``g`` the item's group (head or tail of the stage) and
+    ``P(g | u)`` the group's share of the user's history (``lam`` in [0, 1]).
+    """
+
+    def __init__(self, method: str = "penalty", lam: float = 0.5, depth: int = 100):
+        if method not in RERANK_METHODS:
+            raise ConfigError(f"tail.method={method!r} is unknown for tail=rerank; choose one of {', '.join(RERANK_METHODS)}.")
+        high, rule = (1.0, "a number in [0, 1] for xquad") if method == "xquad" else (1e6, "a number >= 0 for penalty")
+        self.method, self.lam = method, _number("lam", lam, 0.0, high, rule)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"tail.depth={depth!r} is out of range: it must be an integer >= 1.")
+        self.depth = depth
+
+    def describe(self) -> dict[str, Any]:
+        return {"tail": "rerank", "tail_method": self.method, "tail_lam": self.lam, "tail_depth": self.depth}
+
+    def wrap(self, model: Recommender) -> "Reranked":
+        return Reranked(model, self)
+
+
+class Reranked:
+    """A recommender whose ``score`` is its inner model's, re-ranked by :class:`Rerank`; everything else
+    (fit, save, cost, effective settings ...) passes through to the inner model."""
+
+    pointwise_output = "score"  # re-ranked scores are no longer probabilities or ratings
+
+    def __init__(self, inner: Recommender, settings: Rerank):
+        self.inner, self.settings = inner, settings
+        self._split: Split | None = None
+
+    def __getattr__(self, name: str) -> Any:  # only called for names this wrapper does not define
+        if name in ("inner", "settings", "_split"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def fit(self, split: Split, ctx: Any) -> None:
+        self.inner.fit(split, ctx)
+        self.prepare(split)
+
+    def attach(self, split: Split, device: torch.device) -> None:
+        self.inner.attach(split, device)
+        self.prepare(split)
+
+    def load(self, directory: Any, split: Split, device: Any = "cpu") -> None:
+        self.inner.load(directory, split, device)
+        self.prepare(split)
+
+    def effective(self) -> dict[str, Any]:
+        inner = self.inner.effective() if hasattr(self.inner, "effective") else {}
+        return {**inner, **self.settings.describe()}
+
+    def prepare(self, split: Split) -> None:
+        """Popularity (training interactions per item) and, per stage, head items and histories."""
+        self._split = split
+        pop = np.bincount(split.train["item"].to_numpy(), minlength=split.n_items).astype(np.float64)
+        self._penalty = torch.as_tensor(np.log1p(pop) / max(np.log1p(pop.max()), 1e-12), dtype=torch.float32)
+        self._stage_cache: dict[str, tuple[torch.Tensor, sp.csr_matrix, torch.Tensor]] = {}
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items] re-ranked scores."""
+        if self._split is None:
+            raise RuntimeError("tail=rerank: fit (or attach) the model before scoring it.")
+        scores = self.inner.score(users, stage).float()
+        if self.settings.method == "penalty":
+            return self._penalised(scores)
+        return self._xquad(scores, users, stage)
+
+    @property
+    def score_pairs(self):
+        """Pairs are read off the re-ranked full scores, so they agree with the ranking."""
+        return self._score_pairs if getattr(self.inner, "score_pairs", None) is not None else None
+
+    def _score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
+        distinct, row = torch.unique(users, return_inverse=True)
+        return self.score(distinct, stage)[row, items.to(distinct.device)]
+
+    def _penalised(self, scores: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(scores)
+        count = finite.sum(1, keepdim=True).clamp(min=1)
+        values = torch.where(finite, scores, torch.zeros_like(scores))
+        mean = values.sum(1, keepdim=True) / count
+        spread = (torch.where(finite, scores - mean, torch.zeros_like(scores)) ** 2).sum(1, keepdim=True) / count
+        sd = spread.sqrt().clamp(min=1e-8)
+        return scores - self.settings.lam * sd * self._penalty.to(scores.device)
+
+    def _stage(self, stage: str, device: torch.device) -> tuple[torch.Tensor, sp.csr_matrix, torch.Tensor]:
+        """(is_head [n_items], history [n_users, n_items] csr, rankable [n_items] bool) of ``stage``."""
+        if stage not in self._stage_cache:
+            split = self._split
+            spec = split.stage(stage)
+            is_head = torch.zeros(split.n_items, dtype=torch.bool)
+            is_head[torch.as_tensor(spec.segments.get("head", np.array([], dtype=np.int64)), dtype=torch.long)] = True
+            frame = split.history(stage)
+            history = sp.csr_matrix((np.ones(len(frame)), (frame["user"].to_numpy(), frame["item"].to_numpy())),
+                                    shape=(split.n_users, split.n_items))
+            rankable = torch.zeros(split.n_items, dtype=torch.bool)
+            rankable[torch.as_tensor(spec.candidates if spec.candidates is not None else np.arange(split.n_items))] = True
+            self._stage_cache[stage] = (is_head, history, rankable)
+        is_head, history, rankable = self._stage_cache[stage]
+        return is_head.to(device), history, rankable.to(device)
+
+    def _xquad(self, scores: torch.Tensor, users: torch.Tensor, stage: str) -> torch.Tensor:
+        is_head, history, rankable = self._stage(stage, scores.device)
+        rows = history[users.cpu().numpy()]
+        seen = torch.zeros_like(scores, dtype=torch.bool)
+        coo = rows.tocoo()
+        seen[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = True
+        n_seen = torch.as_tensor(np.asarray(rows.astype(bool).sum(1)).ravel(), dtype=torch.float32, device=scores.device)
+        n_tail = (seen & ~is_head).sum(1).float()
+        p_tail = torch.where(n_seen > 0, n_tail / n_seen.clamp(min=1), torch.full_like(n_seen, 0.5))  # [B]
+        open_scores = scores.masked_fill(seen | ~rankable | ~torch.isfinite(scores), float("-inf"))
+        depth = min(self.settings.depth, scores.shape[1])
+        values, index = open_scores.topk(depth, dim=1)  # [B, N]
+        valid = torch.isfinite(values)
+        low = torch.where(valid, values, torch.full_like(values, float("inf"))).min(1, keepdim=True).values
+        high = torch.where(valid, values, torch.full_like(values, float("-inf"))).max(1, keepdim=True).values
+        rel = torch.where(valid, (values - low) / (high - low).clamp(min=1e-12), torch.zeros_like(values))
+        tail = ~is_head[index]  # [B, N]
+        lam = self.settings.lam
+        taken = ~valid
+        listed, listed_tail = torch.zeros_like(p_tail), torch.zeros_like(p_tail)
+        out = scores.clone()
+        top = torch.where(valid, values, torch.full_like(values, -1e30)).max(1).values.clamp(min=-1e30)  # [B]
+        arange = torch.arange(len(scores), device=scores.device)
+        for step in range(depth):
+            share_tail = torch.where(listed > 0, listed_tail / listed.clamp(min=1), torch.zeros_like(listed))
+            share_head = torch.where(listed > 0, 1 - share_tail, torch.zeros_like(listed))
+            bonus = torch.where(tail, (p_tail * (1 - share_tail))[:, None], ((1 - p_tail) * (1 - share_head))[:, None])
+            gain = ((1 - lam) * rel + lam * bonus).masked_fill(taken, float("-inf"))
+            best = gain.argmax(1)
+            ok = torch.isfinite(gain[arange, best])
+            item = index[arange, best]
+            out[arange[ok], item[ok]] = top[ok] + 1 + (depth - step)  # above every item not re-ranked, in pick order
+            taken[arange[ok], best[ok]] = True
+            listed = listed + ok.float()
+            listed_tail = listed_tail + (ok & tail[arange, best]).float()
+        return out
+
+
+class Reweight:
+    """``tail=reweight``: popularity-aware training.
+
+    ``weight``: the loss of each training positive is multiplied by ``pop_i ** -alpha``, normalised to
+    mean 1 over the training interactions (torch models). ``negatives``: negatives are drawn with
+    probability proportional to ``pop_i ** alpha`` instead of uniformly (torch models, and RecBole models
+    trained with sampled negatives, through RecBole's ``train_neg_sample_args.distribution: popularity``).
+    ``alpha`` in [0, 2]; 0 is the plain model.
+    """
+
+    def __init__(self, method: str = "weight", alpha: float = 0.5):
+        if method not in REWEIGHT_METHODS:
+            raise ConfigError(f"tail.method={method!r} is unknown for tail=reweight; choose one of {', '.join(REWEIGHT_METHODS)}.")
+        self.method = method
+        self.alpha = _number("alpha", alpha, 0.0, MAX_ALPHA, f"a number in [0, {MAX_ALPHA:g}]")
+
+    def describe(self) -> dict[str, Any]:
+        return {"tail": "reweight", "tail_method": self.method, "tail_alpha": self.alpha}
+
+    def wrap(self, model: Recommender) -> Recommender:
+        module = getattr(model, "module", None)
+        if module is not None and hasattr(module, "sampling"):
+            module.sampling = Sampling(weight_alpha=self.alpha if self.method == "weight" else 0.0,
+                                       negative_alpha=self.alpha if self.method == "negatives" else 0.0)
+            return model
+        if hasattr(model, "popularity_negatives"):  # a RecBole model
+            if self.method != "negatives":
+                raise ConfigError(
+                    f"tail=reweight tail.method={self.method} cannot be honoured by the RecBole model {model.name}: RecBole's "
+                    "losses take no per-example weights. Use tail.method=negatives (RecBole's popularity sampler) or tail=rerank."
+                )
+            model.popularity_negatives(self.alpha)
+            return model
+        name = getattr(model, "name", None) or type(getattr(model, "module", model)).__name__
+        raise ConfigError(
+            f"tail=reweight cannot be honoured by model {name}: it does not train on sampled positives and negatives. "
+            "Use tail=rerank, or a model with a training loss (text_tower, fusion, bpr ...)."
+        )

@@ -1,0 +1,219 @@
+"""User cold-start, few-shot: scenario=tallrec (TALLRec's ML-100K protocol), scenario=cold_user and model=user_rate.
+
+Bad input (K too large, a threshold leaving one class, a support set too large) is in ``test_bad_input.py``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from recexp.data import ml100k_dir
+from recexp.interfaces import FitContext
+from recexp.models.user_rate import UserRateRecommender
+from recexp.scenarios import ColdUserScenario, TallRecScenario, build_or_load
+from recexp.scenarios.artifact import load_split
+from recexp.tracking import NullLogger
+from test_run import recexp
+
+
+@pytest.fixture(scope="module")
+def tallrec(ml100k, cache_dir):
+    return build_or_load(ml100k, TallRecScenario(), 0, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def cold_user(ml100k, cache_dir):
+    return build_or_load(ml100k, ColdUserScenario(), 0, cache_dir)
+
+
+def tallrec_reference() -> list[tuple]:
+    """TALLRec's preprocess_movie.py restated on the shipped ml-100k.inter (same rows, same order as u.data):
+    [(user, history items, history labels, item, label)] of the last 10,000 samples, raw tokens."""
+    by_user: dict[str, list[tuple[str, int, str]]] = {}
+    with open(ml100k_dir() / "ml-100k.inter") as lines:
+        next(lines)
+        for line in lines:
+            user, item, rating, timestamp = line.rstrip("\n").split("\t")
+            by_user.setdefault(user, []).append((item, int(float(rating) > 3), timestamp))
+    samples = []
+    for user, rows in by_user.items():
+        rows = sorted(rows, key=lambda row: row[2])
+        for i in range(10, len(rows)):
+            history = rows[i - 10 : i]
+            samples.append((user, [h[0] for h in history], [h[1] for h in history], rows[i][0], rows[i][1]))
+    return samples[-10000:]
+
+
+def as_samples(split, part: str) -> list[tuple]:
+    users, items = split.dataset.user_tokens, split.dataset.item_tokens
+    targets = split.parts[part]
+    history = split.parts[f"{part}_history"]
+    out = []
+    for row, (sample, rows) in zip(targets.itertuples(), history.groupby("sample", sort=True)):
+        assert sample == row.sample and len(rows) == 10 and (rows["user"] == row.user).all()
+        out.append((users[row.user], list(items[rows["item"]]), rows["label"].astype(int).tolist(), items[row.item], int(row.label)))
+    return out
+
+
+def test_tallrec_matches_the_reference_sample_for_sample(tallrec):
+    reference = tallrec_reference()
+    assert as_samples(tallrec, "train") == reference[:8000]
+    assert as_samples(tallrec, "valid") == reference[8000:9000]
+    assert as_samples(tallrec, "test") == reference[9000:]
+
+
+def test_tallrec_facts(tallrec):
+    info = tallrec.info
+    assert info["users"] == {"train": 80, "valid": 14, "test": 16}
+    assert info["test_users_in_train"] == 0
+    assert not set(tallrec.parts["test"]["user"]) & set(tallrec.parts["train"]["user"])
+    assert info["test_positive_rate"] == pytest.approx(0.528, abs=1e-9)
+    assert tallrec.counts()["pairs_test"] == 1000 and tallrec.counts()["test_history"] == 10000
+    for stage in ("valid", "test"):
+        spec = tallrec.stage(stage)
+        assert spec.history == (f"{stage}_history",) and spec.pairs == stage and spec.positives is None
+    assert tallrec.parts["test"]["sample"].tolist() == list(range(9000, 10000))
+
+
+def test_tallrec_artifact_lists_samples_with_raw_ids(tallrec, ml100k):
+    test = pd.read_csv(tallrec.path / "test.inter", sep="\t", dtype=str)
+    assert list(test.columns) == ["user_id:token", "item_id:token", "rating:float", "timestamp:float", "label:float", "sample:token"]
+    assert (test["user_id:token"] == ml100k.user_tokens[tallrec.parts["test"]["user"]]).all()
+    again = load_split(tallrec.path, ml100k)
+    for name, frame in tallrec.parts.items():
+        pd.testing.assert_frame_equal(again.parts[name], frame, check_dtype=False)
+    assert json.loads((tallrec.path / "split.json").read_text())["info"]["users"]["test"] == 16
+
+
+def test_tallrec_shots_draw_k_training_samples_with_the_seed(ml100k):
+    full = TallRecScenario().build(ml100k, 0)
+    few = TallRecScenario(shots=16).build(ml100k, 0)
+    other = TallRecScenario(shots=16).build(ml100k, 1)
+    assert len(few.train) == 16 and len(few.parts["train_history"]) == 160
+    assert set(few.train["sample"]) <= set(full.train["sample"])
+    assert set(few.train["sample"]) != set(other.train["sample"])
+    assert TallRecScenario(shots=16).build(ml100k, 0).train.equals(few.train)
+    pd.testing.assert_frame_equal(few.parts["test"], full.parts["test"])
+
+
+def test_cold_user_divides_users_and_cuts_support_by_time(cold_user):
+    parts = cold_user.parts
+    train_users = set(parts["train"]["user"])
+    for stage in ("valid", "test"):
+        support, query = parts[f"{stage}_support"], parts[stage]
+        assert not train_users & set(query["user"]) and set(support["user"]) == set(query["user"])
+        assert (support.groupby("user").size() == 5).all()
+        last_support = support.groupby("user")["timestamp"].max()
+        first_query = query.groupby("user")["timestamp"].min()
+        assert (last_support <= first_query.loc[last_support.index]).all()
+        assert set(query["label"]) == {0.0, 1.0} and (query["label"] == (query["rating"] >= 4)).all()
+        spec = cold_user.stage(stage)
+        assert spec.history == ("train", f"{stage}_support") and spec.positives == stage and spec.pairs == stage
+    assert not set(parts["valid"]["user"]) & set(parts["test"]["user"])
+    assert sum(cold_user.info["users"].values()) == cold_user.n_users
+
+
+def test_cold_user_shots(ml100k):
+    few = ColdUserScenario(shots=64).build(ml100k, 3)
+    assert len(few.train) == 64 and few.info["train_interactions_used"] == 64
+
+
+def fitted(split) -> UserRateRecommender:
+    model = UserRateRecommender()
+    model.fit(split, FitContext(NullLogger(), torch.device("cpu"), Path("."), 0, progress=False))
+    return model
+
+
+def test_user_rate_reads_each_sample_history(tallrec):
+    model = fitted(tallrec)
+    test, history = tallrec.parts["test"], tallrec.parts["test_history"]
+    scores = model.score_pairs(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()), "test")
+    expected = history.groupby("sample")["label"].mean().loc[test["sample"]].to_numpy()
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6)
+    assert model.parameter_counts() == (0, 0)
+
+
+def test_user_rate_reads_the_support_set(cold_user):
+    model = fitted(cold_user)
+    support = cold_user.parts["test_support"]
+    users = np.unique(support["user"])
+    expected = support.groupby("user")["label"].mean().loc[users].to_numpy()
+    ranked = model.score(torch.tensor(users), "test")
+    np.testing.assert_allclose(ranked[:, 0].numpy(), expected, rtol=1e-6)
+    assert (ranked == ranked[:, :1]).all()
+
+
+def test_tallrec_run_saves_scored_test_pairs(tmp_path):
+    done = recexp("scenario=tallrec", "scenario.shots=256", "model=user_rate", "seed=0", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    pairs = pd.read_csv(tmp_path / "run" / "pairs_test.csv.gz", dtype={"user_id": str, "item_id": str})
+    assert list(pairs.columns) == ["user_id", "item_id", "label", "score"] and len(pairs) == 1000
+    assert roc_auc_score(pairs["label"], pairs["score"]) == pytest.approx(record["metrics"]["test"]["auc"], abs=1e-12)
+    assert record["metrics"]["test"]["auc"] > 0.7
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    from test_strategies import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def zero_shot(tiny_bert, split, cache_dir):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from recexp.config import build
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["model=text_zero_shot", f"cache_dir={cache_dir}",
+                                           f"model.encoder.name_or_path={tiny_bert}"])
+    model = build(cfg.model, trainer=build(cfg.trainer))
+    model.fit(split, FitContext(NullLogger(), torch.device("cpu"), Path("."), 0, progress=False))
+    return model
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x)
+    return x / norm if norm > 0 else x
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_text_zero_shot_is_liked_minus_disliked_cosine(tiny_bert, tallrec, cold_user, tmp_path):
+    model = zero_shot(tiny_bert, tallrec, tmp_path)
+    items = model.encoder.embed(list(tallrec.dataset.item_text)).numpy()
+    test, history = tallrec.parts["test"].iloc[:5], tallrec.parts["test_history"]
+    scores = model.score_pairs(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()), "test").numpy()
+    for row, score in zip(test.itertuples(), scores):
+        rows = history[history["sample"] == row.sample]
+        liked, disliked = rows[rows["label"] == 1]["item"], rows[rows["label"] == 0]["item"]
+        target = unit(items[row.item])
+        expected = sum(sign * float(target @ unit(unit_rows.mean(0))) if len(ids) else 0.0
+                       for sign, ids in ((1, liked), (-1, disliked))
+                       for unit_rows in [np.stack([unit(items[i]) for i in ids]) if len(ids) else None])
+        assert score == pytest.approx(expected, abs=1e-5)
+    assert model.parameter_counts()[0] == 0
+    cold = zero_shot(tiny_bert, cold_user, tmp_path)
+    users = torch.tensor(np.unique(cold_user.parts["test"]["user"])[:4])
+    ranked = cold.score(users, "test")
+    pairs = cold.score_pairs(users, torch.zeros(4, dtype=torch.long), "test")
+    np.testing.assert_allclose(ranked[:, 0].numpy(), pairs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_tallrec_config_reads_auc_where_there_is_no_ranking():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["scenario=tallrec"])
+        chosen = compose("config", overrides=["scenario=tallrec", "trainer.valid_metric=gauc", "objective=valid/gauc"])
+    assert (cfg.objective, cfg.trainer.valid_metric, cfg.scenario.shots) == ("valid/auc", "auc", None)
+    assert (chosen.objective, chosen.trainer.valid_metric) == ("valid/gauc", "gauc")
