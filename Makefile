@@ -48,7 +48,8 @@ PRESET ?= cpu
 PAPER_DIR ?= outputs/paper/$(PRESET)
 PAPER_COMPARE_ARGS ?= --segments all,warm,cold --reference bpr
 CONTINUAL_DIR ?= outputs/continual/ml100k
-.PHONY: sweep compare paper continual
+LONGTAIL_DIR ?= outputs/longtail/ml100k
+.PHONY: sweep compare paper continual longtail
 
 sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
 	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
@@ -65,3 +66,8 @@ continual: install ## continual learning on ml-100k time blocks (update rules x 
 	$(PY) -m recexp -m experiment=continual_ml100k hydra.sweep.dir=$(CONTINUAL_DIR)/runs
 	$(PY) -m recexp.compare $(CONTINUAL_DIR)/runs --out $(CONTINUAL_DIR) --metrics ndcg@10,recall@10 --segments all,new_items,new_users \
 	  --row-key model,strategy,task.update --reference "bpr (task.update=fine_tune)" $(COMPARE_ARGS)
+
+longtail: install ## the long tail on item cold start (BPR, +negatives, +xQuAD; text_tower; fusion, +penalty; 3 seeds) into LONGTAIL_DIR
+	$(PY) -m recexp -m experiment=longtail_ml100k hydra.sweep.dir=$(LONGTAIL_DIR)/runs
+	$(PY) -m recexp.compare $(LONGTAIL_DIR)/runs --out $(LONGTAIL_DIR) --metrics ndcg@10,recall@10,aplt@10,itemcoverage@10,gini@10 \
+	  --segments all,tail,tail_full,cold_full --row-key model,strategy,tail --reference bpr $(COMPARE_ARGS)

@@ -71,6 +71,22 @@ def test_arm_composes_inside_each_paper_preset(arm):
         assert cfg.trainer.max_epochs is None or cfg.trainer.max_epochs >= 1
 
 
+PRESET_ARMS = [("continual_ml100k", "continual_arm", p.stem) for p in sorted((CONF / "continual_arm").glob("*.yaml"))] + \
+              [("longtail_ml100k", "longtail_arm", p.stem) for p in sorted((CONF / "longtail_arm").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("preset, group, arm", PRESET_ARMS)
+def test_every_arm_of_the_continual_and_longtail_presets_composes(preset, group, arm):
+    cfg = compose_with(f"experiment={preset}", f"+{group}={arm}")
+    check_binds(OmegaConf.to_container(cfg, resolve=False), f"+{group}={arm}")
+    swept = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params[f"+{group}"].split(",")
+    assert arm in swept  # every arm file is part of its preset's sweep
+    if group == "continual_arm":
+        assert cfg.task["update"] in arm and cfg.scenario._target_.endswith("TimeBlocksScenario")
+    else:
+        assert (cfg.get("tail") is not None) == ("re" in arm.split("_")[-1])  # rerank / reweight arms set a tail
+
+
 def test_every_yaml_starts_with_a_command_comment():
     for path in CONF.rglob("*.yaml"):
         lines = [line for line in path.read_text().splitlines() if line.strip()]
