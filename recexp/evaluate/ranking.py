@@ -71,7 +71,9 @@ def rank_stage(
     counted = {n: item_mask(spec.segments.get(full_view_of(n, spec.segments) or n, everything), spec.candidates,
                             split.n_items, device) for n in segments}  # whose positives count
     candidates = item_mask(everything, spec.candidates, split.n_items, device)
-    masks = {n: candidates if full_view_of(n, spec.segments) else counted[n] for n in segments}  # what is ranked
+    masks = {n: candidates if full_view_of(n, spec.segments) or torch.equal(counted[n], candidates) else counted[n]
+             for n in segments}  # what is ranked: `all`, the full views and user segments share one ranking
+    shared = {id(m) for m in masks.values() if sum(other is m for other in masks.values()) > 1}
     members = {n: user_mask(spec.user_segments[n], split.n_users) for n in segments if n in spec.user_segments}
     order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
     max_k = max(ks)
@@ -83,10 +85,18 @@ def rank_stage(
             check_scores(scores, model, stage)
             pos = dense_rows(positives, batch, split.n_items, device)
             scores = scores.masked_fill(dense_rows(history, batch, split.n_items, device), float("-inf"))
+            ranked: dict[int, tuple] = {}  # id(mask) -> top-k of the whole batch, for masks several segments rank by
             for name, mask in masks.items():
                 rows = torch.as_tensor(members[name][batch], device=device) if name in members else None
+                keep = _keep(pos, counted[name], rows)
                 k = min(max_k, int(mask.sum()))
-                collected[name].append(_rank(scores, pos, mask, batch, k, order, rows, counted[name]))
+                if id(mask) in shared:
+                    if id(mask) not in ranked:
+                        ranked[id(mask)] = _top(scores, mask, k, order)
+                    top = tuple(t[keep] for t in ranked[id(mask)])
+                else:
+                    top = _top(scores[keep], mask, k, order)
+                collected[name].append(_hits(top, pos[keep], counted[name], batch[keep.cpu().numpy()]))
     context = ListContext(
         popularity=torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), device=device),
         is_tail=_tail_mask(spec.segments.get("head", np.array([], dtype=np.int64)), split.n_items, device),
@@ -158,21 +168,27 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens, exp
     return SegmentRanking(summary, frame, topk_np, users)
 
 
-def _rank(scores, pos, mask, batch, k, order, rows=None, counted=None):
-    """Top-k among the ``mask`` items of each user with positives among the ``counted`` items (default:
-    ``mask``; and among ``rows`` [B] bool, if given); ties fall to the fixed random ``order``.
-
-    Returns (users [U], topk item ids [U, k] with -1 for empty slots, hits [U, k], pos_len [U]).
-    """
-    seg_pos = pos & (mask if counted is None else counted)
-    pos_len = seg_pos.sum(1)
-    keep = pos_len > 0 if rows is None else (pos_len > 0) & rows
-    masked = scores[keep].masked_fill(~mask, float("-inf"))
-    best = masked[:, order].topk(k, dim=1)
+def _top(scores, mask, k, order):
+    """Top-k among the ``mask`` items of every row of ``scores`` [B, n_items]; ties fall to the fixed random
+    ``order``. Returns (topk item ids [B, k], -1 for empty slots; filled [B, k] bool)."""
+    best = scores.masked_fill(~mask, float("-inf"))[:, order].topk(k, dim=1)
     filled = best.values > float("-inf")
-    topk = torch.where(filled, order[best.indices], -1)
-    hits = torch.gather(seg_pos[keep], 1, topk.clamp(min=0)) & filled
-    return batch[keep.cpu().numpy()], topk, hits, pos_len[keep].double()
+    return torch.where(filled, order[best.indices], -1), filled
+
+
+def _keep(pos, counted, rows=None):
+    """[B] bool: users with positives among the ``counted`` items (and among ``rows`` [B] bool, if given)."""
+    keep = (pos & counted).any(1)
+    return keep if rows is None else keep & rows
+
+
+def _hits(top, pos, counted, users):
+    """``users`` [U] with their top-k lists ``top`` and positives ``pos`` [U, n_items]; only ``counted``
+    items count as hits. Returns (users [U], topk [U, k], hits [U, k], pos_len [U])."""
+    topk, filled = top
+    seg_pos = pos & counted
+    hits = torch.gather(seg_pos, 1, topk.clamp(min=0)) & filled
+    return users, topk, hits, seg_pos.sum(1).double()
 
 
 def _tail_mask(head: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
