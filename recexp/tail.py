@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from recexp.errors import ConfigError
+from recexp.evaluate.ranking import dense_rows, user_items
 from recexp.interfaces import Recommender, Split
 from recexp.models.objectives import Sampling
 
@@ -107,14 +108,7 @@ class Reranked:
             return self._penalised(scores)
         return self._xquad(scores, users, stage)
 
-    @property
-    def score_pairs(self):
-        """Pairs are read off the re-ranked full scores, so they agree with the ranking."""
-        return self._score_pairs if getattr(self.inner, "score_pairs", None) is not None else None
-
-    def _score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
-        distinct, row = torch.unique(users, return_inverse=True)
-        return self.score(distinct, stage)[row, items.to(distinct.device)]
+    score_pairs = None  # not the inner model's: the evaluator reads pairs off the re-ranked full scores
 
     def _penalised(self, scores: torch.Tensor) -> torch.Tensor:
         finite = torch.isfinite(scores)
@@ -132,9 +126,7 @@ class Reranked:
             spec = split.stage(stage)
             is_head = torch.zeros(split.n_items, dtype=torch.bool)
             is_head[torch.as_tensor(spec.segments.get("head", np.array([], dtype=np.int64)), dtype=torch.long)] = True
-            frame = split.history(stage)
-            history = sp.csr_matrix((np.ones(len(frame)), (frame["user"].to_numpy(), frame["item"].to_numpy())),
-                                    shape=(split.n_users, split.n_items))
+            history = user_items(split.history(stage), split.n_users, split.n_items)
             rankable = torch.zeros(split.n_items, dtype=torch.bool)
             rankable[torch.as_tensor(spec.candidates if spec.candidates is not None else np.arange(split.n_items))] = True
             self._stage_cache[stage] = (is_head, history, rankable)
@@ -143,11 +135,8 @@ class Reranked:
 
     def _xquad(self, scores: torch.Tensor, users: torch.Tensor, stage: str) -> torch.Tensor:
         is_head, history, rankable = self._stage(stage, scores.device)
-        rows = history[users.cpu().numpy()]
-        seen = torch.zeros_like(scores, dtype=torch.bool)
-        coo = rows.tocoo()
-        seen[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = True
-        n_seen = torch.as_tensor(np.asarray(rows.astype(bool).sum(1)).ravel(), dtype=torch.float32, device=scores.device)
+        seen = dense_rows(history, users.cpu().numpy(), scores.shape[1], scores.device)  # [B, n_items]
+        n_seen = seen.sum(1).float()
         n_tail = (seen & ~is_head).sum(1).float()
         p_tail = torch.where(n_seen > 0, n_tail / n_seen.clamp(min=1), torch.full_like(n_seen, 0.5))  # [B]
         open_scores = scores.masked_fill(seen | ~rankable | ~torch.isfinite(scores), float("-inf"))

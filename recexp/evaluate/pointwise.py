@@ -7,6 +7,8 @@ predicted ratings; the others take any score.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 import torch
@@ -31,15 +33,25 @@ def pair_scores(
         scores = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
         check_scores(torch.from_numpy(scores[None]), model, stage)
         return scores
+    out = scores_read_off(model.score, users, items, stage, device, batch_size)
+    check_scores(torch.from_numpy(out[None]), model, stage)
+    return out
+
+
+def scores_read_off(
+    score: Callable[[torch.Tensor, str], torch.Tensor], users: np.ndarray, items: np.ndarray, stage: str,
+    device: torch.device, batch_size: int,
+) -> np.ndarray:
+    """users [N], items [N] -> [N] float64 pair scores read off full scores ``score(users [B], stage) -> [B,
+    n_items]``, ``batch_size`` distinct users at a time."""
     out = np.empty(len(users), dtype=np.float64)
     distinct, row_of = np.unique(users, return_inverse=True)
     with torch.no_grad():
         for start in range(0, len(distinct), batch_size):
             chunk = distinct[start : start + batch_size]
-            scores = model.score(torch.tensor(chunk, device=device), stage).float().cpu().numpy()
+            scores = score(torch.tensor(chunk, device=device), stage).float().cpu().numpy()
             rows = np.flatnonzero((row_of >= start) & (row_of < start + len(chunk)))
             out[rows] = scores[row_of[rows] - start, items[rows]]
-    check_scores(torch.from_numpy(out[None]), model, stage)
     return out
 
 

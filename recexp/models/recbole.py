@@ -34,6 +34,7 @@ from recbole.utils.logger import RemoveColorFilter
 
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import parse_metric
+from recexp.evaluate.pointwise import scores_read_off
 from recexp.interfaces import TRAIN, FitContext, Split
 from recexp.models import recbole_compat
 from recexp.train import TrainerConfig, torch_threads
@@ -277,10 +278,7 @@ class RecBoleRecommender:
 
     def _index(self, dataset: Any, split: Split, max_len: int, device: torch.device) -> None:
         """recexp id -> RecBole id maps (tokens are str(recexp id)) and, if sequential, each stage's histories."""
-        users = dataset.field2token_id[dataset.uid_field]
-        items = dataset.field2token_id[dataset.iid_field]
-        self._user_ids = torch.as_tensor([users[str(u)] for u in range(split.n_users)])
-        self._item_ids = torch.as_tensor([items[str(i)] for i in range(split.n_items)])
+        self._user_ids, self._item_ids = recbole_ids(dataset, split)
         self._device = torch.device(device)
         self._item_columns = self._item_ids.to(self._device)
         self._max_len, self._histories = max_len, {}
@@ -292,17 +290,15 @@ class RecBoleRecommender:
         axis of length n_items (n_users) is reordered from the old numbering to the new one. Tensors
         among RecBole's other parameters (e.g. Pop's counts) carry over; anything else is rebuilt from
         the new data (e.g. ItemKNN's similarities)."""
-        users = dataset.field2token_id[dataset.uid_field]
-        items = dataset.field2token_id[dataset.iid_field]
-        new_users = torch.as_tensor([users[str(u)] for u in range(split.n_users)])
-        new_items = torch.as_tensor([items[str(i)] for i in range(split.n_items)])
-        if len(users) == len(items):
+        new_users, new_items = recbole_ids(dataset, split)
+        n_users, n_items = dataset.user_num, dataset.item_num  # RecBole's counts, its padding id 0 included
+        if n_users == n_items:
             raise ConfigError(
                 f"RecBole {self.name} cannot continue training here: users and items are equally many "
-                f"({len(items)}), so their tables cannot be told apart. Use task.update=full_retrain or window."
+                f"({n_items}), so their tables cannot be told apart. Use task.update=full_retrain or window."
             )
-        orders = {len(items): _old_order(self._item_ids, new_items, len(items)),
-                  len(users): _old_order(self._user_ids, new_users, len(users))}
+        orders = {n_items: _old_order(self._item_ids, new_items, n_items),
+                  n_users: _old_order(self._user_ids, new_users, n_users)}
         state = {k: _reorder(v, orders) for k, v in self._model.state_dict().items()}
         model.load_state_dict(state)
         carried = {k: _reorder(v, orders) for k, v in self._model.other_parameter().items() if torch.is_tensor(v)}
@@ -341,14 +337,17 @@ class RecBoleRecommender:
 
     def _pairs_from_ranking(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
         """users [N], items [N] -> [N] scores read off full rankings, a chunk of distinct users at a time."""
-        distinct, row = torch.unique(users, return_inverse=True)
-        out = torch.empty(len(users), device=users.device)
         step = max(1, PREDICT_ROWS // self._model.n_items)
-        for start in range(0, len(distinct), step):
-            chosen = (row >= start) & (row < start + step)
-            scores = self.score(distinct[start : start + step], stage)
-            out[chosen] = scores[row[chosen] - start, items[chosen]]
-        return out
+        scores = scores_read_off(self.score, users.cpu().numpy(), items.cpu().numpy(), stage, self._device, step)
+        return torch.as_tensor(scores, dtype=torch.float32, device=users.device)
+
+
+def recbole_ids(dataset: Any, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """RecBole's ids of recexp's users [n_users] and items [n_items] (RecBole tokens are str(recexp id))."""
+    users = dataset.field2token_id[dataset.uid_field]
+    items = dataset.field2token_id[dataset.iid_field]
+    return (torch.as_tensor([users[str(u)] for u in range(split.n_users)]),
+            torch.as_tensor([items[str(i)] for i in range(split.n_items)]))
 
 
 def _old_order(old_ids: torch.Tensor, new_ids: torch.Tensor, size: int) -> torch.Tensor:

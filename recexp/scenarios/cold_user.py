@@ -16,7 +16,15 @@ import pandas as pd
 
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import TRAIN, Dataset, Split, Stage
-from recexp.scenarios.common import check_ratios, check_shots, head_items, labelled, popularity_segments, ratio_counts
+from recexp.scenarios.common import (
+    by_time,
+    check_ratios,
+    check_shots,
+    head_items,
+    labelled,
+    popularity_segments,
+    ratio_counts,
+)
 
 STAGES = ("valid", "test")
 
@@ -38,8 +46,7 @@ class ColdUserScenario:
         if isinstance(self.support, bool) or not isinstance(self.support, int) or self.support < 0:
             raise ConfigError(f"scenario.support={self.support!r} must be an integer >= 0 (interactions per cold user).")
         inter = dataset.inter
-        if inter["timestamp"].isna().any():
-            raise DataError("scenario=cold_user orders each user's interactions by time; set dataset.time_field.")
+        by_time(inter, "cold_user")  # support sets are each user's first interactions in time
         rng = np.random.default_rng(seed)
         users = rng.permutation(np.unique(inter["user"].to_numpy()))
         n_train, n_valid, n_test = ratio_counts(len(users), fractions)

@@ -87,6 +87,16 @@ def popularity_segments(candidates: np.ndarray, head: np.ndarray) -> dict[str, n
     return {"all": candidates, "head": candidates[is_head], "tail": candidates[~is_head]}
 
 
+def by_time(inter: pd.DataFrame, scenario: str, hint: str = "") -> pd.DataFrame:
+    """``inter`` ordered by timestamp (stable: ties keep file order), or a DataError when any has none."""
+    if inter["timestamp"].isna().any():
+        raise DataError(
+            f"scenario={scenario} needs a timestamp on every interaction; set dataset.time_field to the .inter "
+            f"column holding time{hint}."
+        )
+    return inter.iloc[np.argsort(inter["timestamp"].to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def require_nonempty(scenario: str, **frames: pd.DataFrame) -> None:
     for stage, frame in frames.items():
         if len(frame) == 0:

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from recexp.errors import DataError
 from recexp.interfaces import Dataset, Split
-from recexp.scenarios.common import check_ratios, full_ranking_split, require_nonempty
+from recexp.scenarios.common import by_time, check_ratios, full_ranking_split, require_nonempty
 
 
 @dataclass(frozen=True)
@@ -17,14 +14,8 @@ class TemporalScenario:
     label_threshold: float | None = None  # rating >= this labels a valid/test pair 1, lower 0 (None: no pairs)
 
     def build(self, dataset: Dataset, seed: int) -> Split:
-        inter = dataset.inter
-        if inter["timestamp"].isna().any():
-            raise DataError(
-                "scenario=temporal needs a timestamp on every interaction; set dataset.time_field "
-                "to the .inter column holding time, or use scenario=random."
-            )
+        ordered = by_time(dataset.inter, "temporal", ", or use scenario=random")
         ratios = check_ratios(self.ratios)
-        ordered = inter.iloc[np.argsort(inter["timestamp"].to_numpy(), kind="stable")]
         cut_train = int(round(ratios[0] * len(ordered)))
         cut_valid = int(round((ratios[0] + ratios[1]) * len(ordered)))
         train = ordered.iloc[:cut_train].reset_index(drop=True)

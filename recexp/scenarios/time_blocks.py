@@ -16,7 +16,7 @@ import pandas as pd
 
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import TRAIN, Dataset, Split, Stage
-from recexp.scenarios.common import head_items, labelled, popularity_segments
+from recexp.scenarios.common import by_time, head_items, labelled, popularity_segments
 
 BASE = "block_0"
 
@@ -34,13 +34,7 @@ class TimeBlocksScenario:
     label_threshold: float | None = None  # rating >= this labels a valid/test pair 1, lower 0 (None: no pairs)
 
     def build(self, dataset: Dataset, seed: int) -> Split:
-        inter = dataset.inter
-        if inter["timestamp"].isna().any():
-            raise DataError(
-                "scenario=time_blocks needs a timestamp on every interaction; set dataset.time_field to the "
-                ".inter column holding time."
-            )
-        ordered = inter.iloc[np.argsort(inter["timestamp"].to_numpy(), kind="stable")].reset_index(drop=True)
+        ordered = by_time(dataset.inter, "time_blocks")
         blocks = self._cut(ordered)
         parts: dict[str, pd.DataFrame] = {BASE: blocks[0], TRAIN: blocks[0]}
         stages: dict[str, Stage] = {}
