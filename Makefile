@@ -49,7 +49,8 @@ PAPER_DIR ?= outputs/paper/$(PRESET)
 PAPER_COMPARE_ARGS ?= --segments all,warm,cold --reference bpr
 CONTINUAL_DIR ?= outputs/continual/ml100k
 LONGTAIL_DIR ?= outputs/longtail/ml100k
-.PHONY: sweep compare paper continual longtail
+FEWSHOT_DIR ?= outputs/fewshot
+.PHONY: sweep compare paper continual longtail fewshot
 
 sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
 	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
@@ -67,7 +68,13 @@ continual: install ## continual learning on ml-100k time blocks (update rules x 
 	$(PY) -m recexp.compare $(CONTINUAL_DIR)/runs --out $(CONTINUAL_DIR) --metrics ndcg@10,recall@10 --segments all,new_items,new_users \
 	  --row-key model,strategy,task.update --reference "bpr (task.update=fine_tune)" $(COMPARE_ARGS)
 
-longtail: install ## the long tail on item cold start (BPR, +negatives, +xQuAD; text_tower; fusion, +penalty; 3 seeds) into LONGTAIL_DIR
+longtail: install ## the long tail on item cold start: 7 arms x 3 seeds, λ/α points, table and trade-off plot (~26 min on 2 cores) into LONGTAIL_DIR
 	$(PY) -m recexp -m experiment=longtail_ml100k hydra.sweep.dir=$(LONGTAIL_DIR)/runs
+	$(PY) -m recexp -m experiment=longtail_ml100k_tradeoff hydra.sweep.dir=$(LONGTAIL_DIR)/runs
 	$(PY) -m recexp.compare $(LONGTAIL_DIR)/runs --out $(LONGTAIL_DIR) --metrics ndcg@10,recall@10,aplt@10,itemcoverage@10,gini@10 \
-	  --segments all,tail,tail_full,cold_full --row-key model,strategy,tail --reference bpr $(COMPARE_ARGS)
+	  --segments all,tail,tail_full,cold_full --row-key model,strategy,tail,tail.method,tail.lam,tail.alpha --reference bpr $(COMPARE_ARGS)
+
+fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores) into FEWSHOT_DIR
+	$(PY) -m recexp -m experiment=fewshot_tallrec hydra.sweep.dir=$(FEWSHOT_DIR)/runs
+	$(PY) -m recexp.compare $(FEWSHOT_DIR)/runs --out $(FEWSHOT_DIR) --metrics auc,gauc \
+	  --row-key model,strategy,scenario.shots --reference user_rate $(COMPARE_ARGS)

@@ -28,6 +28,7 @@ class Dataset:
     item_features: pd.DataFrame | None = None  # row i describes item i
     user_features: pd.DataFrame | None = None  # row u describes user u
     item_text: list[str] | None = None  # rendered from the item template
+    item_title: list[str] | None = None  # a short name per item (the item title template), for prompts listing many items
     user_text: list[str] | None = None  # rendered from the user template
     content_hash: str = ""  # sha256 over the source files' bytes (and the rules that changed them)
     info: dict[str, Any] = field(default_factory=dict)  # how interactions were read: counts read/dropped, positives
@@ -240,13 +241,13 @@ class Task(Protocol):
 
 @runtime_checkable
 class Strategy(Protocol):
-    """How a pretrained encoder is adapted: frozen, fully fine-tuned, or via a PEFT method."""
+    """How a pretrained encoder is adapted: frozen, fully fine-tuned, via a PEFT method, or with bottleneck adapters."""
 
     def apply(self, encoder: torch.nn.Module) -> torch.nn.Module:
         """Return the encoder with exactly the weights this strategy trains left trainable."""
 
     def save(self, encoder: torch.nn.Module, directory: Path) -> None:
-        """Write what this strategy trained (nothing, full weights, or PEFT adapters)."""
+        """Write what this strategy trained (nothing, full weights, or adapters)."""
 
     def load(self, encoder: torch.nn.Module, directory: Path) -> None:
         """Restore what :meth:`save` wrote into an encoder built the same way."""

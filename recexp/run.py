@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> float:
 
 def model_factory(node: DictConfig, trainer: Any, tail: Any = None) -> Callable[[], Recommender]:
     """Builds one model now, so bad settings fail before any work; hands it out first, then fresh ones.
-    ``tail`` (``tail=rerank|reweight``) wraps or adjusts each model it builds."""
+    ``tail`` (``tail=rerank|reweight|augment``) wraps or adjusts each model it builds."""
     def make() -> Recommender:
         model = build(node, trainer=trainer)
         return model if tail is None else tail.wrap(model)

@@ -1,16 +1,19 @@
-"""How a pretrained encoder is adapted: ``strategy=frozen``, ``full_ft``, or any PEFT method.
+"""How a pretrained encoder is adapted: ``strategy=frozen``, ``full_ft``, any PEFT method, or ``bottleneck``.
 
 The only module importing ``peft``. Every strategy adapts a ``transformers`` model in place
 (``apply``) and persists what it trained (``save``/``load``): nothing when frozen, the full weights
-as safetensors when fully fine-tuned, the adapter via ``save_pretrained`` for PEFT methods.
+as safetensors when fully fine-tuned, the adapter via ``save_pretrained`` for PEFT methods, and the
+adapter weights as safetensors (plus their settings as JSON) for bottleneck adapters.
 """
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
+import torch
 from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recexp.errors import ConfigError
@@ -83,6 +86,139 @@ class Peft:
                 "build the model with the strategy it was trained with."
             )
         set_peft_model_state_dict(encoder, state)
+
+
+NONLINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+# Sublayers that get an adapter: after attention and feed-forward (Houlsby), or feed-forward only (Pfeiffer).
+PER_LAYER = {"both": ("attention", "ffn"), "ffn": ("ffn",)}
+BERT_TARGETS = {"attention": "attention.output.dense", "ffn": "output.dense"}
+
+
+class BottleneckAdapter(nn.Module):
+    """h [..., width] -> h + up(act(down(h))); ``up`` starts at (or near) zero, so at first h -> h."""
+
+    def __init__(self, width: int, size: int, nonlinearity: str, init_scale: float):
+        super().__init__()
+        self.down = nn.Linear(width, size)
+        self.act = NONLINEARITIES[nonlinearity]()
+        self.up = nn.Linear(size, width)
+        nn.init.normal_(self.up.weight, std=init_scale)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.up(self.act(self.down(hidden)))
+
+
+class Adapted(nn.Module):
+    """x -> adapter(base(x)): a pretrained projection followed by its bottleneck adapter."""
+
+    def __init__(self, base: nn.Linear, adapter: BottleneckAdapter):
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(x))
+
+
+class Bottleneck:
+    """Houlsby bottleneck adapters (Houlsby et al., 2019); only the adapters (and optionally every LayerNorm) train.
+
+    Written here because peft has no bottleneck adapter and ``adapters`` (AdapterHub) does not support transformers 5.
+    Each module named by ``targets`` (sublayer -> module-name suffix, BERT names by default) is replaced by
+    ``adapter(module(x))``; a module matching several suffixes belongs to the longest, so ``output.dense``
+    leaves ``attention.output.dense`` to the attention sublayer. ``per_layer`` picks the sublayers:
+    ``both`` (Houlsby) or ``ffn`` (Pfeiffer). In HF BERT the adapter then sits on the sublayer output
+    before its dropout, residual add and LayerNorm (Houlsby's code applies it after the dropout).
+    """
+
+    def __init__(
+        self,
+        size: int = 64,
+        nonlinearity: str = "relu",
+        per_layer: str = "both",
+        targets: dict[str, str] | None = None,
+        train_layer_norm: bool = False,
+        init_scale: float = 0.0,
+    ):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"strategy.size={size!r} is not allowed; the bottleneck width must be an integer >= 1.")
+        if nonlinearity not in NONLINEARITIES:
+            raise ConfigError(
+                f"strategy.nonlinearity={nonlinearity!r} is unknown; choose one of {', '.join(NONLINEARITIES)}."
+            )
+        if per_layer not in PER_LAYER:
+            raise ConfigError(f"strategy.per_layer={per_layer!r} is unknown; choose one of {', '.join(PER_LAYER)}.")
+        targets = dict(targets or BERT_TARGETS)
+        missing = [sublayer for sublayer in PER_LAYER[per_layer] if sublayer not in targets]
+        if missing:
+            raise ConfigError(f"strategy.per_layer={per_layer} needs strategy.targets.{missing[0]}, a module-name suffix.")
+        if not init_scale >= 0:
+            raise ConfigError(f"strategy.init_scale={init_scale!r} is not allowed; it must be >= 0 (0: starts as identity).")
+        self.settings = dict(size=size, nonlinearity=nonlinearity, per_layer=per_layer, targets=targets,
+                             train_layer_norm=bool(train_layer_norm))
+        self.init_scale = init_scale
+
+    def apply(self, encoder: nn.Module) -> nn.Module:
+        encoder.requires_grad_(False)
+        if self.settings["train_layer_norm"]:
+            norms = [module for module in encoder.modules() if isinstance(module, nn.LayerNorm)]
+            if not norms:
+                raise ConfigError(f"strategy.train_layer_norm=true, but {type(encoder).__name__} has no nn.LayerNorm.")
+            for norm in norms:
+                norm.requires_grad_(True)
+        for name in self._adapted_names(encoder):
+            base = encoder.get_submodule(name)
+            if not isinstance(base, nn.Linear):
+                raise ConfigError(f"strategy.targets names {name!r}, a {type(base).__name__}; adapters follow nn.Linear.")
+            adapter = BottleneckAdapter(base.out_features, self.settings["size"], self.settings["nonlinearity"],
+                                        self.init_scale).to(base.weight.device, base.weight.dtype)
+            parent, _, attribute = name.rpartition(".")
+            setattr(encoder.get_submodule(parent), attribute, Adapted(base, adapter))
+        return encoder
+
+    def _adapted_names(self, encoder: nn.Module) -> list[str]:
+        """Names of the modules that get an adapter, each matched to its longest target suffix."""
+        targets = self.settings["targets"]
+        found: dict[str, list[str]] = {sublayer: [] for sublayer in targets}
+        for name, _ in encoder.named_modules():
+            matches = [sublayer for sublayer, suffix in targets.items() if f".{name}".endswith(f".{suffix}")]
+            if matches:
+                found[max(matches, key=lambda sublayer: len(targets[sublayer]))].append(name)
+        for sublayer in PER_LAYER[self.settings["per_layer"]]:
+            if not found[sublayer]:
+                raise ConfigError(
+                    f"strategy.targets.{sublayer}={targets[sublayer]!r} matches no module of {type(encoder).__name__}.\n"
+                    f"Module names this encoder has (match by suffix, e.g. 'attention.output.dense'): "
+                    f"{', '.join(module_names(encoder))}. Set strategy.targets accordingly."
+                )
+        return [name for sublayer in PER_LAYER[self.settings["per_layer"]] for name in found[sublayer]]
+
+    def save(self, encoder: nn.Module, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        trained = {name: p.detach().cpu().contiguous() for name, p in encoder.named_parameters() if p.requires_grad}
+        save_file(trained, directory / "bottleneck.safetensors")  # adapters (and LayerNorms when they train)
+        (directory / "bottleneck.json").write_text(json.dumps(self.settings, indent=2))
+
+    def load(self, encoder: nn.Module, directory: Path) -> None:
+        directory = Path(directory)
+        saved = json.loads((directory / "bottleneck.json").read_text())
+        if saved != self.settings:
+            raise ConfigError(
+                f"The adapter in {directory} was trained with {saved}, not {self.settings}; "
+                "build the model with the strategy it was trained with."
+            )
+        state = load_file(directory / "bottleneck.safetensors")
+        expected = {name: tuple(p.shape) for name, p in encoder.named_parameters() if p.requires_grad}
+        found = {name: tuple(t.shape) for name, t in state.items()}
+        differ = sorted(name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name))
+        if differ:
+            raise ConfigError(
+                f"The adapter in {directory} does not fit this encoder (weights {differ[:5]} differ); "
+                "build the model with the encoder and strategy it was trained with."
+            )
+        encoder.load_state_dict(state, strict=False)
 
 
 def module_names(model: nn.Module) -> list[str]:

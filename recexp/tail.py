@@ -6,7 +6,8 @@
   positive, or negatives drawn by popularity (torch models; RecBole models: popularity negatives
   through RecBole's own sampler).
 
-Both are applied once per built model by :func:`recexp.run.model_factory` (``tail.wrap(model)``).
+Both are applied once per built model by :func:`recexp.run.model_factory` (``tail.wrap(model)``), as is
+``tail=augment`` (:mod:`recexp.augment`).
 """
 from __future__ import annotations
 

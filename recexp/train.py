@@ -343,13 +343,14 @@ def save_weights(model: nn.Module, directory: str | Path) -> int:
     """Write the trained part of ``model`` to ``directory``; returns the bytes written.
 
     ``heads.safetensors`` holds every trainable weight and persistent buffer outside
-    ``model.encoder``; the encoder's strategy writes its own part under ``encoder/`` (PEFT adapter,
-    full weights, or nothing).
+    ``model.encoder``; the encoder's strategy, where there is an encoder, writes its own part under
+    ``encoder/`` (PEFT adapter, full weights, or nothing).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(heads(model), directory / "heads.safetensors")
-    model.encoder.save(directory / "encoder")
+    if getattr(model, "encoder", None) is not None:
+        model.encoder.save(directory / "encoder")
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
@@ -364,7 +365,8 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
             "Build the model from the config it was trained with."
         )
     model.load_state_dict(state, strict=False)
-    model.encoder.load(directory / "encoder")
+    if getattr(model, "encoder", None) is not None:
+        model.encoder.load(directory / "encoder")
     model.stale = True
 
 

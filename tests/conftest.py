@@ -29,6 +29,7 @@ def ml100k():
     return AtomicDataset(
         name="ml-100k",
         item_template="{movie_title} ({release_year}). Genres: {class}",
+        item_title_template="{movie_title} ({release_year})",
         user_template="A {age}-year-old {gender} {occupation}",
     ).load()
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from test_augment import save_tiny_generator
 from wandb_records import history_and_summary
 
 BASE = ("model=random", "logger=none", "progress=false")
@@ -53,6 +54,7 @@ def data(tmp_path_factory) -> Path:
             if content is not None:
                 (root / name / f"tiny.{suffix}").write_bytes(content if isinstance(content, bytes) else content.encode())
     (root / "a_file").write_text("not a folder")
+    save_tiny_generator(root / "generator")
     return root
 
 
@@ -61,6 +63,8 @@ def atomic(variant: str, *more: str) -> tuple[str, ...]:
 
 
 TEXT = ("model=text_tower", *atomic("tiny", "dataset.item_template='{title}'"), "trainer.max_epochs=1")
+AUGMENT = (*TEXT, "tail=augment")
+GENERATE = (*AUGMENT, "tail.method=generate", "tail.generator={data}/generator")
 
 # (id, overrides, text the one error line must hold, where it fails: "hydra" before a run dir exists, else "run")
 CASES = [
@@ -169,6 +173,12 @@ CASES = [
     ("lora_rank_zero", [*TEXT, "strategy=lora", "strategy.config.r=0"], "`r` should be a positive integer", "run"),
     ("prefix_without_task_type", [*TEXT, "strategy=prefix", "strategy.config.task_type=null"], "needs a task type", "run"),
     ("peft_config_unknown", [*TEXT, "strategy=lora", "strategy.config._target_=peft.NoSuchConfig"], "peft.NoSuchConfig", "run"),
+    ("bottleneck_size_zero", [*TEXT, "strategy=bottleneck", "strategy.size=0"], "strategy.size=0 is not allowed", "run"),
+    ("bottleneck_nonlinearity_unknown", [*TEXT, "strategy=bottleneck", "strategy.nonlinearity=nosuch"],
+     "strategy.nonlinearity='nosuch' is unknown; choose one of relu, gelu, silu, tanh", "run"),
+    ("bottleneck_per_layer_unknown", [*TEXT, "strategy=bottleneck", "strategy.per_layer=nosuch"],
+     "strategy.per_layer='nosuch' is unknown; choose one of both, ffn", "run"),
+    ("bottleneck_unknown_targets", [*TEXT, "strategy=bottleneck", "strategy.targets.ffn=nosuch"], "matches no module", "run"),
     # divergence: a finite loss does not make a run ok
     ("text_tower_diverges", [*TEXT, "trainer.lr=1e30"], "Training diverged", "run"),
     ("fusion_diverges", [*TEXT, "model=fusion", "trainer.max_epochs=2", "trainer.lr=1e30"], "Training diverged", "run"),
@@ -181,6 +191,23 @@ CASES = [
     ("cold_user_support_too_large", ["scenario=cold_user", "scenario.support=10", *atomic("tiny")], "scenario.support=10 leaves no query interaction", "run"),
     ("tallrec_like_above_one_class", ["scenario=tallrec", "scenario.like_above=5"], "scenario.like_above=5 labels every", "run"),
     ("user_rate_refuses_training", ["model=user_rate", "scenario=tallrec", "trainer.max_epochs=3"], "trainer.max_epochs=3 has no effect on model=user_rate", "run"),
+    ("item_rate_refuses_training", ["model=item_rate", "trainer.lr=0.1"], "trainer.lr=0.1 has no effect on model=item_rate", "run"),
+    ("item_rate_prior_negative", ["model=item_rate", "model.prior_weight=-1"], "model.prior_weight=-1 must be a number >= 0", "run"),
+    ("pair_classifier_reader_unknown", ["model=pair_classifier", "model.module.reader=nosuch"], "reader='nosuch'", "run"),
+    ("pair_classifier_text_without_encoder", ["model=pair_classifier", "model.module.inputs=text"], "needs model.module.encoder", "run"),
+    ("pair_classifier_one_class", ["model=id_fm", "scenario=cold_user", "scenario.label_threshold=null", "model.module.threshold=0"],
+     "needs liked and disliked training pairs", "run"),
+    # tail=augment
+    ("augment_model_without_text", ["model=bpr", "tail=augment"], "tail=augment extends item texts, but model BPR reads no item text", "run"),
+    ("augment_method_unknown", [*AUGMENT, "tail.method=paraphrase"], "tail.method='paraphrase' is unknown for tail=augment", "run"),
+    ("augment_keywords_zero", [*AUGMENT, "tail.keywords=0"], "tail.keywords=0 is out of range", "run"),
+    ("augment_neighbours_zero", [*AUGMENT, "tail.neighbours=0"], "tail.neighbours=0 is out of range", "run"),
+    ("augment_max_new_tokens_zero", [*GENERATE, "tail.max_new_tokens=0"], "tail.max_new_tokens=0 is out of range", "run"),
+    ("augment_generate_without_generator", [*AUGMENT, "tail.method=generate"], "tail.method=generate needs tail.generator", "run"),
+    ("augment_generator_missing", [*AUGMENT, "tail.method=generate", "tail.generator={data}/no_model"],
+     "point tail.generator at a local folder holding config.json", "run"),
+    ("augment_prompt_unknown_field", [*GENERATE, "tail.prompt='Describe {plot}:'"],
+     "tail.prompt names field 'plot', which the item features lack; available fields: item_id, title", "run"),
 ]
 
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from recexp.compare.cli import main as cli_main
 from recexp.compare.load import Run, uses_text_encoder
 from recexp.compare.plots import pareto_front
 from recexp.compare.stats import holm, wilcoxon
+from recexp.compare.tradeoff import tail_setting
 from recexp.compare.tables import TableSpec
 from recexp.errors import RecexpError
 
@@ -342,6 +344,97 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: No results.json") and "Traceback" not in done.stderr
 
 
+# --- accuracy against tail exposure along λ / α -------------------------------------------------
+
+TAILS = {"rerank": "recexp.tail.Rerank", "reweight": "recexp.tail.Reweight", "augment": "recexp.augment.Augment"}
+LONGTAIL_KEY = ["model", "strategy", "tail", "tail.method", "tail.lam", "tail.alpha"]  # make longtail's --row-key
+
+
+def write_tail_run(root: Path, model: str, seed: int, tail: str | None = None, method: str | None = None,
+                   strength: float = 0.0, strategy: str | None = None) -> Path:
+    """A run of ``model`` with ``tail=<tail>``: accuracy falls and tail exposure rises with ``strength``."""
+    key = {"rerank": "lam", "reweight": "alpha"}.get(tail)
+    node = {"_target_": TAILS[tail], "method": method, **({key: strength} if key else {})} if tail else None
+    folder = write_run(root / f"{model}-{tail}-{method}-{strength}-{seed}", model, seed, shift=-0.02 * strength,
+                       strategy=strategy, extra_config={"tail": node} if tail else None)
+    record = json.loads((folder / "results.json").read_text())
+    record["segments"]["all"]["aplt@10"] = 0.1 + 0.2 * strength + 0.01 * seed
+    record["segments"]["tail_full"] = {"ndcg@10": 0.01, "recall@10": 0.02 + 0.03 * strength + 0.001 * seed}
+    (folder / "results.json").write_text(json.dumps(record))
+    if tail:  # the tail group choice, as Hydra records it
+        choices = json.loads((folder / ".hydra" / "hydra.yaml").read_text())
+        choices["hydra"]["runtime"]["choices"]["tail"] = tail
+        (folder / ".hydra" / "hydra.yaml").write_text(json.dumps(choices))
+    return folder
+
+
+@pytest.fixture
+def longtail_runs(tmp_path) -> Path:
+    """make longtail's layout: main arms over seeds 0-2, the further xQuAD λ points over seed 0 only."""
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        write_tail_run(root, "bpr", seed)
+        write_tail_run(root, "bpr", seed, "rerank", "xquad", 0.3)
+        write_tail_run(root, "bpr", seed, "reweight", "negatives", 0.5)
+        write_tail_run(root, "fusion", seed, strategy="frozen")
+        write_tail_run(root, "fusion", seed, "augment", "keywords", strategy="frozen")
+    for lam in (0.1, 0.6):
+        write_tail_run(root, "bpr", 0, "rerank", "xquad", lam)
+    return root
+
+
+def test_tradeoff_plot_joins_each_strategys_values_from_its_base_model(longtail_runs, tmp_path):
+    result = run_compare([longtail_runs], tmp_path / "out", metrics=["ndcg@10", "recall@10", "aplt@10"],
+                         segments=["all", "tail_full"], row_key=LONGTAIL_KEY, reference="bpr")
+    png, csv = result.files["tail_tradeoff"], result.files["tail_tradeoff_csv"]
+    assert png.name == "accuracy_vs_tail_exposure.png" and png.read_bytes()[:8] == PNG and png.stat().st_size > 10_000
+    points = pd.read_csv(csv, dtype={"seeds": str})
+    lines = {name: list(line["value"]) for name, line in points.groupby("line", sort=False)}
+    assert lines == {"bpr + rerank xquad (λ)": [0.0, 0.1, 0.3, 0.6], "bpr + reweight negatives (α)": [0.0, 0.5]}
+    xquad, negatives = (points[points.line == name].set_index("value") for name in lines)
+    assert set(xquad["seeds"]) == {"0"} and set(negatives["seeds"]) == {"0 1 2"}  # the seeds all points share
+    assert list(xquad["row"]) == ["bpr", "bpr (tail=rerank, tail.method=xquad, tail.lam=0.1)",
+                                  "bpr (tail=rerank, tail.method=xquad, tail.lam=0.3)",
+                                  "bpr (tail=rerank, tail.method=xquad, tail.lam=0.6)"]
+    assert list(xquad["all/aplt@10"]) == pytest.approx([0.1, 0.12, 0.16, 0.22])  # seed 0 alone
+    assert negatives.loc[0.5, "all/aplt@10"] == pytest.approx(0.21) and negatives.loc[0.5, "all/aplt@10 std"] == pytest.approx(0.01)
+    assert negatives.loc[0.5, "tail_full/recall@10"] == pytest.approx(0.036)
+    bpr = result.rows[[r.label for r in result.rows].index("bpr")]
+    assert xquad.loc[0.0, "all/ndcg@10"] == pytest.approx(bpr.runs[0].metric("all", "ndcg@10"))
+    assert negatives.loc[0.0, "all/ndcg@10"] == pytest.approx(np.mean([bpr.runs[s].metric("all", "ndcg@10") for s in (0, 1, 2)]))
+    labels = list(result.summary["row"])  # the augmented arm has its own row, and no line (it has no λ or α)
+    assert "fusion/frozen (tail=augment, tail.method=keywords)" in labels and "fusion/frozen" in labels
+    assert len(labels) == len(set(labels)) == 7
+
+
+@pytest.mark.parametrize(
+    "record, choices, expected",
+    [
+        ({"config": {"tail": {"_target_": TAILS["rerank"], "method": "xquad", "lam": 0.3}}}, {}, ("rerank", "xquad", 0.3)),
+        ({"config": {}, "effective": {"tail": "rerank", "tail_method": "penalty", "tail_lam": 1}}, {}, ("rerank", "penalty", 1.0)),
+        ({"config": {"tail": {"method": "negatives", "alpha": 0.25}}}, {"tail": "reweight"}, ("reweight", "negatives", 0.25)),
+        ({"config": {"tail": {"_target_": TAILS["augment"], "method": "keywords"}}}, {}, ("augment", "keywords", None)),
+        ({"config": {"tail": None}}, {}, (None, None, None)),
+    ],
+)
+def test_tail_setting_from_effective_settings_choices_or_config(record, choices, expected):
+    assert astuple(tail_setting(Run(Path("run"), record, choices))) == expected
+
+
+def test_tradeoff_uses_the_exposure_metrics_present_and_needs_a_line(longtail_runs, tmp_path):
+    for path in longtail_runs.glob("*/results.json"):
+        record = json.loads(path.read_text())
+        del record["segments"]["tail_full"]
+        path.write_text(json.dumps(record))
+    result = run_compare([longtail_runs], tmp_path / "out", metrics=["ndcg@10", "aplt@10"], row_key=LONGTAIL_KEY)
+    points = pd.read_csv(result.files["tail_tradeoff_csv"])
+    assert "all/aplt@10" in points.columns and "tail_full/recall@10" not in points.columns
+    for folder in longtail_runs.glob("bpr-re*"):  # no λ or α left: no trade-off plot
+        shutil.rmtree(folder)
+    result = run_compare([longtail_runs], tmp_path / "out2", metrics=["ndcg@10"], row_key=LONGTAIL_KEY[:4])
+    assert "tail_tradeoff" not in result.files and not (tmp_path / "out2" / "accuracy_vs_tail_exposure.png").exists()
+
+
 # --- a real sweep ------------------------------------------------------------------------------
 
 
@@ -454,3 +547,187 @@ def test_text_models_get_their_strategy_in_the_row_label(arm):
         cfg = compose("config", overrides=[f"+arm={arm}", "logger=none"])
     run = Run(Path("runs") / arm, {"config": OmegaConf.to_container(cfg, resolve=False)})
     assert uses_text_encoder(run) is arm.startswith(("text_tower", "fusion"))
+
+
+# --- few-shot sweeps (scenario.shots = K): arms x K, paired bootstrap of pooled AUC ------------------
+
+SHOTS = (16, 64, 256)
+FEWSHOT_ARMS = {  # (model, strategy or None) -> how much the label moves the score
+    ("user_rate", None): 0.3,
+    ("twin", None): 0.3,  # the same scores as user_rate, pair for pair
+    ("lm_classifier", "lora"): 1.5,
+}
+
+
+def fewshot_pairs() -> pd.DataFrame:
+    """The fixed test pairs of every run (TALLRec's test part does not depend on K or seed): 16 users."""
+    rng = np.random.default_rng(123)
+    users = np.repeat([str(u) for u in range(900, 916)], 20)
+    return pd.DataFrame({"user_id": users, "item_id": [str(i) for i in range(len(users))],
+                         "label": rng.integers(0, 2, len(users)).astype(float)})
+
+
+def write_fewshot_run(folder: Path, model: str, strategy: str | None, shots: int, seed: int, signal: float) -> Path:
+    """A tallrec run folder: results.json (auc, gauc), per_user_test.csv.gz (gauc), pairs_test.csv.gz."""
+    from recexp.evaluate.metrics import gauc, roc_auc
+
+    folder.mkdir(parents=True)
+    pairs = fewshot_pairs()
+    noise = np.random.default_rng([seed, shots, len(model) if model != "twin" else len("user_rate")])
+    pairs["score"] = signal * pairs["label"] + noise.normal(0, 1, len(pairs))
+    pairs.to_csv(folder / "pairs_test.csv.gz", index=False)
+    value, per_user = gauc(pairs.rename(columns={"user_id": "user"}))
+    frame = pd.DataFrame({"segment": "all", "user": per_user.index, "n_pairs": 20, "gauc": per_user.to_numpy()})
+    frame.to_csv(folder / "per_user_test.csv.gz", index=False)
+    metrics = {"auc": roc_auc(pairs["label"].to_numpy(), pairs["score"].to_numpy()), "gauc": value, "n_pairs": 320.0}
+    model_node = {"_target_": f"fake.{model}", **({"module": {"strategy": {"_target_": f"fake.{strategy}"}}} if strategy else {})}
+    config = {"model": model_node, "strategy": {"_target_": f"fake.{strategy or 'frozen'}"}, "seed": seed,
+              "dataset": {"name": "ml-100k"}, "scenario": {"_target_": "recexp.scenarios.TallRecScenario", "shots": shots}}
+    record = {
+        "run_id": f"{model}-{strategy}-{shots}-{seed}", "status": "ok", "error": None, "config": config,
+        "segments": {"all": metrics}, "metrics": {"test": metrics},
+        "cost": {"trainable_params": 1000 if strategy else 0, "train_seconds": shots / 16, "eval_seconds": 2.0,
+                 "peak_memory_mb": 100.0},
+        "split": {"hash": f"tallrec-{shots}-{seed}", "path": "nowhere"},
+        "started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:01:00",
+    }
+    (folder / "results.json").write_text(json.dumps(record))
+    (folder / ".hydra").mkdir()
+    choices = {"model": model, "strategy": strategy or "frozen", "scenario": "tallrec", "fewshot_arm": model}
+    (folder / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"choices": choices}}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fewshot_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fewshot") / "runs"
+    for (model, strategy), signal in FEWSHOT_ARMS.items():
+        for shots in SHOTS:
+            for seed in (0, 1, 2):
+                write_fewshot_run(root / f"{model}-{shots}-{seed}", model, strategy, shots, seed, signal)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fewshot_compare(fewshot_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fewshot-out")
+    return compare([fewshot_runs], out, Options(wandb=False, metrics=["auc", "gauc"], reference="user_rate", resamples=500))
+
+
+def test_fewshot_table_has_auc_and_gauc_per_k(fewshot_runs, fewshot_compare):
+    table = pd.read_csv(fewshot_compare.files["fewshot_csv"])
+    assert list(zip(table["arm"], table["shots"])) == [(a, k) for a in ("user_rate", "twin", "lm_classifier/lora") for k in SHOTS]
+    assert table["reference"].tolist() == [a == "user_rate" for a in table["arm"]]
+    for line in table.itertuples():
+        model = line.arm.split("/")[0]
+        records = [json.loads((fewshot_runs / f"{model}-{line.shots}-{s}" / "results.json").read_text()) for s in (0, 1, 2)]
+        for metric in ("auc", "gauc"):
+            values = [r["segments"]["all"][metric] for r in records]
+            assert getattr(line, metric) == pytest.approx(np.mean(values))
+            assert table.loc[line.Index, f"{metric} std"] == pytest.approx(np.std(values, ddof=1))
+        assert line.n_seeds == 3 and table.loc[line.Index, "train s"] == pytest.approx(line.shots / 16)
+    lora = table[table.arm == "lm_classifier/lora"]
+    assert (lora["trainable params"] == 1000).all() and (table["eval s"] == 2.0).all()
+    markdown = fewshot_compare.files["fewshot"].read_text()
+    assert "| user_rate [ref] | 16 | 3 |" in markdown and "| lm_classifier/lora | 256 | 3 | **" in markdown
+    # the main table keys rows by arm and K, K in numeric order, the reference marked at every K
+    assert list(fewshot_compare.summary["row"][:3]) == [f"twin (scenario.shots={k})" for k in SHOTS]
+    assert fewshot_compare.files["markdown"].read_text().count("[ref]") == 3
+    assert fewshot_compare.reference == "user_rate" and "recall_by_popularity" not in fewshot_compare.files
+
+
+def test_fewshot_rows_are_tested_against_the_reference_at_the_same_k(fewshot_runs, fewshot_compare):
+    from sklearn.metrics import roc_auc_score
+
+    sig = fewshot_compare.significance
+    assert len(sig) == 2 * len(SHOTS) * 2  # (twin, lora) x K x (auc, gauc)
+    for line in sig.itertuples():
+        shots = int(line.row.split("=")[1].rstrip(")"))
+        assert line.reference == f"user_rate (scenario.shots={shots})" and line.n_seeds == 3
+    auc, gauc = sig[sig.metric == "auc"].set_index("row"), sig[sig.metric == "gauc"].set_index("row")
+    for shots in SHOTS:
+        better, twin = f"lm_classifier/lora (scenario.shots={shots})", f"twin (scenario.shots={shots})"
+        assert auc.loc[better, "test"] == "paired_bootstrap" and auc.loc[better, "n_pairs"] == 3 * 320
+        assert auc.loc[better, "p_value"] == pytest.approx(1 / 501) and auc.loc[better, "significant"]
+        assert auc.loc[twin, "p_value"] == 1.0 and auc.loc[twin, "mean_diff"] == 0.0
+        diffs = []
+        for seed in (0, 1, 2):
+            a, b = (pd.read_csv(fewshot_runs / f"{m}-{shots}-{seed}" / "pairs_test.csv.gz") for m in ("lm_classifier", "user_rate"))
+            diffs.append(roc_auc_score(a["label"], a["score"]) - roc_auc_score(b["label"], b["score"]))
+        assert auc.loc[better, "mean_diff"] == pytest.approx(np.mean(diffs))
+        assert gauc.loc[better, "test"] == "wilcoxon" and gauc.loc[better, "n_pairs"] == 3 * 16
+        assert gauc.loc[better, "p_value"] < 1e-3 and gauc.loc[twin, "p_value"] == 1.0
+
+
+def test_paired_bootstrap_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    from recexp.compare.pairs import Paired, auc_rows, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (4, 50)).astype(float)
+    scores = np.round(rng.normal(size=(4, 50)), 1)  # ties: mean ranks, as roc_auc_score
+    assert auc_rows(labels, scores) == pytest.approx([roc_auc_score(l, s) for l, s in zip(labels, scores)])
+    y = rng.integers(0, 2, 200).astype(float)
+    same = rng.normal(size=200)
+    assert paired_bootstrap([Paired(y, same, same.copy())], 200)["p"] == 1.0
+    better = paired_bootstrap([Paired(y, y + rng.normal(0, 0.5, 200), same)], 200)
+    assert better["p"] == pytest.approx(1 / 201) and better["low"] > 0 and better["diff"] > 0.3
+    close = paired_bootstrap([Paired(y, same + rng.normal(0, 0.05, 200), same)], 200)
+    assert close["p"] > 0.05 and close["low"] < 0 < close["high"]
+
+
+def test_auc_against_shots_plot_draws_tallrec_published_points(fewshot_compare):
+    import matplotlib.image
+
+    png, points = fewshot_compare.files["fewshot_plot"], fewshot_compare.files["fewshot_points"]
+    assert png.name == "auc_vs_shots.png" and png.read_bytes()[:8] == PNG and matplotlib.image.imread(png).shape[0] > 300
+    frame = pd.read_csv(points)
+    published = frame[frame.source == "published"]
+    tallrec = published[published.series == "TALLRec LLaMA-7B LoRA (published)"].set_index("shots")["mean"]
+    assert tallrec.to_dict() == {16: 0.6724, 64: 0.6748, 256: 0.7198}
+    assert (published.citation == "Bao et al., TALLRec, RecSys 2023").all()
+    assert {f"{m} (published in the TALLRec paper)" for m in ("GRU4Rec", "Caser", "SASRec")} <= set(published.series)
+    ours = frame[frame.source == "these runs"]
+    assert len(ours) == 9 and set(ours.shots) == set(SHOTS) and (ours.n_seeds == 3).all()
+
+
+def test_fewshot_cli_and_bad_reference(fewshot_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [str(fewshot_runs), "--out", str(out), "--no-wandb", "--metrics", "auc,gauc", "--bootstrap", "100"]
+    assert cli_main(argv + ["--reference", "user_rate"]) == 0
+    assert "## Few-shot (all, mean ± std over seeds)" in capsys.readouterr().out
+    assert (out / "auc_vs_shots.csv").is_file() and (out / "fewshot.csv").is_file()
+    assert "matches no arm; arms: twin, user_rate, lm_classifier/lora" in _error(
+        [fewshot_runs], tmp_path / "bad", metrics=["auc"], reference="bpr")
+
+
+@pytest.mark.parametrize("arm", sorted(p.stem for p in (CONF / "fewshot_arm").glob("*.yaml")))
+def test_fewshot_arms_are_labelled_model_or_model_strategy(arm):
+    """ID-only pair classifiers (encoder: null) carry no strategy; text models read model/strategy."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=fewshot_tallrec", f"+fewshot_arm={arm}", "logger=none"])
+    run = Run(Path("runs") / arm, {"config": OmegaConf.to_container(cfg, resolve=False)})
+    text = arm.startswith(("lm_classifier", "text_", "fusion_"))
+    assert uses_text_encoder(run) is text
+
+
+def test_fewshot_preset_runs_and_compares(tmp_path):
+    """The real preset on its two quickest arms (2 K x 2 seeds), then the comparison `make fewshot` runs."""
+    env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    done = subprocess.run(
+        [sys.executable, "-m", "recexp", "-m", "experiment=fewshot_tallrec", "hydra/launcher=basic", "logger=none",
+         "progress=false", "+fewshot_arm=user_rate,item_rate", "scenario.shots=16,64", "seed=0,1",
+         f"hydra.sweep.dir={tmp_path / 'runs'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    argv = [str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--metrics", "auc,gauc",
+            "--row-key", "model,strategy,scenario.shots", "--reference", "user_rate", "--no-wandb", "--bootstrap", "200"]
+    assert cli_main(argv) == 0
+    table = pd.read_csv(tmp_path / "out" / "fewshot.csv")
+    assert list(zip(table.arm, table.shots)) == [("user_rate", 16), ("user_rate", 64), ("item_rate", 16), ("item_rate", 64)]
+    sig = pd.read_csv(tmp_path / "out" / "significance.csv")
+    assert set(sig.test) == {"paired_bootstrap", "wilcoxon"} and (sig.n_seeds == 2).all() and sig.p_value.notna().all()
+    assert set(sig[sig.metric == "gauc"].n_pairs) == {2 * 16}  # 16 test users per seed
+    assert set(sig[sig.metric == "auc"].n_pairs) == {2 * 1000}  # TALLRec's 1,000 test pairs per seed
+    points = pd.read_csv(tmp_path / "out" / "auc_vs_shots.csv")
+    assert "TALLRec LLaMA-7B LoRA (published)" in set(points.series)

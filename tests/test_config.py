@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -73,18 +74,36 @@ def test_arm_composes_inside_each_paper_preset(arm):
 
 PRESET_ARMS = [("continual_ml100k", "continual_arm", p.stem) for p in sorted((CONF / "continual_arm").glob("*.yaml"))] + \
               [("longtail_ml100k", "longtail_arm", p.stem) for p in sorted((CONF / "longtail_arm").glob("*.yaml"))]
+TAIL_PARTS = {"rerank": "recexp.tail.Rerank", "reweight": "recexp.tail.Reweight", "augment": "recexp.augment.Augment"}
+
+
+def swept_arms(preset: str, group: str) -> dict[str, list[str]]:
+    """experiment file -> the arms its sweep runs, for ``preset`` and its companions (longtail_ml100k_tradeoff)."""
+    return {path.stem: OmegaConf.load(path).hydra.sweeper.params[f"+{group}"].split(",")
+            for path in sorted((CONF / "experiment").glob(f"{preset}*.yaml"))}
 
 
 @pytest.mark.parametrize("preset, group, arm", PRESET_ARMS)
 def test_every_arm_of_the_continual_and_longtail_presets_composes(preset, group, arm):
     cfg = compose_with(f"experiment={preset}", f"+{group}={arm}")
     check_binds(OmegaConf.to_container(cfg, resolve=False), f"+{group}={arm}")
-    swept = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params[f"+{group}"].split(",")
-    assert arm in swept  # every arm file is part of its preset's sweep
+    swept = swept_arms(preset, group)
+    assert sum(arm in arms for arms in swept.values()) == 1  # every arm file is swept by exactly one preset
     if group == "continual_arm":
         assert cfg.task["update"] in arm and cfg.scenario._target_.endswith("TimeBlocksScenario")
-    else:
-        assert (cfg.get("tail") is not None) == ("re" in arm.split("_")[-1])  # rerank / reweight arms set a tail
+        return
+    tails = [TAIL_PARTS[part] for part in arm.split("_") if part in TAIL_PARTS]
+    assert (cfg.tail._target_ if cfg.get("tail") is not None else None) == (tails[0] if tails else None)
+    strength = re.search(r"_(lam|alpha)(\d+(?:p\d+)?)$", arm)  # trade-off points: bpr_rerank_lam0p1 is lam 0.1
+    if strength:
+        assert cfg.tail[strength[1]] == float(strength[2].replace("p", "."))
+        assert strength[0] in arm and arm.replace(strength[0], "") in swept[preset]  # a point of a main arm's line
+
+
+def test_experiment_longtail_tradeoff_shares_its_presets_scenario():
+    main, points = (compose_with(f"experiment={p}", "+longtail_arm=bpr") for p in ("longtail_ml100k", "longtail_ml100k_tradeoff"))
+    assert OmegaConf.to_container(main.scenario) == OmegaConf.to_container(points.scenario)
+    assert set(swept_arms("longtail_ml100k", "longtail_arm")) == {"longtail_ml100k", "longtail_ml100k_tradeoff"}
 
 
 def test_every_yaml_starts_with_a_command_comment():

@@ -217,3 +217,129 @@ def test_tallrec_config_reads_auc_where_there_is_no_ranking():
         chosen = compose("config", overrides=["scenario=tallrec", "trainer.valid_metric=gauc", "objective=valid/gauc"])
     assert (cfg.objective, cfg.trainer.valid_metric, cfg.scenario.shots) == ("valid/auc", "auc", None)
     assert (chosen.objective, chosen.trainer.valid_metric) == ("valid/gauc", "gauc")
+
+
+def test_history_table_rows_are_each_pairs_earlier_interactions(tallrec, cold_user):
+    from recexp.models.histories import history_table
+
+    table = history_table(tallrec, "test", 10, None)
+    test, history = tallrec.parts["test"], tallrec.parts["test_history"]
+    rows = table.rows(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()))
+    items, labels = table.gather(rows)
+    for n in (0, 123, 999):
+        own = history[history["sample"] == test["sample"].iloc[n]]
+        assert items[n].tolist() == own["item"].tolist()[::-1] and labels[n].tolist() == own["label"].tolist()[::-1]
+    train = history_table(cold_user, "train", 3, 4.0)
+    ordered = cold_user.train.iloc[np.lexsort((cold_user.train["timestamp"], cold_user.train["user"]))]
+    user = ordered[ordered["user"] == ordered["user"].iloc[0]]
+    for position in range(4):
+        earlier = user["item"].tolist()[:position][::-1][:3]
+        assert train.items[user.index[position]].tolist() == earlier + [-1] * (3 - len(earlier))
+    support = cold_user.parts["test_support"]
+    person = int(support["user"].iloc[0])
+    newest = support[support["user"] == person].sort_values("timestamp", kind="stable").iloc[::-1]  # ties: later rows newer
+    stage = history_table(cold_user, "test", 10, 4.0)
+    assert stage.by_pair is None
+    assert stage.items[person].tolist()[: len(newest)] == newest["item"].tolist()
+    assert stage.labels[person].tolist()[: len(newest)] == newest["label"].tolist()
+
+
+def test_item_rate_is_the_shrunk_training_like_rate(tallrec):
+    from recexp.models.user_rate import ItemRateRecommender
+
+    model = ItemRateRecommender(prior_weight=5)
+    model.fit(tallrec, None)
+    seen = pd.concat([tallrec.parts["train"], tallrec.parts["train_history"]])
+    prior, item = seen["label"].mean(), int(seen["item"].value_counts().index[0])
+    rows = seen[seen["item"] == item]
+    expected = (rows["label"].sum() + 5 * prior) / (len(rows) + 5)
+    assert model.score_pairs(torch.tensor([0]), torch.tensor([item]), "test").item() == pytest.approx(expected, rel=1e-6)
+    never = np.setdiff1d(np.arange(tallrec.n_items), seen["item"].unique())[0]
+    assert model.score_pairs(torch.tensor([0]), torch.tensor([never]), "test").item() == pytest.approx(prior, rel=1e-6)
+
+
+def pair_model(split, **settings):
+    from recexp.models.pair_classifier import PairClassifier
+
+    model = PairClassifier(**settings)
+    model.prepare(split, torch.device("cpu"))
+    return model.eval()
+
+
+def test_pair_classifier_fm_is_a_factorisation_machine_over_three_fields(tallrec):
+    torch.manual_seed(0)
+    model = pair_model(tallrec, inputs="ids", reader="fm", dim=4, rate_prior=False, item_prior=False, dropout=0.0)
+    for table in list(model.fields.values()) + list(model.linear.values()):
+        torch.nn.init.normal_(table["ids"].weight if isinstance(table, torch.nn.ModuleDict) else table.weight)
+    test = tallrec.parts["test"].iloc[:3]
+    scores = model.score_pairs(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()), "test")
+    table = model.tables["test"]
+    for n, row in enumerate(test.itertuples()):
+        items, labels = table.gather(table.rows(torch.tensor([row.user]), torch.tensor([row.item])))
+        features = [("target", row.item, 1.0)]
+        for field, side in (("liked", 1.0), ("disliked", 0.0)):
+            chosen = [int(i) for i, y in zip(items[0], labels[0]) if i >= 0 and y == side]
+            features += [(field, i, 1.0 / len(chosen)) for i in chosen]
+        vectors = [model.fields[f]["ids"].weight[i] * x for f, i, x in features]
+        linear = sum(model.linear[f].weight[i, 0] * x for f, i, x in features)
+        pairwise = sum(float((vectors[a] @ vectors[b]).detach()) for a in range(len(vectors)) for b in range(a + 1, len(vectors)))
+        assert torch.logit(scores[n]).item() == pytest.approx(float(model.bias + linear) + pairwise, abs=1e-4)
+
+
+def test_pair_classifier_ranks_what_it_scores_as_pairs(cold_user):
+    for reader in ("fm", "gru", "mlp"):
+        torch.manual_seed(0)
+        model = pair_model(cold_user, inputs="ids", reader=reader, dim=8)
+        users = torch.tensor(np.unique(cold_user.parts["test"]["user"])[:3])
+        ranked = model.score(users, "test")
+        items = torch.tensor([5, 70, 900])
+        pairs = model.score_pairs(users, items, "test")
+        np.testing.assert_allclose(torch.sigmoid(ranked[torch.arange(3), items]).numpy(), pairs.numpy(), rtol=1e-5)
+
+
+def test_pair_classifier_starts_from_the_like_rates(tallrec):
+    from recexp.models.histories import item_prior_logits
+
+    model = pair_model(tallrec, inputs="ids", reader="mlp", dim=4)
+    for layer in model.mlp:
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.zeros_(layer.weight), torch.nn.init.zeros_(layer.bias)
+    test, history = tallrec.parts["test"], tallrec.parts["test_history"]
+    scores = model.score_pairs(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()), "test")
+    liked = history.groupby("sample")["label"].agg(["sum", "count"]).loc[test["sample"]].to_numpy()
+    user_logit = np.log((liked[:, 0] + 1) / (liked[:, 1] - liked[:, 0] + 1))
+    expected = 1 / (1 + np.exp(-(user_logit + item_prior_logits(tallrec).numpy()[test["item"].to_numpy()])))
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lm_classifier_reads_each_samples_labelled_history(tiny_bert, tallrec):
+    from recexp.models.lm_classifier import LMClassifier
+    from recexp.models.text_encoder import TextEncoder
+    from recexp.strategies import Frozen
+
+    model = LMClassifier(TextEncoder(str(tiny_bert), max_length=32), Frozen(), item_prior=False)
+    model.prepare(tallrec, torch.device("cpu"))
+    seen = []
+    model.encoder.forward = lambda texts, pairs=None: seen.extend(zip(texts, pairs)) or torch.zeros(len(texts), model.encoder.dim)
+    test, history = tallrec.parts["test"].iloc[:2], tallrec.parts["test_history"]
+    scores = model.score_pairs(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()), "test")
+    texts, titles = np.asarray(tallrec.dataset.item_text), np.asarray(tallrec.dataset.item_title)
+    for (prompt, target), row, score in zip(seen, test.itertuples(), scores):
+        own = history[history["sample"] == row.sample].iloc[::-1]
+        liked, disliked = own[own["label"] == 1]["item"], own[own["label"] == 0]["item"]
+        assert prompt == f"Liked: {'; '.join(titles[liked])}. Disliked: {'; '.join(titles[disliked]) or 'none'}."
+        assert target == texts[row.item]
+        rate = (len(liked) + 1) / (len(own) + 2)
+        assert torch.logit(score).item() == pytest.approx(float(model.head.bias) + np.log(rate / (1 - rate)), abs=1e-5)
+
+
+@pytest.mark.parametrize("model, floor", [("item_rate", 0.55), ("id_gru", 0.7), ("text_head", 0.7)])
+def test_fewshot_arms_run_on_tallrec(model, floor, tmp_path):
+    done = recexp("scenario=tallrec", "scenario.shots=64", f"model={model}", "seed=1", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    pairs = pd.read_csv(tmp_path / "run" / "pairs_test.csv.gz")
+    assert record["metrics"]["test"]["auc"] == pytest.approx(roc_auc_score(pairs["label"], pairs["score"]), abs=1e-12)
+    assert record["metrics"]["test"]["auc"] > floor

@@ -12,7 +12,7 @@ from conftest import CONF
 from recexp.config import build
 from recexp.errors import ConfigError
 from recexp.models.text_encoder import TextEncoder, default_model_path
-from recexp.strategies import Frozen, FullFineTune, Peft, module_names
+from recexp.strategies import Adapted, Bottleneck, Frozen, FullFineTune, Peft, module_names
 from recexp.train import parameter_counts
 
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
@@ -121,7 +121,7 @@ def test_bad_encoder_settings(kwargs, tiny_bert):
         TextEncoder(str(tiny_bert), **kwargs)
 
 
-@pytest.mark.parametrize("name", ["full_ft", "lora", "ia3", "prefix"])
+@pytest.mark.parametrize("name", ["full_ft", "lora", "ia3", "prefix", "bottleneck"])
 def test_save_then_load_restores_the_trained_encoder(name, tiny_bert, tmp_path):
     torch.manual_seed(0)
     trained = TextEncoder(str(tiny_bert)).adapt(strategy_from_config(name))
@@ -156,8 +156,9 @@ def test_frozen_embeddings_are_cached_by_content(tiny_bert, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 4
 
 
-def test_trainable_encoders_bypass_the_cache(tiny_bert, tmp_path):
-    encoder = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(strategy_from_config("lora"))
+@pytest.mark.parametrize("name", ["lora", "bottleneck"])
+def test_trainable_encoders_bypass_the_cache(name, tiny_bert, tmp_path):
+    encoder = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(strategy_from_config(name))
     encoder.embed(TEXTS)
     assert encoder.cache_stats() == {"cache_hits": 0, "cache_misses": 0}
     assert not list(tmp_path.iterdir())
@@ -174,3 +175,78 @@ def test_module_names_are_leaf_suffixes(tiny_bert):
     names = module_names(BertModel.from_pretrained(tiny_bert))
     assert {"query", "key", "value", "dense", "LayerNorm", "word_embeddings"} <= set(names)
     assert "encoder" not in names and "" not in names
+
+
+
+ADAPTERS = 12 * (384 * 64 + 64 + 64 * 384 + 384)  # 2 per layer, 6 layers: down and up projections with biases
+LAYER_NORMS = 13 * 2 * 384  # the embeddings' and 2 per layer
+
+
+@pytest.mark.parametrize(
+    "overrides, trainable, added",
+    [
+        ([], ADAPTERS, ADAPTERS),
+        (["strategy.per_layer=ffn"], ADAPTERS // 2, ADAPTERS // 2),
+        (["strategy.train_layer_norm=true"], ADAPTERS + LAYER_NORMS, ADAPTERS),
+    ],
+)
+def test_bottleneck_on_minilm_counts_and_starts_as_the_pretrained_encoder(overrides, trainable, added):
+    adapted = TextEncoder().adapt(strategy_from_config("bottleneck", *overrides))
+    assert ADAPTERS == 595_200
+    assert encoder_counts(adapted) == (trainable, 22_713_216 + added)
+    assert torch.equal(adapted.embed(TEXTS), TextEncoder().adapt(Frozen()).embed(TEXTS))
+
+
+def adapted_names(encoder: TextEncoder) -> list[str]:
+    return [name for name, module in encoder.model.named_modules() if isinstance(module, Adapted)]
+
+
+def test_bottleneck_targets_resolve_overlapping_suffixes(tiny_bert):
+    both = TextEncoder(str(tiny_bert)).adapt(Bottleneck())
+    assert adapted_names(both) == [f"encoder.layer.{i}.{sublayer}" for i in range(2)
+                                   for sublayer in ("attention.output.dense", "output.dense")]
+    ffn = TextEncoder(str(tiny_bert)).adapt(Bottleneck(per_layer="ffn"))
+    assert adapted_names(ffn) == ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
+
+
+def test_one_step_trains_only_the_bottleneck_adapters(tiny_bert):
+    torch.manual_seed(0)
+    encoder = TextEncoder(str(tiny_bert)).adapt(Bottleneck(size=8, init_scale=0.01)).train()
+    before = {name: p.detach().clone() for name, p in encoder.model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.1)
+    encoder(TEXTS).pow(2).sum().backward()
+    optimizer.step()
+    changed = {name for name, p in encoder.model.named_parameters() if not torch.equal(p, before[name])}
+    adapter_weights = {name for name in before if ".adapter." in name}
+    assert len(adapter_weights) == 4 * 4 and changed == adapter_weights  # 4 adapters: down/up weight and bias
+
+
+def test_bottleneck_load_refuses_other_settings(tiny_bert, tmp_path):
+    TextEncoder(str(tiny_bert)).adapt(Bottleneck(size=8)).save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"bottleneck.safetensors", "bottleneck.json"}
+    with pytest.raises(ConfigError, match="was trained with"):
+        TextEncoder(str(tiny_bert)).adapt(Bottleneck(size=16)).load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"size": 0}, "strategy.size=0 is not allowed"),
+        ({"nonlinearity": "swish"}, "strategy.nonlinearity='swish' is unknown; choose one of relu, gelu, silu, tanh"),
+        ({"per_layer": "all"}, "strategy.per_layer='all' is unknown; choose one of both, ffn"),
+        ({"targets": {"ffn": "output.dense"}}, "needs strategy.targets.attention"),
+        ({"init_scale": -0.1}, "strategy.init_scale=-0.1 is not allowed"),
+    ],
+)
+def test_bad_bottleneck_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Bottleneck(**kwargs)
+
+
+def test_bottleneck_missing_target_lists_real_names(tiny_bert):
+    with pytest.raises(ConfigError) as error:
+        TextEncoder(str(tiny_bert)).adapt(strategy_from_config("bottleneck", "strategy.targets.ffn=mlp.down_proj"))
+    message = str(error.value)
+    assert "strategy.targets.ffn='mlp.down_proj' matches no module" in message
+    for name in ("query", "value", "dense", "LayerNorm"):
+        assert name in message

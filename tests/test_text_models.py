@@ -116,8 +116,8 @@ def test_cold_items_get_distinct_scores(name, tiny_bert, small_split, tmp_path):
 
 @pytest.mark.parametrize(
     "name, strategy",
-    [("text_tower", "lora"), ("text_tower", "frozen"), ("fusion", "full_ft"), ("fusion", "ia3"),
-     ("lm_classifier", "prefix")],
+    [("text_tower", "lora"), ("text_tower", "frozen"), ("text_tower", "bottleneck"), ("fusion", "full_ft"),
+     ("fusion", "ia3"), ("lm_classifier", "prefix")],
 )
 def test_save_then_load_reproduces_test_metrics(name, strategy, tiny_bert, small_split, tmp_path):
     model = build_model(name, strategy, tiny_bert, tmp_path)

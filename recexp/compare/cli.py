@@ -19,19 +19,29 @@ def parser() -> argparse.ArgumentParser:
         prog="recexp-compare",
         description="Compare finished recexp runs: one row per configuration (seeds aggregated), "
         "paired significance tests against a reference row, Markdown/LaTeX/CSV tables and PNG plots.",
+        epilog="Few-shot sweeps (every run sets scenario.shots=K, e.g. make fewshot): scenario.shots joins the "
+        "row key, --reference names an arm (model/strategy, e.g. user_rate) tested against each row at the same K, "
+        "and OUT also gets fewshot.md/.csv (arm x K: mean ± std, Holm p, trainable params, train and eval seconds) "
+        "and auc_vs_shots.png/.csv (mean ± std against K per arm; on scenario=tallrec over ml-100k with TALLRec's "
+        "published LLaMA-7B LoRA AUC and that paper's ID baselines drawn for reference).",
     )
     p.add_argument("run_dirs", nargs="+", type=Path, help="sweep or run folders; searched for results.json")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables, plots, failed.csv")
     p.add_argument("--metrics", type=_names,
                    help=f"comma-separated test metrics (default: {','.join(DEFAULT_METRICS)})")
     p.add_argument("--segments", type=_names, help="comma-separated segments (default: every segment present)")
-    p.add_argument("--reference", help="label (or unique label prefix) of the reference row (default: the first row)")
-    p.add_argument("--test", choices=sorted(TESTS), default="wilcoxon", help="paired test over users")
+    p.add_argument("--reference", help="label (or unique label prefix) of the reference row (default: the first row); "
+                   "in a few-shot sweep an arm such as user_rate, compared at each K")
+    p.add_argument("--test", choices=sorted(TESTS), default="wilcoxon",
+                   help="paired test over users for per-user metrics (pooled auc always gets the paired bootstrap)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="resamples of the paired bootstrap over test pairs (pooled auc, from pairs_test.csv.gz)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction")
     p.add_argument("--row-key", type=_names,
                    help="comma-separated axes defining a row, e.g. model,strategy,trainer.lr "
                    "(default: model, strategy for text models, and every swept non-seed axis)")
-    p.add_argument("--plot-metric", help="metric of the quality-vs-cost plots (default: the first metric)")
+    p.add_argument("--plot-metric", help="metric of the quality-vs-cost plots (default: the first metric) and of the "
+                   "few-shot plot (default: auc when shown)")
     p.add_argument("--buckets", type=int, default=5, help="popularity buckets of items seen in training")
     p.add_argument("--bucket-k", type=int, help="K of recall per popularity bucket (default: the plot metric's K)")
     p.add_argument("--cache-dir", type=Path, action="append", default=[],
@@ -48,14 +58,14 @@ def options(args: argparse.Namespace) -> Options:
         metrics=args.metrics, segments=args.segments, reference=args.reference, test=args.test,
         alpha=args.alpha, row_key=args.row_key, plot_metric=args.plot_metric, buckets=args.buckets,
         bucket_k=args.bucket_k, cache_dirs=list(args.cache_dir), wandb=not args.no_wandb,
-        wandb_project=args.wandb_project, keep_constant=args.keep_constant,
+        wandb_project=args.wandb_project, keep_constant=args.keep_constant, resamples=args.bootstrap,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.buckets < 1 or (args.bucket_k is not None and args.bucket_k < 1) or not 0 < args.alpha < 1:
-        print("error: --buckets and --bucket-k must be positive and --alpha in (0, 1).", file=sys.stderr)
+    if args.buckets < 1 or (args.bucket_k is not None and args.bucket_k < 1) or args.bootstrap < 1 or not 0 < args.alpha < 1:
+        print("error: --buckets, --bucket-k and --bootstrap must be positive and --alpha in (0, 1).", file=sys.stderr)
         return 2
     try:
         result = compare(args.run_dirs, args.out, options(args))
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(result: Comparison) -> None:
     print(result.files["markdown"].read_text(encoding="utf-8"))
+    if "fewshot" in result.files:
+        print(result.files["fewshot"].read_text(encoding="utf-8"))
     if result.failed:
         print(failed_summary(result.failed, result.files["failed"]), file=sys.stderr)
     print("Wrote " + ", ".join(str(p) for p in result.files.values()))

@@ -99,9 +99,11 @@ def model_name(run: Run) -> str:
 
 def uses_text_encoder(run: Run) -> bool:
     """Text models take the adaptation strategy (``strategy: ${strategy}``) or an encoder in their
-    config, or in that of the torch module they wrap (``model.module``)."""
+    config, or in that of the torch module they wrap (``model.module``); ``encoder: null`` (an ID-only
+    ``pair_classifier``) is none."""
     model = run.config.get("model") or {}
-    return any("strategy" in node or "encoder" in node for node in (model, model.get("module") or {}))
+    return any(node.get("strategy") is not None or node.get("encoder") is not None
+               for node in (model, model.get("module") or {}))
 
 
 def strategy_name(run: Run) -> str:

@@ -1,4 +1,5 @@
-"""PNG plots of a comparison: quality against cost (Pareto front marked) and recall per popularity bucket.
+"""PNG plots of a comparison: quality against cost (Pareto front marked), recall per popularity bucket,
+and overall accuracy against tail exposure along each tail strategy's λ or α.
 
 Figures are built with matplotlib's object API on the Agg canvas, so no GUI backend is touched.
 """
@@ -13,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from recexp.compare.aggregate import column, smaller_is_better
+from recexp.evaluate import parse_metric
 
 
 def pareto_front(cost: list[float], quality: list[float], smaller_better: bool = False) -> list[bool]:
@@ -86,4 +88,39 @@ def bucket_recall(labels: list[str], rows: dict[str, tuple[list[float], list[flo
     ax.set_title(f"recall@{k} of the top-{k} over all test candidates, by item popularity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return _save(figure, path)
+
+
+EXPOSURE_LABELS = {"aplt": "share of tail items in the lists", "recall": "tail positives found in the full ranking"}
+
+
+def tail_tradeoff(points: pd.DataFrame, accuracy: str, exposures: list[str], path: Path) -> Path:
+    """One panel per tail-exposure column (``all/aplt@10``, ``tail_full/recall@10``): ``accuracy`` against it,
+    one line per tail strategy through its λ or α (columns of :func:`recexp.compare.tradeoff.points`), each
+    point labelled with its value; a line starts at its model without a tail strategy (black square, 0)."""
+    figure = Figure(figsize=(5.5 * len(exposures), 5.0), layout="constrained")
+    axes = figure.subplots(1, len(exposures), squeeze=False).ravel()
+    for ax, exposure in zip(axes, exposures):
+        for name, line in points.groupby("line", sort=False):
+            line = line.sort_values("value", kind="stable")
+            xs, ys = line[exposure].to_numpy(float), line[accuracy].to_numpy(float)
+            color = ax.plot(xs, ys, marker="o", ms=4, lw=1.2, label=f"{name}, seeds {line['seeds'].iloc[0]}")[0].get_color()
+            symbol = "λ" if line["parameter"].iloc[0] == "lam" else "α"
+            for x, y, value, tail in zip(xs, ys, line["value"], line["tail"]):
+                if tail != "none" and not (math.isnan(x) or math.isnan(y)):
+                    ax.annotate(f"{symbol}={value:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                                color=color)
+        bases = points[points["tail"] == "none"].drop_duplicates(["row", "seeds"])
+        ax.scatter(bases[exposure], bases[accuracy], marker="s", s=36, color="black", zorder=3)
+        for x, y, text in zip(bases[exposure], bases[accuracy], bases["row"]):
+            if not (math.isnan(x) or math.isnan(y)):
+                ax.annotate(text, (x, y), textcoords="offset points", xytext=(-4, 5), ha="right", fontsize=7)
+        segment, metric = exposure.split("/", 1)
+        ax.set_xlabel(f"{metric} ({segment}): {EXPOSURE_LABELS.get(parse_metric(metric)[0].name, 'tail exposure')}")
+        ax.set_ylabel(f"{accuracy.split('/', 1)[1]} (all)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7)
+    figure.suptitle("overall accuracy against tail exposure along each tail strategy's λ or α (a point: mean over "
+                    "the seeds every point of its line has; ■: the model without a tail strategy, λ = α = 0)", fontsize=9)
     return _save(figure, path)

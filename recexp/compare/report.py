@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recexp.compare import continual, plots, tables
+from recexp.compare import continual, fewshot, plots, tables, tradeoff
 from recexp.compare.aggregate import mean_std, summarise
 from recexp.compare.buckets import BucketsUnavailable, SplitReader, bucket_labels, run_buckets
 from recexp.compare.load import Run, available, carried, check_selection, find_runs, model_name
@@ -36,6 +36,7 @@ class Options:
     wandb: bool = True  # log the table and plots to a summary W&B run (offline without an API key)
     wandb_project: str = "recexp"
     keep_constant: bool = False  # also show columns constant by construction (APLT inside head/tail/cold ...)
+    resamples: int = 1000  # paired bootstrap replicates for pooled AUC (over the saved test pairs)
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Comparison:
 
 
 def compare(run_dirs: list[Path], out_dir: Path, options: Options = Options()) -> Comparison:
-    """Write table.{md,tex,csv}, significance.csv, failed.csv and PNG plots into ``out_dir``."""
+    """Write table.{md,tex,csv}, significance.csv, failed.csv and PNG plots into ``out_dir``; few-shot
+    sweeps (every run sets scenario.shots) also fewshot.{md,csv} and <metric>_vs_shots.{png,csv}."""
     runs = find_runs([Path(d) for d in run_dirs])
     finished = [r for r in runs if r.status == "ok"]
     failed = [r for r in runs if r.status != "ok"]
@@ -61,25 +63,49 @@ def compare(run_dirs: list[Path], out_dir: Path, options: Options = Options()) -
         found = f"No finished run (status ok) among {len(runs)} found; "
         raise DataError(found + failed_summary(failed, files["failed"]))
     metrics, segments = choose(finished, options)
-    axes = options.row_key or default_axes(finished)
-    check_axes(finished, axes)
-    rows = build_rows(finished, axes)
-    reference = pick_reference(rows, options.reference)
-    spec = tables.TableSpec(metrics, segments, reference.label, options.test, options.alpha, options.keep_constant,
-                            carried(finished))
+    rows = build_rows(finished, row_axes(finished, options.row_key))
+    shots = fewshot.plan(rows, options.reference) if fewshot.is_fewshot(finished) else None
+    reference = None if shots else pick_reference(rows, options.reference)
+    if shots:
+        tests = fewshot.significance_by_shots(shots, metrics, segments, options.test, options.alpha, options.resamples)
+    else:
+        tests = significance(rows, reference, metrics, segments, options.test, options.alpha, options.resamples)
+    spec = tables.TableSpec(
+        metrics, segments, f"{shots.reference} at the same K" if shots else reference.label, options.test,
+        options.alpha, options.keep_constant, carried(finished),
+        frozenset(r.label for r in shots.references.values()) if shots else frozenset(), options.resamples,
+    )
     summary = summarise(rows, metrics, segments)
-    tests = significance(rows, reference, metrics, segments, options.test, options.alpha)
-    notes = [n for r in rows for n in r.notes]
+    notes = [n for r in rows for n in r.notes] + (shots.notes if shots else [])
     files.update(write_tables(summary, tests, spec, failed, notes, out_dir))
     files.update(write_plots(rows, summary, metrics, segments, options, notes, out_dir))
-    if continual.has_continual(rows):
+    if shots:
+        files.update(write_fewshot(shots, summary, tests, metrics, segments, options, out_dir))
+    elif continual.has_continual(rows):
         files.update(continual.write(rows, reference, options.test, options.alpha, out_dir))
     if notes:
         with open(files["markdown"], "a", encoding="utf-8") as handle:
             handle.write("\n## Notes\n\n" + "".join(f"- {n}\n" for n in notes))
     if options.wandb:
         log_wandb(tables.csv_frame(summary, tests, spec), files, runs, options, out_dir)
-    return Comparison(rows, summary, tests, failed, notes, files, reference.label)
+    return Comparison(rows, summary, tests, failed, notes, files, shots.reference if shots else reference.label)
+
+
+def row_axes(runs: list[Run], wanted: list[str] | None) -> list[str]:
+    """``wanted`` (else the default axes), plus scenario.shots in a few-shot sweep: a row is an arm at one K."""
+    axes = list(wanted or default_axes(runs))
+    if fewshot.is_fewshot(runs) and fewshot.SHOTS not in axes:
+        axes.append(fewshot.SHOTS)
+    check_axes(runs, axes)
+    return axes
+
+
+def write_fewshot(shots: fewshot.Plan, summary, tests, metrics, segments, options: Options, out_dir: Path) -> dict[str, Path]:
+    """The few-shot table and the metric-against-K plot (AUC unless --plot-metric says otherwise)."""
+    segment = "all" if "all" in segments else segments[0]
+    metric = options.plot_metric or ("auc" if "auc" in metrics else metrics[0])
+    return fewshot.write(shots, summary, tests, metrics, segment, metric, options.test, options.alpha,
+                         options.resamples, out_dir)
 
 
 def choose(runs: list[Run], options: Options) -> tuple[list[str], list[str]]:
@@ -150,7 +176,10 @@ def write_plots(rows, summary, metrics, segments, options: Options, notes: list[
         "quality_vs_time": plots.quality_vs_cost(
             summary, "train s", "training time (s)", metric, segments, out_dir / "quality_vs_train_time.png"),
     }
+    files.update(tradeoff.write(rows, metric, notes, out_dir))  # accuracy vs tail exposure along λ / α
     if continual.has_continual(rows):  # time blocks have no single test part to bucket
+        return files
+    if not any(parse_metric(m)[0].at_k for m in metrics):  # labelled pairs only (scenario=tallrec): no top-K lists
         return files
     k = options.bucket_k or parse_metric(metric)[1] or 10  # a pointwise metric has no K
     labels, per_row = popularity_buckets(rows, k, options, notes)

@@ -128,7 +128,7 @@ def _varying_within_base(keys: list[tuple]) -> dict[tuple, set[str]]:
 
 
 def build_rows(runs: list[Run], axes: list[str]) -> list[Row]:
-    """Finished runs grouped by ``axes``; CF models first, then text models, each by label."""
+    """Finished runs grouped by ``axes``; CF models first, then text models, each by its axis values."""
     check_splits(runs)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
@@ -141,7 +141,19 @@ def build_rows(runs: list[Run], axes: list[str]) -> list[Row]:
         _check_one_split_family(row.label, members)
         row.runs = _one_per_seed(row, members)
         rows.append(row)
-    return sorted(rows, key=lambda r: (r.text_model, r.label))
+    return sorted(rows, key=_order)
+
+
+def _order(row: Row) -> tuple:
+    """CF models before text models, then axis by axis, numbers by value (shots 16 < 64 < 256)."""
+    def value(text: str | None) -> tuple:
+        if text is None:
+            return (0, 0.0, "")
+        try:
+            return (1, float(text), "")
+        except ValueError:
+            return (2, 0.0, text)
+    return (row.text_model, *(value(v) for _, v in row.key))
 
 
 def _split_family(run: Run) -> str:

@@ -1,7 +1,8 @@
 """Paired significance tests over users against a reference row, with Holm's correction across rows.
 
 For a row and the reference, each seed both ran on the same split contributes one pair per test
-user (the per-user metric of each run); pairs of all such seeds are pooled into one test.
+user (the per-user metric of each run); pairs of all such seeds are pooled into one test. Pooled AUC
+has no per-user value: it gets a paired bootstrap over the saved test pairs (:mod:`recexp.compare.pairs`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import pandas as pd
 from scipy import stats
 
 from recexp.compare.load import Run, per_user
+from recexp.compare.pairs import PairsCache, align, paired_bootstrap
 from recexp.compare.rows import Row
 from recexp.evaluate import parse_metric
+from recexp.records import PAIRS as PAIRS_NAME
+
+BOOTSTRAP = "paired_bootstrap"  # the test named in significance.csv for pooled AUC
 
 SIGNIFICANCE_COLUMNS = [
     "row", "reference", "segment", "metric", "test", "n_seeds", "n_pairs", "mean_row", "mean_reference",
@@ -101,16 +106,21 @@ def paired_values(row: Row, reference: Row, segment: str, metric: str, cache: Pe
 
 
 def significance(
-    rows: list[Row], reference: Row, metrics: list[str], segments: list[str], test: str, alpha: float
+    rows: list[Row], reference: Row, metrics: list[str], segments: list[str], test: str, alpha: float,
+    resamples: int = 1000,
 ) -> pd.DataFrame:
-    """One line per (row other than the reference, segment, metric); Holm across rows per column."""
-    cache = PerUserCache()
+    """One line per (row other than the reference, segment, metric); Holm across rows per column.
+    ``resamples``: bootstrap replicates for pooled AUC."""
+    cache, pairs = PerUserCache(), PairsCache()
     records = []
     for segment in segments:
         family = []
         for row in (r for r in rows if r is not reference):
             for metric in metrics:
-                family.append(_one(row, reference, segment, metric, test, cache))
+                if parse_metric(metric)[0].name == "auc":
+                    family.append(_bootstrap(row, reference, segment, metric, resamples, pairs))
+                else:
+                    family.append(_one(row, reference, segment, metric, test, cache))
         for metric in metrics:
             members = [r for r in family if r["metric"] == metric]
             for record, adjusted in zip(members, holm([r["p_value"] for r in members])):
@@ -137,5 +147,39 @@ def _one(row: Row, reference: Row, segment: str, metric: str, test: str, cache: 
     record.update(
         mean_row=float(a.mean()), mean_reference=float(b.mean()), mean_diff=float((a - b).mean()),
         statistic=statistic, p_value=p, effect_size=effect, effect_measure=measure,
+    )
+    return record
+
+
+def _bootstrap(row: Row, reference: Row, segment: str, metric: str, resamples: int, cache: PairsCache) -> dict:
+    """Pooled AUC of ``row`` against ``reference``: a paired bootstrap over the test pairs of matched seeds."""
+    record = {
+        "row": row.label, "reference": reference.label, "segment": segment, "metric": metric, "test": BOOTSTRAP,
+        "n_seeds": 0, "n_pairs": 0, "mean_row": math.nan, "mean_reference": math.nan, "mean_diff": math.nan,
+        "statistic": math.nan, "p_value": math.nan, "effect_size": math.nan, "effect_measure": "", "note": "",
+    }
+    if segment != "all":
+        record["note"] = f"{PAIRS_NAME} holds segment all only"
+        return record
+    seeds, skipped = [], []
+    for seed in [s for s in row.seeds if s in reference.runs]:
+        mine, theirs = row.runs[seed], reference.runs[seed]
+        a, b = cache.get(mine), cache.get(theirs)
+        if mine.split_hash != theirs.split_hash:
+            skipped.append(f"seed {seed}: different splits")
+        elif a is None or b is None:
+            skipped.append(f"seed {seed}: no {PAIRS_NAME}")
+        else:
+            seeds.append(align(a, b, f"{mine.path} vs {theirs.path}"))
+    if not seeds:
+        record["note"] = "; ".join(skipped) or "no seed in common with the reference"
+        return record
+    result = paired_bootstrap(seeds, resamples)
+    record.update(
+        n_seeds=len(seeds), n_pairs=sum(len(p.labels) for p in seeds), mean_row=result["auc_row"],
+        mean_reference=result["auc_reference"], mean_diff=result["diff"], statistic=result["diff"],
+        p_value=result["p"], effect_size=result["diff"], effect_measure="auc_difference",
+        note="; ".join([f"{resamples} resamples, 95% interval of the difference "
+                        f"[{result['low']:.4f}, {result['high']:.4f}]", *skipped]),
     )
     return record

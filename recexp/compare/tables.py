@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from recexp.compare.aggregate import COST_COLUMNS, column, constant_by_construction, ranks, smaller_is_better
+from recexp.evaluate import parse_metric
 
 DAGGER = "†"
 
@@ -24,6 +25,11 @@ class TableSpec:
     alpha: float
     keep_constant: bool = False  # also show columns constant by construction (APLT inside head ...)
     carried: dict[str, frozenset[str]] | None = None  # segment -> metrics some run reports there (None: all)
+    reference_rows: frozenset[str] = frozenset()  # labels marked [ref] besides ``reference`` (few-shot: one per K)
+    resamples: int = 1000  # paired bootstrap replicates behind pooled AUC's marks
+
+    def is_reference(self, row: str) -> bool:
+        return row == self.reference or row in self.reference_rows
 
     def reported(self, segment: str, metric: str) -> bool:
         return self.carried is None or metric in self.carried.get(segment, frozenset())
@@ -88,7 +94,7 @@ def markdown(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec)
     head += list(COST_COLUMNS.values())
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for i, rec in summary.iterrows():
-        label = f"{rec['row']} [ref]" if rec["row"] == spec.reference else rec["row"]
+        label = f"{rec['row']} [ref]" if spec.is_reference(rec["row"]) else rec["row"]
         cells = [label.replace("|", "\\|"), str(rec["n_seeds"])]
         for name in names:
             text = _mean_std(rec[name], rec[f"{name} std"])
@@ -107,11 +113,13 @@ def _mean_std(mean: float, std: float) -> str:
 def legend(spec: TableSpec) -> str:
     omitted = spec.omitted()
     left_out = f" Left out, constant by construction: {', '.join(omitted)}." if omitted else ""
+    pooled_auc = any(parse_metric(m)[0].name == "auc" for m in spec.metrics)
+    bootstrap = f"; pooled auc: paired bootstrap over test pairs, {spec.resamples} resamples" if pooled_auc else ""
     return (
         f"Mean ± sample std over seeds (test split). Per column the best mean is **bold** and the second "
         f"best <u>underlined</u>; ↓ marks metrics where smaller is better. {DAGGER}: differs from "
         f"`{spec.reference}` at Holm-corrected p < {spec.alpha} ({spec.test}, paired over test users of "
-        f"matched seeds). Cost: trainable parameters, training seconds and peak memory (MB), seed means."
+        f"matched seeds{bootstrap}). Cost: trainable parameters, training seconds and peak memory (MB), seed means."
         + left_out
     )
 
@@ -145,7 +153,7 @@ def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) ->
     lines.append(" & ".join(["row", "seeds"] + metric_heads + [tex_escape(c) for c in COST_COLUMNS.values()]) + r" \\")
     lines.append(r"\midrule")
     for i, rec in summary.iterrows():
-        cells = [tex_escape(rec["row"]) + (" [ref]" if rec["row"] == spec.reference else ""), str(rec["n_seeds"])]
+        cells = [tex_escape(rec["row"]) + (" [ref]" if spec.is_reference(rec["row"]) else ""), str(rec["n_seeds"])]
         for name in metric_columns(spec):
             place, sig = marks[name][i]
             text = _mean_std(rec[name], rec[f"{name} std"]).replace(" ± ", r"$\pm$").replace("–", "--")
@@ -169,7 +177,7 @@ def csv_frame(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec
     unreported = [f"{column(s, m)}{tail}" for s in spec.segments for m in spec.metrics if not spec.reported(s, m)
                   for tail in ("", " std", " n")]
     frame = summary.drop(columns=[c for c in unreported if c in summary.columns])
-    frame.insert(1, "reference", frame["row"] == spec.reference)
+    frame.insert(1, "reference", frame["row"].map(spec.is_reference))
     for name in metric_columns(spec):
         segment, metric = name.split("/", 1)
         sub = significance[(significance.segment == segment) & (significance.metric == metric)]

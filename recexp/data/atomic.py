@@ -116,6 +116,7 @@ class AtomicDataset:
     rating_field: str | None = "rating"
     time_field: str | None = "timestamp"
     item_template: str | None = None  # e.g. "{movie_title} ({release_year}). Genres: {class}"
+    item_title_template: str | None = None  # a short name per item, e.g. "{movie_title} ({release_year})"
     user_template: str | None = None  # e.g. "A {age}-year-old {occupation}"
     positive_threshold: float | None = None  # keep interactions rated >= this; None: every one is a positive
     duplicates: str = "latest"  # repeated (user, item) pairs: latest | first | keep
@@ -125,7 +126,7 @@ class AtomicDataset:
         return load_atomic(folder, self.name, **{k: getattr(self, k) for k in _LOAD_KEYS})
 
 
-_LOAD_KEYS = ("user_field", "item_field", "rating_field", "time_field", "item_template", "user_template",
+_LOAD_KEYS = ("user_field", "item_field", "rating_field", "time_field", "item_template", "item_title_template", "user_template",
               "positive_threshold", "duplicates")
 
 
@@ -137,6 +138,7 @@ def load_atomic(
     rating_field: str | None = "rating",
     time_field: str | None = "timestamp",
     item_template: str | None = None,
+    item_title_template: str | None = None,
     user_template: str | None = None,
     positive_threshold: float | None = None,
     duplicates: str = "latest",
@@ -176,6 +178,7 @@ def load_atomic(
         item_features=item_features,
         user_features=user_features,
         item_text=render_texts(item_template, item_features, "item") if item_template else None,
+        item_title=render_texts(item_title_template, item_features, "item") if item_title_template else None,
         user_text=render_texts(user_template, user_features, "user") if user_template else None,
         content_hash=_content_hash(inter_path, user_field, item_field, rating_field, time_field, *_rules_applied(info)),
         info=info,

@@ -1,14 +1,21 @@
-"""``model=lm_classifier``: a cross-encoder that reads a user's history and a candidate -> P(like) or a rating.
+"""``model=lm_classifier``: a cross-encoder that reads a labelled history and a candidate -> P(like) or a rating.
 
-input:   [CLS] h_1; h_2; ...; h_n [SEP] candidate item text [SEP]   (the history side is truncated)
-output:  classification: P(rating >= threshold) = sigmoid(w . pool(encoder(input)) + b)
-         regression:     predicted rating        = w . pool(encoder(input)) + b
+input:   [CLS] Liked: h_1; h_3 ... Disliked: h_2 ... [SEP] candidate item text [SEP]   (history side truncated first)
+         (history items by their short names, ``dataset.item_title_template``, else their item text)
+output:  classification: P(like) = sigmoid(w . pool(encoder(input)) + b + r * logit(history like rate) + q * item prior)
+         regression:     predicted rating = w . pool(encoder(input)) + b
 
-h_1..h_n are the texts of the user's most recent liked items (rating >= threshold) in the stage's
-history, never including the candidate itself. Training is pointwise on rated train pairs (binary
-cross-entropy on the like label, or MSE on the rating; a fresh sample of ``samples_per_epoch``
-each epoch). Labelled pairs of a stage (``scenario.label_threshold``) are scored by
-``score_pairs``: probabilities (AUC, GAUC, LogLoss) or ratings (AUC, GAUC, RMSE, MAE).
+The history of a pair is its :class:`~recexp.models.histories.HistoryTable` row: the ``history_items``
+most recent interactions before it (newest first), each liked or disliked by its label (``label``,
+else rating >= ``threshold``). On ``scenario=tallrec`` that is each sample's own 10-item history, on
+``cold_user`` the support set. With ``rate_prior`` the smoothed share of liked items in that history
+enters the logit with a trained weight r (starting at 1), and with ``item_prior`` so does the target
+item's like rate in the training data (:func:`~recexp.models.histories.item_prior_logits`), so training
+begins from the two like-rate baselines and the encoder learns what they cannot tell. Training is pointwise on labelled train
+pairs (binary cross-entropy, or MSE on the rating); ``samples_per_epoch`` pairs per epoch (a fresh
+sample each epoch). Labelled pairs of a stage are scored
+by ``score_pairs``: probabilities (AUC, GAUC, LogLoss) or ratings (AUC, GAUC, RMSE, MAE). A frozen
+encoder's pooled outputs are computed once per pair and kept, so only the head trains after epoch one.
 
 Ranking: a cross-encoder needs one forward pass per (user, item), so ranking all items costs
 n_users * n_items passes. With ``rerank=K`` only a shortlist of K items per user is cross-encoded:
@@ -20,25 +27,24 @@ candidate (exact, slow).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split, Strategy
+from recexp.models.histories import HistoryTable, LabelledPairs, history_table, item_prior_logits, like_labels, rate_logit
 from recexp.models.objectives import item_texts, stage_histories
 from recexp.models.text_encoder import TextEncoder
-from recexp.train import Batch, epoch_order
+from recexp.train import Batch
 
 # Trainer defaults: (frozen encoder, trainable encoder).
 DEFAULTS = {
     False: dict(max_epochs=3, patience=1, batch_size=64, lr=1e-2),
-    True: dict(max_epochs=2, patience=1, batch_size=16, lr=1e-4),
+    True: dict(max_epochs=2, patience=1, batch_size=16, lr=3e-4),
 }
 HEADS = ("classification", "regression")
-EMPTY_HISTORY = "nothing yet"
+NOTHING = "none"
 
 
 class LMClassifier(nn.Module):
@@ -48,58 +54,97 @@ class LMClassifier(nn.Module):
         strategy: Strategy,
         threshold: float = 4.0,
         head: str = "classification",
-        history_items: int = 5,
+        history_items: int = 10,
+        rate_prior: bool = True,
+        item_prior: bool = True,
         rerank: int | None = 20,
         samples_per_epoch: int | None = 4096,
     ):
         super().__init__()
-        if history_items < 1 or (rerank is not None and rerank < 1):
-            raise ConfigError(f"model.module.history_items and rerank must be >= 1, got {history_items}, {rerank}.")
+        if history_items < 1 or (rerank is not None and rerank < 1) or (samples_per_epoch is not None and samples_per_epoch < 1):
+            raise ConfigError(
+                f"model.module.history_items, rerank and samples_per_epoch must be >= 1, got {history_items}, {rerank}, "
+                f"{samples_per_epoch}."
+            )
         if head not in HEADS:
             raise ConfigError(f"model.module.head={head!r} is unknown; choose one of {', '.join(HEADS)}.")
         self.encoder = encoder.adapt(strategy)
         self.head = nn.Linear(encoder.dim, 1)
+        self.rate_weight = nn.Parameter(torch.ones(())) if rate_prior and head == "classification" else None
+        self.item_weight = nn.Parameter(torch.ones(())) if item_prior and head == "classification" else None
         self.threshold, self.history_items, self.rerank, self.kind = threshold, history_items, rerank, head
         self.samples_per_epoch = samples_per_epoch
         self.pointwise_output = "probability" if head == "classification" else "rating"
         self.cpu_threads = None
         self.stale = False
+        self._pooled: dict[tuple[str, int, int], torch.Tensor] = {}  # frozen encoder: (table, row, item) -> pooled
 
     def trainer_defaults(self) -> dict:
         return DEFAULTS[self.encoder.trainable]
 
     def prepare(self, split: Split, device: torch.device) -> None:
-        if split.train["rating"].isna().all():
-            raise ConfigError("model=lm_classifier needs ratings for its labels: set dataset.rating_field.")
+        if self.kind == "regression" and split.train["rating"].isna().all():
+            raise ConfigError("model.module.head=regression needs ratings: set dataset.rating_field.")
+        if self.kind == "classification" and len(np.unique(like_labels(split.train, self.threshold))) < 2:
+            raise ConfigError(
+                f"model=lm_classifier needs liked and disliked training pairs, but every one is labelled the same (threshold "
+                f"{self.threshold}): set dataset.rating_field, or a model.module.threshold inside the rating range."
+            )
         self.split = split
         self.texts = item_texts(split)
+        self.titles = list(split.dataset.item_title) if split.dataset.item_title is not None else self.texts
         self.to(device)
         self.history = stage_histories(split, device)
-        frames = {TRAIN: split.train, **{stage: split.history(stage) for stage in split.stages}}
-        self.liked = {name: _recent_liked(frame, self.threshold) for name, frame in frames.items()}
+        self.tables: dict[str, HistoryTable] = {
+            name: history_table(split, name, self.history_items, self.threshold) for name in (TRAIN, *split.stages)
+        }
+        self._pooled = {}
+        self.register_buffer("item_logits", item_prior_logits(split).to(device), persistent=False)
         # shortlist encodings, taken before training (saved with the weights: not re-derivable after it)
         self.register_buffer("prior", F.normalize(self.encoder.embed(self.texts), dim=-1))  # [n_items, enc]
 
     def refresh(self) -> None:
-        """Nothing is cached from the trained weights."""
+        """Nothing is cached from trained weights (a frozen encoder's pooled outputs never change)."""
 
-    def train_data(self, split: Split, seed: int) -> "RatedPairs":
-        return RatedPairs(split.train, seed, self.samples_per_epoch, self.threshold, self.kind == "regression")
+    def train_data(self, split: Split, seed: int) -> LabelledPairs:
+        targets = split.train["rating"].to_numpy(np.float32) if self.kind == "regression" else like_labels(split.train, self.threshold)
+        return LabelledPairs(split.train, targets, seed, self.samples_per_epoch)
 
-    def _history_text(self, user: int, stage: str, candidate: int) -> str:
-        items = [i for i in self.liked[stage].get(user, ()) if i != candidate][: self.history_items]
-        return "; ".join(self.texts[i] for i in items) or EMPTY_HISTORY
+    def prompt(self, items: list[int], labels: list[float]) -> str:
+        """A history (newest first, -1 padding) -> 'Liked: a; b. Disliked: c.' by item titles (short names)."""
+        liked = [self.titles[i] for i, y in zip(items, labels) if i >= 0 and y > 0.5]
+        disliked = [self.titles[i] for i, y in zip(items, labels) if i >= 0 and y <= 0.5]
+        return f"Liked: {'; '.join(liked) or NOTHING}. Disliked: {'; '.join(disliked) or NOTHING}."
 
-    def _outputs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
-        """users [n], items [n] -> [n] head outputs (logits of P(like), or ratings) with ``stage``'s history."""
-        pairs = list(zip(users.tolist(), items.tolist()))
-        histories = [self._history_text(u, stage, i) for u, i in pairs]
-        return self.head(self.encoder(histories, [self.texts[i] for _, i in pairs])).squeeze(-1)
+    def _encode(self, table: str, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """rows [n], items [n] -> [n, dim] pooled cross-encodings (kept per pair when the encoder is frozen)."""
+        keys = list(zip(rows.tolist(), items.tolist()))
+        keep = not self.encoder.trainable
+        todo = [k for k in dict.fromkeys(keys) if not keep or (table, *k) not in self._pooled]
+        if todo:
+            history_items, history_labels = self.tables[table].gather(torch.tensor([r for r, _ in todo]))
+            prompts = [self.prompt(h, y) for h, y in zip(history_items.tolist(), history_labels.tolist())]
+            pooled = self.encoder(prompts, [self.texts[i] for _, i in todo])
+            if not keep:
+                order = {k: n for n, k in enumerate(todo)}
+                return pooled[torch.tensor([order[k] for k in keys], device=pooled.device)]
+            self._pooled.update({(table, *k): v for k, v in zip(todo, pooled.detach())})
+        return torch.stack([self._pooled[(table, *k)] for k in keys])
+
+    def _outputs(self, table: str, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """rows [n] of ``table``'s history rows, items [n] -> [n] head outputs (logits of P(like), or ratings)."""
+        outputs = self.head(self._encode(table, rows, items)).squeeze(-1)
+        if self.rate_weight is not None:
+            history_items, history_labels = self.tables[table].gather(rows)
+            outputs = outputs + self.rate_weight * rate_logit(history_labels, (history_items >= 0).float()).to(outputs.device)
+        if self.item_weight is not None:
+            outputs = outputs + self.item_weight * self.item_logits[items.to(self.item_logits.device)].to(outputs.device)
+        return outputs
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """(users [B], items [B], targets [B]: 0/1 labels or ratings) -> scalar loss."""
-        users, items, targets = batch
-        outputs = self._outputs(users, items, TRAIN)
+        """(rows [B] of train pairs, items [B], targets [B]: 0/1 labels or ratings) -> scalar loss."""
+        rows, items, targets = batch
+        outputs = self._outputs(TRAIN, rows, items)
         targets = targets.to(outputs.device, outputs.dtype)
         if self.kind == "regression":
             return F.mse_loss(outputs, targets)
@@ -126,7 +171,7 @@ class LMClassifier(nn.Module):
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
         """users [N], items [N] -> [N] P(like) (classification) or predicted ratings (regression)."""
         self.eval()
-        outputs = self._chunked(users.to(self.prior.device), items.to(self.prior.device), stage)
+        outputs = self._chunked(users, items, stage)
         return torch.sigmoid(outputs) if self.kind == "classification" else outputs
 
     def _candidates(self, stage: str) -> torch.Tensor:
@@ -135,38 +180,9 @@ class LMClassifier(nn.Module):
         return mask
 
     def _chunked(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
-        """No-grad cross-encoding in chunks: users [n], items [n] -> [n] head outputs."""
+        """No-grad cross-encoding of ``stage``'s pairs in chunks: users [n], items [n] -> [n] head outputs."""
+        rows, items = self.tables[stage].rows(users, items), items.cpu()
         size = self.encoder.batch_size
-        parts = [self._outputs(users[i : i + size], items[i : i + size], stage).float() for i in range(0, len(users), size)]
-        return torch.cat(parts) if parts else torch.zeros(0, device=users.device)
+        parts = [self._outputs(stage, rows[i : i + size], items[i : i + size]).float() for i in range(0, len(rows), size)]
+        return torch.cat(parts).to(users.device) if parts else torch.zeros(0, device=users.device)
 
-
-class RatedPairs(Dataset):
-    """One epoch of rated train pairs: batches (users, items, targets), targets the 0/1 like label or
-    the rating; ``limit`` pairs a fresh seeded sample each epoch."""
-
-    def __init__(self, frame: pd.DataFrame, seed: int, limit: int | None, threshold: float, ratings: bool):
-        frame = frame.dropna(subset=["rating"])
-        self.users = torch.tensor(frame["user"].to_numpy())
-        self.items = torch.tensor(frame["item"].to_numpy())
-        rating = frame["rating"].to_numpy()
-        self.targets = torch.as_tensor((rating if ratings else rating >= threshold).astype(np.float32))
-        self.seed, self.limit, self.epoch = seed, limit, None
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.order = epoch, epoch_order(len(self.users), self.seed, epoch, self.limit)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        picked = self.order[torch.as_tensor(indices)]
-        return self.users[picked], self.items[picked], self.targets[picked]
-
-
-def _recent_liked(frame: pd.DataFrame, threshold: float) -> dict[int, list[int]]:
-    """user -> items rated >= threshold, most recent first."""
-    liked = frame[frame["rating"] >= threshold].sort_values("timestamp", ascending=False, kind="stable")
-    return {int(u): group.tolist() for u, group in liked.groupby("user", sort=False)["item"]}

@@ -58,7 +58,9 @@ class TorchRecommender:
         return train.parameter_counts(self.module)
 
     def cost_extras(self) -> dict[str, Any]:
-        return {**self.stats.cost(), **self.module.encoder.cache_stats(), "artifact_bytes": self.artifact_bytes}
+        encoder = getattr(self.module, "encoder", None)
+        caches = encoder.cache_stats() if encoder is not None else {}
+        return {**self.stats.cost(), **caches, "artifact_bytes": self.artifact_bytes}
 
     def effective(self) -> dict[str, Any]:
         """The trainer settings this fit used, with the epochs it ran."""

@@ -1,4 +1,6 @@
-"""``model=user_rate``: the share of liked items in the user's history, the baseline every
+"""``model=user_rate`` and ``model=item_rate``: the like-rate baselines without text.
+
+``user_rate``: the share of liked items in the user's history, the baseline every
 cold-user text model must clear (no training, no text).
 
 On a sample-based stage (``scenario=tallrec``) the history is the pair's own sample history
@@ -16,6 +18,7 @@ import torch
 
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import FitContext, Split
+from recexp.models.histories import item_like_rates
 from recexp.scenarios.tallrec import sample_histories
 from recexp.train import TrainerConfig
 
@@ -84,6 +87,47 @@ class UserRateRecommender:
             raise ConfigError(f"model=user_rate scores pairs of samples at stage {stage!r}; it cannot rank items there.")
         row = torch.as_tensor(rates[users.cpu().numpy()], dtype=torch.float32, device=users.device)
         return row[:, None].expand(-1, self._split.n_items)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return 0, 0
+
+
+class ItemRateRecommender:
+    """``model=item_rate``: score(user, item) = the item's like rate in the training data, shrunk towards the
+    overall rate by ``prior_weight`` pseudo-interactions; no text, no user. Training data: the labelled
+    train pairs and, on sample-based splits (``scenario=tallrec``), their histories, which come with them."""
+
+    pointwise_output = "probability"
+
+    def __init__(self, prior_weight: float = 5.0, trainer: TrainerConfig | None = None):
+        given = trainer.explicit() if trainer else {}
+        if given:
+            name, value = next(iter(given.items()))
+            raise ConfigError(f"trainer.{name}={value} has no effect on model=item_rate, which trains nothing; remove it.")
+        if isinstance(prior_weight, bool) or not isinstance(prior_weight, (int, float)) or prior_weight < 0:
+            raise ConfigError(f"model.prior_weight={prior_weight!r} must be a number >= 0 (pseudo-interactions at the overall rate).")
+        self.prior_weight = float(prior_weight)
+        self._rates: np.ndarray | None = None
+
+    def fit(self, split: Split, ctx: FitContext) -> None:
+        rates, _ = item_like_rates(split, self.prior_weight)
+        if not len(rates):
+            raise DataError("model=item_rate needs labelled training interactions; use scenario=tallrec, or "
+                            "scenario=cold_user with a label_threshold.")
+        self._rates = rates
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [N], items [N] -> [N] item like rates."""
+        return torch.as_tensor(self._fitted()[items.cpu().numpy()], dtype=torch.float32, device=users.device)
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items]: the same item rates for every user."""
+        return torch.as_tensor(self._fitted(), dtype=torch.float32, device=users.device).expand(len(users), -1)
+
+    def _fitted(self) -> np.ndarray:
+        if self._rates is None:
+            raise RuntimeError("item_rate: call fit() before scoring.")
+        return self._rates
 
     def parameter_counts(self) -> tuple[int, int]:
         return 0, 0

@@ -109,11 +109,14 @@ def tallrec_order(inter: pd.DataFrame) -> pd.DataFrame:
 
 
 def sample_histories(split: Split, stage: str) -> tuple[dict[tuple[int, int], int], pd.DataFrame] | None:
-    """For a sample-based stage: ({(user, item): sample} of its pairs, its history rows with a ``sample``
-    column); None when ``stage``'s pairs or history carry no sample numbers."""
-    pairs = split.pairs(stage)
-    parts = [split.parts[name] for name in split.stage(stage).history]
-    if pairs is None or "sample" not in pairs or not all("sample" in p for p in parts):
+    """For a sample-based stage (or ``train``): ({(user, item): sample} of its pairs, its history rows with a
+    ``sample`` column); None when ``stage``'s pairs or history carry no sample numbers."""
+    if stage == TRAIN:
+        pairs, names = split.train, [name for name in (history_part(TRAIN),) if name in split.parts]
+    else:
+        pairs, names = split.pairs(stage), split.stage(stage).history
+    parts = [split.parts[name] for name in names]
+    if pairs is None or not parts or "sample" not in pairs or not all("sample" in p for p in parts):
         return None
     keys = zip(pairs["user"].to_numpy().tolist(), pairs["item"].to_numpy().tolist())
     lookup = dict(zip(keys, pairs["sample"].to_numpy().tolist()))

@@ -1,0 +1,334 @@
+"""``tail=augment``: the texts of tail items are extended before a text model reads them.
+
+Tail items are those outside the head of the split's training popularity (the scenario's
+``head_fraction``, as in the stage segments); items never trained on are tail items. Each tail item's
+text becomes ``original + " " + extra``, where ``extra`` is
+
+* ``generate``: what a Hugging Face causal or seq2seq model (``generator``) writes, greedily, for
+  ``prompt`` filled with the item's fields. Each output is cached on disk as one JSON file keyed by the
+  generator's fingerprint (sha256 over its config, vocabulary and weights), the prompt template,
+  ``max_new_tokens`` and the filled prompt; a file failing its sha256 is reported and regenerated.
+* ``keywords``: the words (three letters or more) of the item's nearest items' texts (cosine of the
+  packaged all-MiniLM-L6-v2 embeddings) that are neither English stop words (scikit-learn's list) nor in
+  its own text, ranked by summed similarity times count (ties: alphabetical).
+
+:class:`Augment` is applied once per built model by :func:`recexp.run.model_factory` (``tail.wrap(model)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from recexp.cache import DamagedCache, sha256
+from recexp.data.text import render_texts, template_fields
+from recexp.errors import ConfigError
+from recexp.interfaces import Recommender, Split
+from recexp.models.text_encoder import TextEncoder
+from recexp.scenarios.common import head_items
+from recexp.strategies import Frozen
+
+log = logging.getLogger(__name__)
+METHODS = ("generate", "keywords")
+WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+SIMILARITY_ROWS = 1024  # tail items compared with every item at once (bounds memory at rows x n_items)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"tail.{name}={value!r} is out of range: it must be an integer >= 1.")
+    return value
+
+
+class Augment:
+    """``tail=augment``: tail items' texts extended by generated text or by their neighbours' keywords.
+
+    ``describe()`` counts the tail items whose text the latest augmentation extended and, for
+    ``generate``, the texts generated and read from the cache over the run.
+    """
+
+    def __init__(
+        self,
+        method: str = "keywords",
+        generator: str | None = None,
+        prompt: str = "Describe the movie {movie_title} ({release_year}), genres {class}, in one sentence:",
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+        keywords: int = 5,
+        neighbours: int = 10,
+        head_fraction: float = 0.2,
+        cache_dir: str | None = None,
+    ):
+        if method not in METHODS:
+            raise ConfigError(f"tail.method={method!r} is unknown for tail=augment; choose one of {', '.join(METHODS)}.")
+        if isinstance(head_fraction, bool) or not isinstance(head_fraction, (int, float)) or not 0 < head_fraction < 1:
+            raise ConfigError(f"tail.head_fraction={head_fraction!r} is out of range: it must lie in (0, 1).")
+        self.method, self.prompt, self.head_fraction = method, prompt, float(head_fraction)
+        self.max_new_tokens, self.batch_size = _count("max_new_tokens", max_new_tokens), _count("batch_size", batch_size)
+        self.keywords, self.neighbours = _count("keywords", keywords), _count("neighbours", neighbours)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.generator_name = generator
+        self.generator: Generator | None = None
+        if method == "generate":
+            if not generator:
+                raise ConfigError("tail.method=generate needs tail.generator: a local Hugging Face model folder "
+                                  "(config.json, weights, tokenizer) or a model id; or use tail.method=keywords.")
+            self.generator = Generator(generator, self.cache_dir)
+        self._encoder: TextEncoder | None = None
+        self.items_augmented = 0
+
+    def describe(self) -> dict[str, Any]:
+        if self.generator is None:
+            return {"tail": "augment", "tail_method": self.method, "tail_keywords": self.keywords,
+                    "tail_neighbours": self.neighbours, "tail_items_augmented": self.items_augmented}
+        return {"tail": "augment", "tail_method": self.method, "tail_generator": self.generator_name,
+                "tail_max_new_tokens": self.max_new_tokens, "tail_items_augmented": self.items_augmented,
+                "tail_generated": self.generator.generated, "tail_cache_hits": self.generator.cache_hits}
+
+    def wrap(self, model: Recommender) -> "Augmented":
+        holder = getattr(model, "module", model)
+        if not isinstance(getattr(holder, "encoder", None), TextEncoder):
+            name = getattr(model, "name", None) or type(holder).__name__
+            raise ConfigError(
+                f"tail=augment extends item texts, but model {name} reads no item text. Use a text model "
+                "(text_tower, fusion, lm_classifier, text_zero_shot), or tail=rerank / tail=reweight."
+            )
+        return Augmented(model, self)
+
+    def augment(self, split: Split, device: torch.device, progress: bool = False) -> Split:
+        """``split`` with a dataset whose ``item_text`` is extended for the tail items (``split`` is left as it is)."""
+        texts = split.dataset.item_text
+        if texts is None:
+            raise ConfigError("tail=augment extends item texts, but the dataset has none: set dataset.item_template "
+                              "(e.g. '{movie_title} ({release_year}). Genres: {class}').")
+        tail = np.setdiff1d(np.arange(split.n_items), head_items(split.train, split.n_items, self.head_fraction))
+        if self.generator is not None:
+            prompts = self._prompts(split)
+            extras = self.generator.write([prompts[i] for i in tail], self.prompt, self.max_new_tokens,
+                                          self.batch_size, device, progress)
+        else:
+            extras = neighbour_keywords(list(texts), tail, self.keywords, self.neighbours, self._embeddings(texts, device))
+        extended = list(texts)
+        for item, extra in zip(tail.tolist(), extras):
+            if extra:
+                extended[item] = f"{texts[item]} {extra}"
+        self.items_augmented = sum(1 for extra in extras if extra)
+        log.info("tail=augment (%s): extended the text of %d of %d tail items.", self.method, self.items_augmented, len(tail))
+        return dataclasses.replace(split, dataset=dataclasses.replace(split.dataset, item_text=extended))
+
+    def _prompts(self, split: Split) -> list[str]:
+        """One filled ``prompt`` per item, from the item features."""
+        features = split.dataset.item_features
+        if features is None:
+            raise ConfigError("tail.prompt is filled from item features, but the dataset has no .item file.")
+        for name in template_fields(self.prompt):
+            if name not in features.columns:
+                raise ConfigError(f"tail.prompt names field {name!r}, which the item features lack; available fields: "
+                                  f"{', '.join(map(str, features.columns))}. Fix tail.prompt.")
+        return render_texts(self.prompt, features, "item")
+
+    def _embeddings(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """[n_items, dim] unit embeddings of ``texts`` by the packaged MiniLM (cached under ``cache_dir/embeddings``)."""
+        if self._encoder is None:
+            cache = str(self.cache_dir / "embeddings") if self.cache_dir else None
+            self._encoder = TextEncoder(cache_dir=cache).adapt(Frozen())
+        try:
+            return F.normalize(self._encoder.to(device).embed(list(texts)).float(), dim=1).cpu()
+        finally:
+            self._encoder.to("cpu")
+
+
+class Augmented:
+    """A recommender that fits, attaches and loads on the split with augmented tail texts; scoring and
+    everything else pass through to the inner model."""
+
+    def __init__(self, inner: Recommender, settings: Augment):
+        self.inner, self.settings = inner, settings
+
+    def __getattr__(self, name: str) -> Any:  # only called for names this wrapper does not define
+        if name in ("inner", "settings"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def fit(self, split: Split, ctx: Any) -> None:
+        self.inner.fit(self.settings.augment(split, ctx.device, ctx.progress), ctx)
+
+    def attach(self, split: Split, device: torch.device) -> None:
+        """Score ``split`` without training on it; a model that cannot keeps its split."""
+        if hasattr(self.inner, "attach"):
+            self.inner.attach(self.settings.augment(split, device), device)
+
+    def load(self, directory: Any, split: Split, device: Any = "cpu") -> None:
+        self.inner.load(directory, self.settings.augment(split, torch.device(device)), device)
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items], the inner model's scores."""
+        return self.inner.score(users, stage)
+
+    def effective(self) -> dict[str, Any]:
+        inner = self.inner.effective() if hasattr(self.inner, "effective") else {}
+        return {**inner, **self.settings.describe()}
+
+
+class Generator:
+    """A Hugging Face causal or seq2seq language model that writes text greedily, each output cached on disk."""
+
+    def __init__(self, name_or_path: str, cache_dir: Path | None):
+        path = os.path.expanduser(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(path)
+            self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = (AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM).from_pretrained(path)
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"Could not load tail.generator {name_or_path!r}: {error}\nOn an offline machine, point tail.generator "
+                "at a local folder holding config.json, the weights and the tokenizer files."
+            ) from error
+        self.model.eval().requires_grad_(False)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.pad_token is None:
+            raise ConfigError(f"tail.generator {name_or_path!r} has a tokenizer with neither a padding nor an "
+                              "end-of-text token, so its prompts cannot be batched; use another generator.")
+        if not self.seq2seq:
+            self.tokenizer.padding_side = "left"  # a causal model continues where each prompt ends
+        self.cache_dir = cache_dir
+        self.generated = 0
+        self.cache_hits = 0
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """sha256 over the config (not its location), the tokenizer vocabulary and the weights."""
+        if self._fingerprint is None:
+            config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
+            digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+            for token, index in sorted(self.tokenizer.get_vocab().items()):
+                digest.update(f"{token}\t{index}\n".encode("utf-8"))
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def write(self, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
+              device: torch.device, progress: bool = False) -> list[str]:
+        """One text per prompt: read from the cache where it holds one, else generated and cached."""
+        paths = [self._cache_path(template, max_new_tokens, prompt) for prompt in prompts]
+        texts = [_read_cached(path, prompt) for path, prompt in zip(paths, prompts)]
+        missing = [i for i, text in enumerate(texts) if text is None]
+        self.cache_hits += len(prompts) - len(missing)
+        new = self._generate([prompts[i] for i in missing], max_new_tokens, batch_size, device, progress)
+        for i, text in zip(missing, new):
+            texts[i] = text
+            if paths[i] is not None:
+                _save_atomically(paths[i], prompts[i], text)
+        self.generated += len(missing)
+        return texts
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device,
+                  progress: bool) -> list[str]:
+        """prompts [N] -> N greedy continuations (whitespace collapsed), ``batch_size`` prompts per call."""
+        if not prompts:
+            return []
+        self.model.to(device)
+        texts = []
+        try:
+            for start in tqdm(range(0, len(prompts), batch_size), desc="tail=augment", disable=not progress, leave=False):
+                batch = self.tokenizer(prompts[start : start + batch_size], padding=True, return_tensors="pt",
+                                       return_token_type_ids=False).to(device)
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+                new = out if self.seq2seq else out[:, batch["input_ids"].shape[1] :]
+                texts += [" ".join(text.split()) for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        finally:
+            self.model.to("cpu")
+        return texts
+
+    def _cache_path(self, template: str, max_new_tokens: int, prompt: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = json.dumps([self.fingerprint(), template, max_new_tokens, prompt])
+        return self.cache_dir / f"{sha256(key.encode())[:32]}.json"
+
+
+def _read_cached(path: Path | None, prompt: str) -> str | None:
+    """The text cached at ``path`` for ``prompt``, or None: no cache, no file, or a damaged one (a warning)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return read_generated(path, prompt)
+    except DamagedCache as err:
+        log.warning("Augmentation cache damaged: %s; generating it again.", err)
+        return None
+
+
+def read_generated(path: Path, prompt: str) -> str:
+    """The text cached at ``path``, or :class:`DamagedCache` when the file is unreadable, was written for
+    another prompt, or its text differs from the sha256 recorded with it."""
+    try:
+        entry = json.loads(path.read_bytes())
+        text, recorded, written_for = entry["text"], entry["sha256"], entry["prompt"]
+        intact = isinstance(text, str) and recorded == sha256(text.encode("utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DamagedCache(f"{path} cannot be read ({type(err).__name__}: {err})") from err
+    if not intact:
+        raise DamagedCache(f"{path} does not match its recorded sha256 (truncated or overwritten)")
+    if written_for != prompt:
+        raise DamagedCache(f"{path} was written for another prompt")
+    return text
+
+
+def _save_atomically(path: Path, prompt: str, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump({"prompt": prompt, "text": text, "sha256": sha256(text.encode("utf-8"))}, out)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def neighbour_keywords(texts: list[str], items: np.ndarray, count: int, neighbours: int,
+                       embeddings: torch.Tensor) -> list[str]:
+    """For each of ``items``: up to ``count`` words (space-separated) from the texts of its ``neighbours``
+    nearest other items by cosine of ``embeddings`` [n_items, dim] (unit rows), of three letters or more,
+    neither stop words nor in its own text, ranked by the sum over neighbours of similarity x count
+    (positive sums only; ties: alphabetical)."""
+    words = [WORD.findall(text.lower()) for text in texts]
+    counts = [Counter(w for w in found if len(w) > 2 and w not in ENGLISH_STOP_WORDS) for found in words]
+    k = min(neighbours, len(texts) - 1)
+    extras = []
+    for start in range(0, len(items), SIMILARITY_ROWS):
+        rows = torch.as_tensor(items[start : start + SIMILARITY_ROWS], dtype=torch.long)
+        similarity = embeddings[rows] @ embeddings.T  # [rows, n_items]
+        similarity[torch.arange(len(rows)), rows] = -math.inf
+        values, nearest = similarity.topk(k, dim=1)
+        for item, weights, others in zip(rows.tolist(), values.tolist(), nearest.tolist()):
+            own = set(words[item])
+            scores: Counter[str] = Counter()
+            for weight, other in zip(weights, others):
+                for word, n in counts[other].items():
+                    if word not in own:
+                        scores[word] += weight * n
+            ranked = sorted(((w, s) for w, s in scores.items() if s > 0), key=lambda pair: (-pair[1], pair[0]))
+            extras.append(" ".join(word for word, _ in ranked[:count]))
+    return extras
