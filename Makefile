@@ -50,7 +50,8 @@ PAPER_COMPARE_ARGS ?= --segments all,warm,cold --reference bpr
 CONTINUAL_DIR ?= outputs/continual/ml100k
 LONGTAIL_DIR ?= outputs/longtail/ml100k
 FEWSHOT_DIR ?= outputs/fewshot
-.PHONY: sweep compare paper continual longtail fewshot
+COLD_USER_DIR ?= outputs/cold_user
+.PHONY: sweep compare paper continual longtail fewshot cold-user
 
 sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
 	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
@@ -73,6 +74,11 @@ longtail: install ## the long tail on item cold start: 7 arms x 3 seeds, λ/α p
 	$(PY) -m recexp -m experiment=longtail_ml100k_tradeoff hydra.sweep.dir=$(LONGTAIL_DIR)/runs
 	$(PY) -m recexp.compare $(LONGTAIL_DIR)/runs --out $(LONGTAIL_DIR) --metrics ndcg@10,recall@10,aplt@10,itemcoverage@10,gini@10 \
 	  --segments all,tail,tail_full,cold_full --row-key model,strategy,tail,tail.method,tail.lam,tail.alpha --reference bpr $(COMPARE_ARGS)
+
+cold-user: install ## user cold start on ml-100k cold_user (like rates, ID models, text features; 3 seeds; paired over users) into COLD_USER_DIR
+	$(PY) -m recexp -m experiment=cold_user_ml100k hydra.sweep.dir=$(COLD_USER_DIR)/runs
+	$(PY) -m recexp.compare $(COLD_USER_DIR)/runs --out $(COLD_USER_DIR) --metrics gauc,auc,ndcg@10 --segments all \
+	  --row-key model,strategy --reference id_fm $(COMPARE_ARGS)
 
 fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores) into FEWSHOT_DIR
 	$(PY) -m recexp -m experiment=fewshot_tallrec hydra.sweep.dir=$(FEWSHOT_DIR)/runs

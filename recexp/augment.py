@@ -17,7 +17,6 @@ text becomes ``original + " " + extra``, where ``extra`` is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from recexp.cache import DamagedCache, sha256
+from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError
 from recexp.interfaces import Recommender, Split
@@ -217,13 +216,7 @@ class Generator:
         """sha256 over the config (not its location), the tokenizer vocabulary and the weights."""
         if self._fingerprint is None:
             config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
-            digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-            for token, index in sorted(self.tokenizer.get_vocab().items()):
-                digest.update(f"{token}\t{index}\n".encode("utf-8"))
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = model_fingerprint(json.dumps(config, sort_keys=True, default=str).encode(), self.tokenizer, self.model)
         return self._fingerprint
 
     def write(self, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,

@@ -1,10 +1,18 @@
 """``make bench``: time and memory of recexp's own hot paths on ml-100k; writes ``outputs/bench/bench.json``.
 
-    python -m recexp.bench [--out outputs/bench] [--device auto] [--models pop,bpr,text_tower]
+    python -m recexp.bench [--out outputs/bench] [--device auto] [--models pop,bpr,text_tower] [--no-fewshot]
+
+``fewshot``: one whole few-shot cross-encoder run as a user starts it (``scenario=tallrec
+scenario.shots=256 model=lm_classifier strategy=lora``: training on 256 samples, validation, 1,000 test
+pairs), against its target of 3 minutes on 2 CPU cores, beside a ``model=user_rate`` run of the same
+command in the same bench (start-up, data and split: what any run costs).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -78,22 +86,46 @@ def bench_model(name: str, overrides: list[str], device: torch.device, out: Path
     return {**meter.summary(model, split), "test_ndcg@10": test.metrics["all"]["ndcg@10"]}
 
 
+FEWSHOT_TARGET_S = 180.0  # a K=256 cross-encoder run on 2 CPU cores
+
+
+def bench_fewshot(out: Path) -> dict[str, Any]:
+    """Wall time of a K=256 LoRA cross-encoder run on ``scenario=tallrec``, and of a ``user_rate`` run beside it."""
+    report: dict[str, Any] = {"target_s": FEWSHOT_TARGET_S}
+    for name, model in (("user_rate", ["model=user_rate"]), ("lm_classifier_lora", ["model=lm_classifier", "strategy=lora"])):
+        run_dir = out / "fewshot" / name
+        command = [sys.executable, "-m", "recexp", "scenario=tallrec", "scenario.shots=256", *model, "seed=0",
+                   "logger=none", "progress=false", f"hydra.run.dir={run_dir}", f"cache_dir={out / 'cache'}"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        record = json.loads((run_dir / "results.json").read_text())
+        report[name] = {"wall_s": time.perf_counter() - start, "test_auc": record["metrics"]["test"]["auc"],
+                        "test_gauc": record["metrics"]["test"]["gauc"], "trainable_params": record["cost"]["trainable_params"]}
+    cross = report["lm_classifier_lora"]["wall_s"]
+    report["within_target"] = cross < FEWSHOT_TARGET_S
+    report["ratio_to_user_rate"] = cross / report["user_rate"]["wall_s"]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench", type=Path)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", default="pop,bpr", help="comma-separated model presets to fit")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override, repeatable")
+    parser.add_argument("--no-fewshot", dest="fewshot", action="store_false", help="skip the few-shot cross-encoder run")
     args = parser.parse_args()
     device = pick_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": str(device), "versions": package_versions(), "pipeline": bench_pipeline(device)}
     report["models"] = {m: bench_model(m, args.override, device, args.out) for m in args.models.split(",") if m}
+    if args.fewshot:
+        report["fewshot"] = bench_fewshot(args.out)
     path = args.out / "bench.json"
     write_json_atomic(path, report)
     print(f"wrote {path}")
-    for section in ("pipeline", "models"):
-        for key, value in report[section].items():
+    for section in ("pipeline", "models", "fewshot"):
+        for key, value in report.get(section, {}).items():
             print(f"  {section}.{key}: {value}")
 
 

@@ -11,6 +11,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch
+
 from recexp.errors import DataError
 
 
@@ -20,6 +22,17 @@ class DamagedCache(DataError):
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def model_fingerprint(prefix: bytes, tokenizer, model) -> str:
+    """sha256 over ``prefix``, a tokenizer's vocabulary and a torch model's weights (names and bytes)."""
+    digest = hashlib.sha256(prefix)
+    for token, index in sorted(tokenizer.get_vocab().items()):
+        digest.update(f"{token}\t{index}\n".encode("utf-8"))
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_verified(path: Path, expected: str | None) -> bytes:

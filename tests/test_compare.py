@@ -731,3 +731,12 @@ def test_fewshot_preset_runs_and_compares(tmp_path):
     assert set(sig[sig.metric == "auc"].n_pairs) == {2 * 1000}  # TALLRec's 1,000 test pairs per seed
     points = pd.read_csv(tmp_path / "out" / "auc_vs_shots.csv")
     assert "TALLRec LLaMA-7B LoRA (published)" in set(points.series)
+
+
+def test_default_rows_separate_a_model_with_a_tail_strategy_from_it_without(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_tail_run(root, "bpr", seed)
+        write_tail_run(root, "bpr", seed, "rerank", "xquad", 0.3)
+    result = run_compare([root], tmp_path / "out", metrics=["ndcg@10"], segments=["all"])
+    assert sorted(row.label for row in result.rows) == ["bpr", "bpr (tail=rerank)"]

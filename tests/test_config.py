@@ -117,3 +117,13 @@ def test_conf_groups_mirror_packages():
     root = Path(__file__).resolve().parent.parent / "recexp"
     for group in ("scenario", "model", "task"):
         assert (root / f"{group}s").is_dir()
+
+
+def test_cold_user_preset_sweeps_fewshot_arms_that_score_without_a_cross_encoder():
+    arms = OmegaConf.load(CONF / "experiment" / "cold_user_ml100k.yaml").hydra.sweeper.params["+fewshot_arm"].split(",")
+    assert set(arms) <= {p.stem for p in (CONF / "fewshot_arm").glob("*.yaml")}
+    for arm in arms:
+        cfg = compose_with("experiment=cold_user_ml100k", f"+fewshot_arm={arm}")
+        check_binds(OmegaConf.to_container(cfg, resolve=False), f"+fewshot_arm={arm}")
+        assert cfg.scenario._target_.endswith("ColdUserScenario") and cfg.trainer.valid_metric == "gauc"
+        assert "lm_classifier" not in arm

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,18 +32,23 @@ class Paired:
     reference: np.ndarray
 
 
-class PairsCache:
-    """Each run's scored test pairs (user_id, item_id, label, score), read once; None where not saved."""
+class RunFiles:
+    """What ``read`` gives for each run (e.g. its per-user metrics or scored pairs), read once."""
 
-    def __init__(self):
-        self._frames: dict[str, pd.DataFrame | None] = {}
+    def __init__(self, read: Callable[[Run], pd.DataFrame | None]):
+        self._read, self._frames = read, {}
 
     def get(self, run: Run) -> pd.DataFrame | None:
         key = str(run.path)
         if key not in self._frames:
-            path = run.path / PAIRS
-            self._frames[key] = pd.read_csv(path, dtype={"user_id": str, "item_id": str}) if path.is_file() else None
+            self._frames[key] = self._read(run)
         return self._frames[key]
+
+
+def scored_pairs(run: Run) -> pd.DataFrame | None:
+    """A run's scored test pairs (user_id, item_id, label, score); None where not saved."""
+    path = run.path / PAIRS
+    return pd.read_csv(path, dtype={"user_id": str, "item_id": str}) if path.is_file() else None
 
 
 def align(mine: pd.DataFrame, theirs: pd.DataFrame, where: str) -> Paired:

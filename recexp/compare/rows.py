@@ -83,11 +83,11 @@ def default_axes(runs: list[Run]) -> list[str]:
 
 
 def _splits(runs: list[Run], flats: list[dict[str, str]], axes: list[str], axis: str) -> bool:
+    """True when ``axis`` takes more than one value (a missing one counts: a run without ``tail`` differs from one
+    with it) among runs that agree on ``axes``."""
     seen: dict[tuple, set] = defaultdict(set)
     for run, flat in zip(runs, flats):
-        value = axis_value(run, axis, flat)
-        if value is not None:
-            seen[tuple(axis_value(run, a, flat) for a in axes)].add(value)
+        seen[tuple(axis_value(run, a, flat) for a in axes)].add(axis_value(run, axis, flat))
     return any(len(values) > 1 for values in seen.values())
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from recexp.compare.load import Run, per_user
-from recexp.compare.pairs import PairsCache, align, paired_bootstrap
+from recexp.compare.load import per_user
+from recexp.compare.pairs import RunFiles, align, paired_bootstrap, scored_pairs
 from recexp.compare.rows import Row
 from recexp.evaluate import parse_metric
 from recexp.records import PAIRS as PAIRS_NAME
@@ -67,20 +67,7 @@ TESTS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[float, float, float, s
 }
 
 
-class PerUserCache:
-    """Per-user test metrics of each run, read once."""
-
-    def __init__(self):
-        self._frames: dict[str, pd.DataFrame | None] = {}
-
-    def get(self, run: Run) -> pd.DataFrame | None:
-        key = str(run.path)
-        if key not in self._frames:
-            self._frames[key] = per_user(run)
-        return self._frames[key]
-
-
-def paired_values(row: Row, reference: Row, segment: str, metric: str, cache: PerUserCache):
+def paired_values(row: Row, reference: Row, segment: str, metric: str, cache: RunFiles):
     """(row values, reference values, seeds used, note) pooled over matched seeds on the same split."""
     xs, ys, used, skipped = [], [], [], []
     for seed in [s for s in row.seeds if s in reference.runs]:
@@ -111,7 +98,7 @@ def significance(
 ) -> pd.DataFrame:
     """One line per (row other than the reference, segment, metric); Holm across rows per column.
     ``resamples``: bootstrap replicates for pooled AUC."""
-    cache, pairs = PerUserCache(), PairsCache()
+    cache, pairs = RunFiles(per_user), RunFiles(scored_pairs)
     records = []
     for segment in segments:
         family = []
@@ -130,7 +117,7 @@ def significance(
     return pd.DataFrame.from_records(records, columns=SIGNIFICANCE_COLUMNS)
 
 
-def _one(row: Row, reference: Row, segment: str, metric: str, test: str, cache: PerUserCache) -> dict:
+def _one(row: Row, reference: Row, segment: str, metric: str, test: str, cache: RunFiles) -> dict:
     if not parse_metric(metric)[0].per_user:
         a, b, seeds, note = np.array([]), np.array([]), [], "pooled metric: no per-user values to pair"
     else:
@@ -151,7 +138,7 @@ def _one(row: Row, reference: Row, segment: str, metric: str, test: str, cache: 
     return record
 
 
-def _bootstrap(row: Row, reference: Row, segment: str, metric: str, resamples: int, cache: PairsCache) -> dict:
+def _bootstrap(row: Row, reference: Row, segment: str, metric: str, resamples: int, cache: RunFiles) -> dict:
     """Pooled AUC of ``row`` against ``reference``: a paired bootstrap over the test pairs of matched seeds."""
     record = {
         "row": row.label, "reference": reference.label, "segment": segment, "metric": metric, "test": BOOTSTRAP,

@@ -22,7 +22,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from recexp.cache import DamagedCache, sha256
+from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.errors import ConfigError
 from recexp.interfaces import Strategy
 
@@ -159,13 +159,7 @@ class TextEncoder(nn.Module):
     def fingerprint(self) -> str:
         """sha256 over the weights, the tokenizer vocabulary, pooling and max_length."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(f"{self.pooling}|{self.max_length}|".encode())
-            for token, index in sorted(self.tokenizer.get_vocab().items()):
-                digest.update(f"{token}\t{index}\n".encode("utf-8"))
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = model_fingerprint(f"{self.pooling}|{self.max_length}|".encode(), self.tokenizer, self.model)
         return self._fingerprint
 
     def save(self, directory: Path) -> None:
