@@ -3,13 +3,14 @@ scikit-learn, the metric registry, and agreement with RecBole's metrics."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
 from recexp.evaluate.metrics import (
     METRICS,
@@ -21,6 +22,7 @@ from recexp.evaluate.metrics import (
     parse_metric,
     register,
 )
+from recexp.evaluate.ranking import check_scores
 from recexp.interfaces import Dataset
 from recexp.scenarios.common import holdout_split
 
@@ -95,6 +97,102 @@ def test_constant_scores_rank_randomly_not_by_id(cold_split):
     assert not np.array_equal(np.sort(ranks[0]), ranks[0])  # not in id order
 
 
+class SharedScores(FixedScores):
+    """One score row for every user, returned as a view (as a popularity model's may be): not to be written to."""
+
+    def score(self, users, stage):
+        return self.scores[0].expand(len(users), -1)
+
+
+def tie_heavy_split(seed, n_users, n_items):
+    """A split whose stages rank a subset of the items (as cold-item splits do), with head/tail/cold item
+    segments smaller and larger than K, a user segment, and users whose history leaves fewer than K candidates."""
+    rng = np.random.default_rng(seed)
+    candidates = np.sort(rng.choice(n_items, n_items * 9 // 10, replace=False))
+    head, cold = candidates[: len(candidates) // 5], candidates[-3:]
+    segments = {"all": candidates, "head": head, "tail": np.setdiff1d(candidates, head), "cold": cold}
+    sizes = rng.integers(0, n_items // 3, n_users)
+    sizes[:3] = len(candidates) - np.array([0, 1, 4])  # history covering all, all but 1, all but 4 candidates
+    histories = [rng.permutation(candidates)[: sizes[u]] for u in range(n_users)]
+    train = [(u, int(i)) for u in range(n_users) for i in histories[u]]
+    seen = {(u, i) for u, i in train}
+    test = [(u, int(i)) for u in range(n_users) for i in rng.choice(n_items, 6, replace=False) if (u, i) not in seen]
+    test += [(0, int(candidates[0]))] + [(u, int(i)) for u in (1, 2) for i in np.setdiff1d(candidates, histories[u])]
+    test += [(u, int(cold[0])) for u in range(3, n_users, 4) if (u, int(cold[0])) not in seen]
+    dataset = Dataset(name="ties", inter=frame(train + test),
+                      user_tokens=np.array([f"u{i}" for i in range(n_users)], dtype=object),
+                      item_tokens=np.array([f"i{i}" for i in range(n_items)], dtype=object))
+    split = holdout_split(dataset, frame(train), frame([]), frame(test), {"valid": candidates, "test": candidates},
+                          {"valid": segments, "test": segments}, None)
+    split.stage("test").user_segments = {"odd": np.arange(1, n_users, 2)}
+    return split
+
+
+def tie_heavy_scores(seed, split, k):
+    """Integer scores (ties everywhere) for most users, distinct floats for some, distinct floats but for one
+    tie across the end of the top-``k`` list for others, a constant row for one: every path through the ranking."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (split.n_users, split.n_items), generator=generator).float()
+    scores[1::5] = torch.randn(len(scores[1::5]), split.n_items, generator=generator)
+    scores[2::5] = torch.randint(0, split.n_items, (len(scores[2::5]), split.n_items), generator=generator).float()
+    scores[3::5] = torch.randn(len(scores[3::5]), split.n_items, generator=generator)
+    scores[4] = 0.0
+    history = split.history("test")
+    for user in range(3, split.n_users, 5):
+        rankable = np.setdiff1d(split.stage("test").candidates, history.loc[history["user"] == user, "item"])
+        ranked = rankable[np.argsort(-scores[user, rankable].numpy())]
+        if len(ranked) > k:
+            scores[user, ranked[k]] = scores[user, ranked[k - 1]]  # the k-th and (k+1)-th of the `all` ranking tie
+    return scores
+
+
+def reference_ranking(scores, split, stage, name, k, tie_seed):
+    """The ranking recexp has always made, written out plainly: history and items outside the ranked set at
+    -inf, every row permuted by the seeded item order, torch.topk, -1 for empty slots.
+    -> (users [U], top-k lists [U, k], the positives that count [U, n_items] bool)."""
+    spec, n_items = split.stage(stage), split.n_items
+    base = name.removesuffix("_full")
+    counted = np.intersect1d(spec.segments.get(base, spec.candidates), spec.candidates)
+    ranked = spec.candidates if name.endswith("_full") or name not in spec.segments else counted
+    positives, history = np.zeros((split.n_users, n_items), bool), np.zeros((split.n_users, n_items), bool)
+    for dense, part in ((positives, split.positives(stage)), (history, split.history(stage))):
+        dense[part["user"].to_numpy(int), part["item"].to_numpy(int)] = True
+    positives[:, np.setdiff1d(np.arange(n_items), counted)] = False  # only the segment's positives count
+    users = np.flatnonzero(positives.any(1))
+    if name in spec.user_segments:
+        users = np.intersect1d(users, spec.user_segments[name])
+    outside = np.ones(n_items, bool)
+    outside[ranked] = False
+    masked = scores[users].masked_fill(torch.as_tensor(history[users] | outside), float("-inf"))
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(tie_seed))
+    best = masked[:, order].topk(min(k, len(ranked)), dim=1)
+    return users, torch.where(best.values > float("-inf"), order[best.indices], -1).numpy(), positives[users]
+
+
+@pytest.mark.parametrize("seed, n_users, n_items", [(0, 40, 30), (1, 60, 300), (2, 90, 3000)])
+@pytest.mark.parametrize("model", [FixedScores, SharedScores])
+def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_items, model):
+    split = tie_heavy_split(seed, n_users, n_items)
+    scores = tie_heavy_scores(seed, split, 20)
+    before = scores.clone()
+    evaluator = Evaluator(ks=[1, 5, 20], metrics=["recall", "ndcg", "hit"], batch_size=16, tie_seed=seed)
+    result = evaluator.evaluate(model(scores), split, "test", segments=("all", "head", "tail", "cold", "odd"))
+    assert set(result.topk) == {"all", "head", "head_full", "tail", "tail_full", "cold", "cold_full", "odd"}
+    for name, topk in result.topk.items():
+        wanted = before[0].expand(n_users, -1) if model is SharedScores else before
+        users, lists, positives = reference_ranking(wanted, split, "test", name, 20, seed)
+        assert np.array_equal(result.users[name], users), name
+        assert np.array_equal(topk, lists), name
+        hits = np.take_along_axis(np.pad(positives, ((0, 0), (0, 1))), lists, 1)  # slot -1 reads the padding
+        for k in (1, 5, 20):
+            recall = hits[:, :k].sum(1) / positives.sum(1)
+            assert result.metrics[name][f"recall@{k}"] == pytest.approx(recall.mean(), abs=1e-12), (name, k)
+            assert result.metrics[name][f"hit@{k}"] == pytest.approx(hits[:, :k].any(1).mean(), abs=1e-12), (name, k)
+    first = dict(zip(result.users["all"], result.topk["all"]))
+    assert [int((first[u] == -1).sum()) for u in range(3)] == [20, 19, 16]  # histories leave 0, 1 and 4 candidates
+    assert torch.equal(scores, before)  # the model's scores are left as they were
+
+
 def test_per_user_values_average_to_reported_metrics(random_split):
     generator = torch.Generator().manual_seed(0)
     model = FixedScores(torch.rand(random_split.n_users, random_split.n_items, generator=generator))
@@ -107,6 +205,21 @@ def test_per_user_values_average_to_reported_metrics(random_split):
                 assert segment in ("head", "tail") and key.startswith(("aplt", "averagepopularity"))
                 continue
             assert rows[key].mean() == pytest.approx(metrics[key], abs=1e-12)
+
+
+@pytest.mark.parametrize("row, message", [
+    ([1.0, float("nan")], "1 NaN/+inf, 0 users without a finite score"),
+    ([float("inf"), 0.0], "1 NaN/+inf, 0 users"),
+    ([float("-inf"), float("-inf")], "0 NaN/+inf, 1 users without a finite score"),
+    ([float("-inf"), 2.0], None),
+])
+def test_non_finite_scores_are_a_training_error(row, message):
+    scores = torch.tensor([[0.0, 1.0], row])
+    if message is None:
+        check_scores(scores, FixedScores(scores), "test")
+        return
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        check_scores(scores, FixedScores(scores), "test")
 
 
 def test_unknown_metric_is_a_config_error():

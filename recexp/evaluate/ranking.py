@@ -71,45 +71,58 @@ def rank_stage(
     counted = {n: item_mask(spec.segments.get(full_view_of(n, spec.segments) or n, everything), spec.candidates,
                             split.n_items, device) for n in segments}  # whose positives count
     candidates = item_mask(everything, spec.candidates, split.n_items, device)
-    masks = {n: candidates if full_view_of(n, spec.segments) or torch.equal(counted[n], candidates) else counted[n]
-             for n in segments}  # what is ranked: `all`, the full views and user segments share one ranking
-    shared = {id(m) for m in masks.values() if sum(other is m for other in masks.values()) > 1}
-    members = {n: user_mask(spec.user_segments[n], split.n_users) for n in segments if n in spec.user_segments}
+    masks = {n: None if full_view_of(n, spec.segments) or torch.equal(counted[n], candidates) else counted[n]
+             for n in segments}  # a restricted ranking's items; None: all candidates (`all`, full views, user segments)
+    n_ranked = {n: int((candidates if m is None else m).sum()) for n, m in masks.items()}  # items each one ranks
+    n_pos = {n: torch.as_tensor(positives.astype(np.float64) @ counted[n].cpu().numpy().astype(np.float64),
+                                device=device) for n in segments}  # [n_users] positives among the counted items
+    members = {n: torch.as_tensor(user_mask(spec.user_segments[n], split.n_users), device=device)
+               for n in segments if n in spec.user_segments}
     order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
+    outside = (~candidates).nonzero()[:, 0]  # items that are no candidates
     max_k = max(ks)
+    # every batch reuses these (scores, a restricted ranking's scores, positives): no fresh 50 MB a batch
+    buffer, spare = (torch.empty(min(batch_size, len(users)), split.n_items, device=device) for _ in range(2))
+    pos_buffer = torch.empty(buffer.shape, dtype=torch.bool, device=device)
     collected: dict[str, list] = {n: [] for n in segments}
     with torch.no_grad():
         for start in tqdm(range(0, len(users), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
             batch = users[start : start + batch_size]
-            scores = model.score(torch.as_tensor(batch, device=device), stage).to(device, torch.float32)
+            rows = torch.as_tensor(batch, device=device)
+            scores = buffer[: len(batch)].copy_(model.score(rows, stage))  # float32; the model's tensor stays as it was
             check_scores(scores, model, stage)
-            pos = dense_rows(positives, batch, split.n_items, device)
-            scores = scores.masked_fill(dense_rows(history, batch, split.n_items, device), float("-inf"))
-            ranked: dict[int, tuple] = {}  # id(mask) -> top-k of the whole batch, for masks several segments rank by
+            _unrankable(scores, history[batch], outside)
+            pos = dense_rows(positives, batch, split.n_items, device, pos_buffer[: len(batch)])
+            shared = None  # the top-k of every candidate, computed once for all the rankings that read it
             for name, mask in masks.items():
-                rows = torch.as_tensor(members[name][batch], device=device) if name in members else None
-                keep = _keep(pos, counted[name], rows)
-                k = min(max_k, int(mask.sum()))
-                if id(mask) in shared:
-                    if id(mask) not in ranked:
-                        ranked[id(mask)] = _top(scores, mask, k, order)
-                    top = tuple(t[keep] for t in ranked[id(mask)])
-                else:
-                    top = _top(scores[keep], mask, k, order)
-                collected[name].append(_hits(top, pos[keep], counted[name], batch[keep.cpu().numpy()]))
+                keep = (n_pos[name][rows] > 0) & (members[name][rows] if name in members else True)
+                if mask is None:
+                    if shared is None:
+                        shared = _top(scores, min(max_k, n_ranked[name]), order)
+                    top = tuple(t[keep] for t in shared)
+                else:  # a restricted ranking: its users' scores, outside its items at -inf
+                    part = torch.index_select(scores, 0, keep.nonzero()[:, 0], out=spare[: int(keep.sum())])
+                    top = _top(part.masked_fill_(~mask, float("-inf")), min(max_k, n_ranked[name]), order)
+                collected[name].append(_hits(top, pos, keep, counted[name], n_pos[name][rows], batch))
+    return _summaries(collected, split, spec, metrics, ks, n_ranked, positives, history, device)
+
+
+def _summaries(collected, split, spec, metrics, ks, n_ranked, positives, history, device) -> dict[str, SegmentRanking]:
+    """Each segment's metrics from its ``collected`` batches; ``n_ranked[name]``: how many items its ranking ranks."""
+    head = spec.segments.get("head", np.array([], dtype=np.int64))
+    wanted = {m.kind for m in metrics}  # the list and exposure contexts are built only for metrics that read them
     context = ListContext(
         popularity=torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), device=device),
-        is_tail=_tail_mask(spec.segments.get("head", np.array([], dtype=np.int64)), split.n_items, device),
-    )
-    exposure = exposure_context(spec.segments.get("head", np.array([], dtype=np.int64)), spec.candidates,
-                                positives, history)
+        is_tail=_tail_mask(head, split.n_items, device),
+    ) if "list" in wanted else None
+    exposure = exposure_context(head, spec.candidates, positives, history) if "exposure" in wanted else None
     out = {}
     for name, parts in collected.items():
         if parts and sum(len(p[0]) for p in parts) > 0:
             restricted = name in spec.segments and name != "all"
             kinds = ("ranking",) if restricted else ("ranking", "list", "catalog") + (("exposure",) if name == "all" else ())
             chosen = [m for m in metrics if m.kind in kinds]
-            out[name] = _summarise(name, parts, int(masks[name].sum()), chosen, ks, context, split.dataset.user_tokens,
+            out[name] = _summarise(name, parts, n_ranked[name], chosen, ks, context, split.dataset.user_tokens,
                                    exposure)
     return out
 
@@ -131,6 +144,8 @@ def exposure_context(head: np.ndarray, candidates: np.ndarray, positives: sp.csr
 def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
     """A TrainingError when scores [B, n_items] hold NaN or +inf, or a user has no finite score at all:
     such a model diverged, and ranking its scores would give quiet nonsense."""
+    if scores.dim() == 2 and scores.shape[-1] and bool(scores.amax(dim=-1).isfinite().all()):
+        return  # one pass: NaN and +inf carry into a row's maximum, which is -inf when no score is finite
     broken = int(scores.isnan().sum() + scores.isposinf().sum())
     empty = int((~torch.isfinite(scores)).all(dim=-1).sum()) if scores.dim() == 2 and scores.shape[-1] else 0
     if broken or empty:
@@ -168,27 +183,43 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens, exp
     return SegmentRanking(summary, frame, topk_np, users)
 
 
-def _top(scores, mask, k, order):
-    """Top-k among the ``mask`` items of every row of ``scores`` [B, n_items]; ties fall to the fixed random
-    ``order``. Returns (topk item ids [B, k], -1 for empty slots; filled [B, k] bool)."""
-    best = scores.masked_fill(~mask, float("-inf"))[:, order].topk(k, dim=1)
-    filled = best.values > float("-inf")
-    return torch.where(filled, order[best.indices], -1), filled
+def _unrankable(scores, history, outside):
+    """Set ``scores`` [B, n_items] to -inf, in place, at each user's ``history`` items (a [B, n_items] sparse
+    matrix) and at the ``outside`` items (not candidates of the stage)."""
+    seen = history.tocoo()
+    rows, cols = (torch.as_tensor(a, dtype=torch.long, device=scores.device) for a in (seen.row, seen.col))
+    scores[rows, cols] = float("-inf")
+    scores[:, outside] = float("-inf")
 
 
-def _keep(pos, counted, rows=None):
-    """[B] bool: users with positives among the ``counted`` items (and among ``rows`` [B] bool, if given)."""
-    keep = (pos & counted).any(1)
-    return keep if rows is None else keep & rows
+def _top(scores, k, order):
+    """Top-k of every row of ``scores`` [B, n_items] (-inf: not rankable). Returns (topk item ids [B, k], -1
+    for empty slots; filled [B, k] bool).
+
+    Ties fall to the fixed random ``order``: a row with equal scores is ranked as torch.topk ranks it permuted
+    by ``order`` (``row[order].topk(k)``), as recexp always has, so lists and metrics stay those of earlier
+    runs. Permuting every row costs several times the top-k itself, so the plain top-(k+1) is taken and only
+    rows where two of those values are equal and finite (a tie inside the list or across its end) are
+    ranked again through ``order``; elsewhere the values alone decide, the same way.
+    """
+    best = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    values, items = best.values[:, :k], best.indices[:, :k]
+    tied = ((best.values[:, 1:] == best.values[:, :-1]) & (best.values[:, 1:] > float("-inf"))).any(1).nonzero()[:, 0]
+    if len(tied):
+        again = scores[tied][:, order].topk(k, dim=1)
+        values[tied], items[tied] = again.values, order[again.indices]
+    filled = values > float("-inf")
+    return torch.where(filled, items, -1), filled
 
 
-def _hits(top, pos, counted, users):
-    """``users`` [U] with their top-k lists ``top`` and positives ``pos`` [U, n_items]; only ``counted``
-    items count as hits. Returns (users [U], topk [U, k], hits [U, k], pos_len [U])."""
+def _hits(top, pos, keep, counted, n_pos, users):
+    """The ``keep`` [B] bool rows of a batch of ``users`` [B] with positives ``pos`` [B, n_items] and ``n_pos``
+    [B] of them among the ``counted`` items, the only ones that count as hits; ``top`` holds their top-k lists.
+    Returns (users [U], topk [U, k], hits [U, k], pos_len [U])."""
     topk, filled = top
-    seg_pos = pos & counted
-    hits = torch.gather(seg_pos, 1, topk.clamp(min=0)) & filled
-    return users, topk, hits, seg_pos.sum(1).double()
+    slots = topk.clamp(min=0)
+    hits = pos[keep.nonzero()[:, :1], slots] & counted[slots] & filled
+    return users[keep.cpu().numpy()], topk, hits, n_pos[keep]
 
 
 def _tail_mask(head: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
@@ -205,12 +236,13 @@ def user_items(frame: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix
     )
 
 
-def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
-    block = matrix[rows]
-    out = torch.zeros(len(rows), n_items, dtype=torch.bool)
-    coo = block.tocoo()
-    out[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = True
-    return out.to(device)
+def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, n_items: int, device: torch.device,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """[len(rows), n_items] bool of the sparse ``matrix``'s ``rows``, written into ``out`` (on ``device``) if given."""
+    coo = matrix[rows].tocoo()
+    out = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device) if out is None else out.zero_()
+    out[tuple(torch.as_tensor(a, dtype=torch.long, device=device) for a in (coo.row, coo.col))] = True
+    return out
 
 
 def user_mask(users: np.ndarray, n_users: int) -> np.ndarray:
@@ -221,6 +253,8 @@ def user_mask(users: np.ndarray, n_users: int) -> np.ndarray:
 
 
 def item_mask(items: np.ndarray, candidates: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
-    mask = torch.zeros(n_items, dtype=torch.bool)
-    mask[torch.as_tensor(np.intersect1d(items, candidates), dtype=torch.long)] = True
-    return mask.to(device)
+    """[n_items] bool, True for the ``items`` that are ``candidates``."""
+    mask, allowed = torch.zeros(n_items, dtype=torch.bool), torch.zeros(n_items, dtype=torch.bool)
+    mask[torch.as_tensor(items, dtype=torch.long)] = True
+    allowed[torch.as_tensor(candidates, dtype=torch.long)] = True
+    return (mask & allowed).to(device)
