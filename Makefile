@@ -69,7 +69,7 @@ continual: install ## continual learning on ml-100k time blocks (update rules x 
 	$(PY) -m recexp.compare $(CONTINUAL_DIR)/runs --out $(CONTINUAL_DIR) --metrics ndcg@10,recall@10 --segments all,new_items,new_users \
 	  --row-key model,strategy,task.update --reference "bpr (task.update=fine_tune)" $(COMPARE_ARGS)
 
-longtail: install ## the long tail on item cold start: 7 arms x 3 seeds, λ/α points, table and trade-off plot (~26 min on 2 cores) into LONGTAIL_DIR
+longtail: install ## the long tail on item cold start: 7 arms x 3 seeds, λ/α points, table and trade-off plot (~16 min on 2 cores) into LONGTAIL_DIR
 	$(PY) -m recexp -m experiment=longtail_ml100k hydra.sweep.dir=$(LONGTAIL_DIR)/runs
 	$(PY) -m recexp -m experiment=longtail_ml100k_tradeoff hydra.sweep.dir=$(LONGTAIL_DIR)/runs
 	$(PY) -m recexp.compare $(LONGTAIL_DIR)/runs --out $(LONGTAIL_DIR) --metrics ndcg@10,recall@10,aplt@10,itemcoverage@10,gini@10 \
@@ -80,7 +80,7 @@ cold-user: install ## user cold start on ml-100k cold_user (like rates, ID model
 	$(PY) -m recexp.compare $(COLD_USER_DIR)/runs --out $(COLD_USER_DIR) --metrics gauc,auc,ndcg@10 --segments all \
 	  --row-key model,strategy --reference id_fm $(COMPARE_ARGS)
 
-fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores) into FEWSHOT_DIR
+fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores, measured 88 min) into FEWSHOT_DIR
 	$(PY) -m recexp -m experiment=fewshot_tallrec hydra.sweep.dir=$(FEWSHOT_DIR)/runs
 	$(PY) -m recexp.compare $(FEWSHOT_DIR)/runs --out $(FEWSHOT_DIR) --metrics auc,gauc \
 	  --row-key model,strategy,scenario.shots --reference user_rate $(COMPARE_ARGS)
