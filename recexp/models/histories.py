@@ -132,8 +132,8 @@ def item_prior_logits(split: Split, prior_weight: float = 5.0) -> torch.Tensor:
     rates, prior = item_like_rates(split, prior_weight)
     if not len(rates):
         return torch.zeros(split.n_items)
-    clip = lambda p: np.clip(p, 1e-4, 1 - 1e-4)  # noqa: E731
-    return torch.as_tensor(np.log(clip(rates) / (1 - clip(rates))) - np.log(clip(prior) / (1 - clip(prior))), dtype=torch.float32)
+    logits = torch.logit(torch.as_tensor(rates), eps=1e-4) - torch.logit(torch.tensor(prior, dtype=torch.float64), eps=1e-4)
+    return logits.float()
 
 
 def rate_logit(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -128,9 +128,13 @@ class PairClassifier(nn.Module):
     def train_data(self, split: Split, seed: int) -> LabelledPairs:
         return LabelledPairs(split.train, like_labels(split.train, self.threshold), seed, None)
 
+    def _index(self, items: torch.Tensor) -> torch.Tensor:
+        """items [...] (-1: padding) -> table rows on the model's device (the last row is the padding row)."""
+        return torch.where(items >= 0, items, self.split.n_items).to(self._device)
+
     def _vectors(self, field: str, items: torch.Tensor) -> torch.Tensor:
         """items [...] (-1: padding) -> [..., dim] for ``field``."""
-        index = torch.where(items >= 0, items, self.split.n_items).to(self._device)
+        index = self._index(items)
         parts = self.fields[field]
         out = parts["ids"](index) if "ids" in parts else 0
         if "text" in parts:
@@ -152,11 +156,11 @@ class PairClassifier(nn.Module):
             return state
         for field, side in (("liked", labels * mask), ("disliked", (1 - labels) * mask)):
             weights = side / side.sum(1, keepdim=True).clamp(min=1)  # [N, H], a bag weighted 1/n
-            state[field] = (self._vectors(field, items) * weights[..., None]).sum(1)  # [N, d]
+            weighted = self._vectors(field, items) * weights[..., None]  # [N, H, d], one dropout draw for both sums
+            state[field] = weighted.sum(1)  # [N, d]
             if self.reader == "fm":
-                state[f"{field}_squares"] = ((self._vectors(field, items) * weights[..., None]) ** 2).sum(1)
-                index = torch.where(items >= 0, items, self.split.n_items).to(self._device)
-                state[f"{field}_linear"] = (self.linear[field](index).squeeze(-1) * weights).sum(1)
+                state[f"{field}_squares"] = (weighted**2).sum(1)
+                state[f"{field}_linear"] = (self.linear[field](self._index(items)).squeeze(-1) * weights).sum(1)
         return state
 
     def _gru(self, items: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -175,11 +179,10 @@ class PairClassifier(nn.Module):
         """state rows [N] (already repeated per target), targets [N] -> [N] logits."""
         target = self._vectors("target", targets)
         if self.reader == "fm":
-            index = torch.where(targets >= 0, targets, self.split.n_items).to(self._device)
             total = target + state["liked"] + state["disliked"]
             squares = target**2 + state["liked_squares"] + state["disliked_squares"]
             pairwise = 0.5 * (total**2 - squares).sum(-1)
-            logits = self.bias + self.linear["target"](index).squeeze(-1) + state["liked_linear"] + state["disliked_linear"] + pairwise
+            logits = self.bias + self.linear["target"](self._index(targets)).squeeze(-1) + state["liked_linear"] + state["disliked_linear"] + pairwise
         elif self.reader == "gru":
             history = state["history"]
             logits = self.mlp(torch.cat([history, target, history * target], -1)).squeeze(-1)
