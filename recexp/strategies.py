@@ -1,8 +1,8 @@
-"""How a pretrained encoder is adapted: ``strategy=frozen``, ``full_ft``, any PEFT method, or ``bottleneck``.
+"""How a pretrained encoder is adapted: ``strategy=frozen``, ``partial``, ``full_ft``, any PEFT method, or ``bottleneck``.
 
 The only module importing ``peft``. Every strategy adapts a ``transformers`` model in place
-(``apply``) and persists what it trained (``save``/``load``): nothing when frozen, the full weights
-as safetensors when fully fine-tuned, the adapter via ``save_pretrained`` for PEFT methods, and the
+(``apply``) and persists what it trained (``save``/``load``): nothing when frozen, the trained top
+layers (``partial``) or the full weights as safetensors, the adapter via ``save_pretrained`` for PEFT methods, and the
 adapter weights as safetensors (plus their settings as JSON) for bottleneck adapters.
 """
 from __future__ import annotations
@@ -43,6 +43,69 @@ class FullFineTune:
 
     def load(self, encoder: nn.Module, directory: Path) -> None:
         encoder.load_state_dict(load_file(Path(directory) / "model.safetensors"))
+
+
+class Partial:
+    """Only the top ``layers`` transformer layers train; everything below them stays pretrained.
+
+    The encoder then computes the hidden states entering the first trained layer once per text and
+    runs only the trained layers on them (a layer cache), so a step costs a fraction of a full
+    forward and backward. ``layers_path`` names the encoder's list of layers (BERT-style models:
+    ``encoder.layer``); the layers must take ``(hidden_states, attention_mask)``.
+    """
+
+    def __init__(self, layers: int = 2, layers_path: str = "encoder.layer"):
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ConfigError(f"strategy.layers={layers!r} is not allowed; train an integer >= 1 of the top layers.")
+        self.layers, self.layers_path = layers, layers_path
+        self.cached_below = 0  # index of the first trained layer, set by apply
+
+    def stack(self, encoder: nn.Module) -> nn.ModuleList:
+        try:
+            stack = encoder.get_submodule(self.layers_path)
+        except AttributeError:
+            stack = None
+        if not isinstance(stack, nn.ModuleList):
+            raise ConfigError(
+                f"strategy.layers_path={self.layers_path!r} names no list of layers in {type(encoder).__name__}; "
+                "set it to the encoder's nn.ModuleList of transformer layers (BERT-style models: encoder.layer)."
+            )
+        return stack
+
+    def apply(self, encoder: nn.Module) -> nn.Module:
+        stack = self.stack(encoder)
+        if self.layers >= len(stack):
+            raise ConfigError(
+                f"strategy.layers={self.layers} leaves nothing to cache: {type(encoder).__name__} has {len(stack)} layers. "
+                f"Use at most {len(stack) - 1}, or strategy=full_ft."
+            )
+        encoder.requires_grad_(False)
+        self.cached_below = len(stack) - self.layers
+        for layer in stack[self.cached_below :]:
+            layer.requires_grad_(True)
+        return encoder
+
+    def trained_layers(self, encoder: nn.Module) -> nn.ModuleList:
+        return self.stack(encoder)[self.cached_below :]
+
+    def save(self, encoder: nn.Module, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(_trained_weights(encoder), directory / "partial.safetensors")
+
+    def load(self, encoder: nn.Module, directory: Path) -> None:
+        state = load_file(Path(directory) / "partial.safetensors")
+        differ = sorted(set(state) ^ set(_trained_weights(encoder)))
+        if differ:
+            raise ConfigError(
+                f"The layers in {directory} do not fit this strategy (weights {differ[:5]} differ); "
+                "build the model with the strategy.layers it was trained with."
+            )
+        encoder.load_state_dict(state, strict=False)
+
+
+def _trained_weights(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in encoder.named_parameters() if p.requires_grad}
 
 
 class Peft:
@@ -197,7 +260,7 @@ class Bottleneck:
     def save(self, encoder: nn.Module, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        trained = {name: p.detach().cpu().contiguous() for name, p in encoder.named_parameters() if p.requires_grad}
+        trained = _trained_weights(encoder)
         save_file(trained, directory / "bottleneck.safetensors")  # adapters (and LayerNorms when they train)
         (directory / "bottleneck.json").write_text(json.dumps(self.settings, indent=2))
 

@@ -96,10 +96,19 @@ TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1)
 
 
 def with_defaults(config: TrainerConfig, device: torch.device, **defaults: Any) -> TrainerConfig:
-    """``config`` with every ``None`` replaced: the model's ``defaults``, then the loop's own."""
-    precision = "bf16" if device.type == "cuda" else "no"
-    merged = {**TORCH_DEFAULTS, "mixed_precision": precision, **defaults}
+    """``config`` with every ``None`` replaced: the model's ``defaults``, then the loop's own. A default
+    of bf16 (the loop's on CUDA, or a model's) becomes ``no`` where ``device`` has no fast bf16."""
+    merged = {**TORCH_DEFAULTS, "mixed_precision": "bf16" if device.type == "cuda" else "no", **defaults}
+    if merged["mixed_precision"] == "bf16" and not bf16_supported(device):
+        merged["mixed_precision"] = "no"
     return dataclasses.replace(config, **{name: config.pick(name, value) for name, value in merged.items()})
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True on a CUDA device with bf16, or a CPU with bf16 instructions (AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def process_state() -> PartialState:
@@ -160,17 +169,17 @@ class FitStats:
         }
 
 
-def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, data: Dataset) -> FitStats:
+def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, data: Dataset,
+        keep_start: bool = False) -> FitStats:
     """Train ``model``'s trainable weights on ``data``; keep the weights of the best validation epoch.
 
     ``model(batch)`` returns a scalar loss; ``data`` yields whole batches (``__getitems__``) and is
     re-drawn by ``data.set_epoch(epoch)``. ``model`` also scores (it is a recommender's module): the
     valid stage is evaluated after every epoch, and training stops after ``config.patience`` epochs
-    without improvement. Its ``stale`` flag is raised whenever weights are restored.
+    without improvement. ``keep_start`` also validates the starting weights, which are kept when no
+    epoch beats them (``best_epoch`` -1). Its ``stale`` flag is raised whenever weights are restored.
     """
     torch.manual_seed(ctx.seed)
-    metric, k = parse_metric(config.valid_metric)
-    key = config.valid_metric
     accelerator = make_accelerator(ctx.device, config)
     per_process = max(1, config.batch_size // accelerator.num_processes)  # each global batch is shared out
     loader = DataLoader(data, batch_size=per_process, shuffle=False, collate_fn=keep_batch)
@@ -178,11 +187,25 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
         raise TrainingError(f"{type(model).__name__} got no training examples: the split's train part is empty.")
     optimizer = torch.optim.AdamW(trainable(model), lr=config.lr, weight_decay=config.weight_decay)
     wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    try:
+        return _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, accelerator, keep_start)
+    finally:
+        release(accelerator, wrapped)
+
+
+def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, accelerator, keep_start) -> FitStats:
+    """The epochs of :func:`fit` over what ``accelerator`` prepared."""
+    metric, k = parse_metric(config.valid_metric)
+    key = config.valid_metric
     total_steps = math.ceil(len(loader) / config.grad_accum) * config.max_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio))
     evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256)
     stats, best_state, misses = FitStats(), {}, 0
     start_norm = weight_norm(model)
+    if keep_start:
+        model.refresh()
+        stats.best_valid, best_state = validate(model, split, evaluator, key, accelerator), snapshot(model)
+        ctx.logger.log({f"valid/{key}": stats.best_valid, "epoch": -1}, step=0)
     for epoch in range(config.max_epochs):
         data.set_epoch(epoch)
         model.refresh()
@@ -192,7 +215,7 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
         ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
                         "epoch": epoch}, step=stats.optimizer_steps)
         stats.epochs = epoch + 1
-        if stats.best_epoch < 0 or _better(value, stats.best_valid, metric.higher_is_better):
+        if (stats.best_epoch < 0 and not keep_start) or _better(value, stats.best_valid, metric.higher_is_better):
             stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
         else:
             misses += 1
@@ -203,6 +226,14 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
         model.stale = True
     stats.samples = int(accelerator.reduce(torch.tensor(stats.samples, device=accelerator.device), "sum"))  # all processes
     return stats
+
+
+def release(accelerator: Accelerator, wrapped: nn.Module) -> None:
+    """Undo accelerate's preparation of the model (its autocast forward and its "prepared" mark): a
+    prepared model is returned as it is by a later ``prepare``, so a second fit (lp_ft's, a continual
+    update) would otherwise run without its own precision or DDP wrapper."""
+    model = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    model.__dict__.pop("_is_accelerate_prepared", None)
 
 
 def train_epoch(model, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats) -> float:

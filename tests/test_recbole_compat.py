@@ -230,3 +230,50 @@ def test_apply_is_idempotent():
         recbole_compat._APPLIED = True
     assert trainer_module.torch is shadow
     assert trainer_module.torch.nn is torch.nn
+
+
+def test_sequential_models_leave_autograd_anomaly_mode_as_it_was():
+    """RecBole's SINE module switches anomaly detection on at import: every autograd op then records a stack trace."""
+    plain = "import torch, recbole.model.sequential_recommender; print(torch.is_anomaly_enabled())"
+    repaired = (
+        "import torch; from recexp.models import recbole_compat; recbole_compat.apply(); "
+        "from recbole.utils import get_model; get_model('SINE'); print(torch.is_anomaly_enabled())"
+    )
+    assert python(plain).split()[-1] == "True"  # the RecBole bug this repair is for
+    assert python(repaired).split()[-1] == "False"
+
+
+def python(code: str, *args: str) -> str:
+    """stdout of ``python -c code args`` in a fresh process (an AssertionError with its stderr if it fails)."""
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+SKLEARN_ON_FIRST_CALL = """
+import sys, warnings
+from pathlib import Path
+from recexp.models import recbole_compat
+recbole_compat.apply()
+from recbole.config import Config
+from recbole.data import create_dataset
+from recbole.evaluator import metrics
+from recbole.model.general_recommender import SLIMElastic, slimelastic
+assert "sklearn" not in sys.modules
+assert metrics.sk_auc([0.0, 0.5, 1.0], [0.0, 1.0, 1.0]) == 0.75 and "sklearn" in sys.modules
+import sklearn.exceptions, sklearn.metrics
+assert metrics.sk_auc is sklearn.metrics.auc and metrics.mean_squared_error is sklearn.metrics.mean_squared_error
+folder = Path(sys.argv[1])
+(folder / "toy").mkdir()
+rows = [f"u{u}\\ti{(u * 3 + k) % 7}\\t1\\t{k}" for u in range(12) for k in range(4)]
+(folder / "toy" / "toy.inter").write_text("user_id:token\\titem_id:token\\trating:float\\ttimestamp:float\\n" + "\\n".join(rows))
+config = Config(model="SLIMElastic", dataset="toy", config_dict={"data_path": str(folder), "device": "cpu", "use_gpu": False})
+model = SLIMElastic(config, create_dataset(config))
+assert slimelastic.ConvergenceWarning is sklearn.exceptions.ConvergenceWarning
+print(model.item_similarity.shape[0])
+"""
+
+
+def test_scikit_learn_is_imported_when_a_recbole_metric_or_model_first_calls_it(tmp_path):
+    """recbole.config and the general models import scikit-learn names at their top; a Pop run never calls them."""
+    assert python(SKLEARN_ON_FIRST_CALL, str(tmp_path)).split()[-1] == "8"  # 7 items and RecBole's padding item

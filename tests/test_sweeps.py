@@ -169,7 +169,8 @@ def test_optuna_study_continues_in_its_storage(tmp_path):
 
 
 PAPER_ARMS = {
-    "pop", "bpr", "lightgcn", "text_tower_frozen", "text_tower_lora", "text_tower_full_ft", "fusion_frozen", "fusion_lora",
+    "pop", "bpr", "lightgcn", "text_tower_frozen", "text_tower_partial", "text_tower_lora", "text_tower_full_ft",
+    "fusion_frozen", "fusion_partial", "fusion_lora",
 }
 # arm -> (model, strategy or None for models without a text encoder, budget key or None)
 ARMS = {
@@ -177,7 +178,7 @@ ARMS = {
     "bpr": ("bpr", None, "bpr_epochs"),
     "lightgcn": ("lightgcn", None, "lightgcn_epochs"),
     **{f"{m}_frozen": (m, "frozen", "frozen_text_epochs") for m in ("text_tower", "fusion")},
-    **{f"{m}_{s}": (m, s, "tuned_text_epochs") for m in ("text_tower", "fusion") for s in ("lora", "full_ft")},
+    **{f"{m}_{s}": (m, s, "tuned_text_epochs") for m in ("text_tower", "fusion") for s in ("partial", "lora", "full_ft")},
 }
 
 
@@ -208,3 +209,5 @@ def test_arm_selects_its_pair_and_reads_the_budget(preset, arm):
     if strategy:
         assert cfg.hydra.runtime.choices.strategy == strategy
     assert cfg.trainer.max_epochs == (cfg.budget[budget] if budget else None)
+    if budget == "tuned_text_epochs":  # a trained encoder starts from the frozen arm's heads (LP-FT)
+        assert cfg.model.lp_ft is True

@@ -23,24 +23,26 @@ from torch import nn
 from recexp.errors import ConfigError
 from recexp.interfaces import Split, Strategy
 from recexp.models.objectives import (
-    InteractionData,
+    ItemBatch,
     Sampling,
     bpr,
     check_loss,
+    check_samples,
     encode_items,
-    epoch_samples,
     in_batch_softmax,
+    item_batch_loss,
     item_texts,
     preferred_cpu_threads,
+    train_data,
 )
 from recexp.models.text_encoder import TextEncoder
 from recexp.train import Batch
 
 COMBINES = ("concat", "sum", "gate")
-# Trainer defaults: (frozen encoder, trainable encoder). A live encoder sees a sample of each epoch.
+# Trainer defaults: (frozen encoder: batch = interactions, trainable encoder: batch = items per step).
 DEFAULTS = {
     False: dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3),
-    True: dict(max_epochs=2, patience=1, batch_size=64, lr=1e-3),
+    True: dict(max_epochs=10, patience=2, batch_size=64, lr=1e-3, mixed_precision="bf16"),
 }
 
 
@@ -61,16 +63,19 @@ class Fusion(nn.Module):
             raise ConfigError(f"model.module.combine={combine!r} is unknown; choose one of {', '.join(COMBINES)}.")
         if dim < 1 or not 0 <= id_dropout < 1:
             raise ConfigError(f"model.module.dim must be >= 1 and id_dropout in [0, 1), got {dim}, {id_dropout}.")
-        self.encoder = encoder.adapt(strategy)
+        with torch.random.fork_rng(devices=[]):  # the heads start as they do over a frozen encoder
+            self.encoder = encoder.adapt(strategy)
         self.text_proj = nn.Linear(encoder.dim, dim)
         self.gate = nn.Linear(2 * dim, dim) if combine == "gate" else None
         self.dim, self.combine, self.id_dropout, self.id_init = dim, combine, id_dropout, id_init
         self.loss = check_loss(loss)
-        live = self.encoder.trainable
-        self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.samples_per_epoch = check_samples(samples_per_epoch)
         self.sampling = Sampling()  # popularity-aware weights and negatives (tail=reweight sets them)
-        self.cpu_threads = preferred_cpu_threads(live)
         self.stale = True
+
+    @property
+    def cpu_threads(self) -> int | None:
+        return preferred_cpu_threads(self.encoder.trainable)
 
     def trainer_defaults(self) -> dict:
         return DEFAULTS[self.encoder.trainable]
@@ -79,6 +84,7 @@ class Fusion(nn.Module):
         """Size the ID tables for ``split`` (once: a later split continues them)."""
         self.split = split
         self.texts = item_texts(split)
+        self.tokens = self.encoder.tokenized(self.texts)
         if not hasattr(self, "item_id"):
             width = 2 * self.dim if self.combine == "concat" else self.dim
             self.item_id = nn.Embedding(split.n_items, self.dim)
@@ -97,15 +103,15 @@ class Fusion(nn.Module):
             self.text_table = F.normalize(self.encoder.embed(self.texts), dim=-1)  # [n_items, enc]
             self.stale = False
 
-    def train_data(self, split: Split, seed: int) -> InteractionData:
+    def train_data(self, split: Split, seed: int):
         """Training interactions; their items get an ID part from now on (cold items keep text only)."""
         self.has_id[torch.tensor(split.train["item"].unique(), device=self.has_id.device)] = 1.0
-        return InteractionData(split, seed, self.samples_per_epoch, self.sampling)
+        return train_data(self, split, seed)
 
     def _items(self, items: torch.Tensor) -> torch.Tensor:
         """items [n] -> fused item vectors [n, dim] (or [n, 2*dim] for concat)."""
         if self.encoder.trainable and self.training:
-            text = self.text_proj(encode_items(self.encoder, self.texts, items))
+            text = self.text_proj(encode_items(self.encoder, self.tokens, items))
         else:
             text = self.text_proj(self.text_table[items])
         keep = self.has_id[items]
@@ -119,11 +125,14 @@ class Fusion(nn.Module):
         gate = torch.sigmoid(self.gate(torch.cat([ids, text], dim=1)))
         return gate * ids + (1 - gate) * text
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """(users [B], items [B], negatives [B], weights [B]) -> scalar loss."""
+    def forward(self, batch: Batch | ItemBatch) -> torch.Tensor:
+        """(users [B], items [B], negatives [B], weights [B]) or an :class:`ItemBatch` -> scalar loss."""
+        self.stale = self.encoder.trainable
+        if isinstance(batch, ItemBatch):
+            batch = ItemBatch(*(t.to(self.has_id.device) for t in batch))
+            return item_batch_loss(self.loss, self.user_id(batch.users), self._items(batch.items), batch)
         users, items, negatives, weights = (t.to(self.has_id.device) for t in batch)
         query = self.user_id(users)
-        self.stale = self.encoder.trainable
         if self.loss == "bpr":
             vectors = self._items(torch.cat([items, negatives]))
             pos, neg = vectors[: len(items)], vectors[len(items) :]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -10,7 +11,7 @@ from torch.utils.data import Dataset
 
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.text_encoder import TextEncoder, TokenizedTexts
 from recexp.train import Batch, epoch_order
 
 LOSSES = ("softmax", "bpr")  # in-batch sampled softmax, or BPR with one uniform negative per positive
@@ -32,6 +33,16 @@ def in_batch_softmax(logits: torch.Tensor, items: torch.Tensor, weights: torch.T
     target = torch.arange(len(items), device=logits.device)
     losses = F.cross_entropy(logits.masked_fill(duplicate, float("-inf")), target, reduction="none")
     return (losses * weights).mean() if weights is not None else losses.mean()
+
+
+def item_batch_loss(loss: str, query: torch.Tensor, vectors: torch.Tensor, batch, temperature: float = 1.0) -> torch.Tensor:
+    """query [N, d] per interaction, vectors [C, d] of ``batch.items`` -> scalar loss of an :class:`ItemBatch`:
+    BPR against each interaction's negative, or a softmax over the C items (the positive is the target)."""
+    if loss == "bpr":
+        scores = lambda positions: (query * vectors[positions]).sum(1) / temperature  # noqa: E731
+        return bpr(scores(batch.positives), scores(batch.negatives), batch.weights)
+    losses = F.cross_entropy(query @ vectors.T / temperature, batch.positives, reduction="none")
+    return (losses * batch.weights).mean()
 
 
 def bpr(positive: torch.Tensor, negative: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,10 +104,74 @@ class InteractionData(Dataset):
         return self.users[picked], self.items[picked], self.negatives[rows], self.weights[picked]
 
 
-def _negatives(users, positive_keys, pool, n_items, generator, probs=None, rounds: int = 20) -> torch.Tensor:
+class ItemBatch(NamedTuple):
+    """One step of an item-organised epoch: ``items`` [C] are encoded once; every interaction [N] refers to
+    them by position (its positive and its negative)."""
+
+    users: torch.Tensor  # [N]
+    positives: torch.Tensor  # [N] positions in items
+    negatives: torch.Tensor  # [N] positions in items
+    weights: torch.Tensor  # [N], mean 1 over the data
+    items: torch.Tensor  # [C] distinct item ids
+
+
+class ItemData(Dataset):
+    """One epoch organised around items, for models whose encoder trains: an epoch costs one encoding
+    pass over the training items, not one per interaction.
+
+    An example is a training item; a batch of C items (``trainer.batch_size``) comes with every
+    training interaction whose positive is among them, each with a negative drawn from the same C
+    items (uniformly, or by ``pop ** negative_alpha``), redrawn while it is one of the user's train
+    items. So each epoch sees every training interaction exactly once. Items come shuffled per
+    epoch, then sorted by token length inside windows of ``window`` items, so a batch holds texts of
+    similar length and pads little. Batches are :class:`ItemBatch`.
+    """
+
+    def __init__(self, split: Split, seed: int, lengths: torch.Tensor, sampling: Sampling = Sampling(), window: int = 1024):
+        users = torch.tensor(split.train["user"].to_numpy())
+        items = torch.tensor(split.train["item"].to_numpy())
+        by_item = torch.argsort(items, stable=True)
+        self.users, self.items = users[by_item], items[by_item]  # interactions grouped by item
+        self.pool, counts = torch.unique(self.items, return_counts=True)  # training items, their interaction counts
+        self.starts = torch.zeros(split.n_items + 1, dtype=torch.long)
+        self.starts[self.pool + 1] = counts
+        self.starts = self.starts.cumsum(0)  # interactions of item i: rows starts[i]:starts[i + 1]
+        self.keys = torch.sort(users * split.n_items + items).values
+        weights = counts.double()[torch.searchsorted(self.pool, self.items)] ** -sampling.weight_alpha
+        self.weights = (weights / weights.mean()).float()
+        self.popularity = torch.bincount(items, minlength=split.n_items).double() ** sampling.negative_alpha
+        self.uniform = sampling.negative_alpha == 0
+        self.lengths, self.n_items, self.seed, self.window = lengths, split.n_items, seed, window
+        self.epoch = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        order = self.pool[epoch_order(len(self.pool), self.seed, epoch)]
+        windows = [order[i : i + self.window] for i in range(0, len(order), self.window)]
+        self.order = torch.cat([w[torch.argsort(self.lengths[w], stable=True)] for w in windows])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitems__(self, indices: list[int]) -> ItemBatch:
+        items = self.order[torch.as_tensor(indices)]
+        rows = torch.cat([torch.arange(self.starts[i], self.starts[i + 1]) for i in items.tolist()])
+        users = self.users[rows]
+        position = torch.full((self.n_items,), -1, dtype=torch.long)
+        position[items] = torch.arange(len(items))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + int(indices[0]))
+        probs = None if self.uniform else self.popularity[items]
+        negatives = _negatives(users, self.keys, items, self.n_items, generator, probs, presorted=True)
+        return ItemBatch(users, position[self.items[rows]], position[negatives], self.weights[rows], items)
+
+
+def _negatives(users, positive_keys, pool, n_items, generator, probs=None, rounds: int = 20, presorted=False) -> torch.Tensor:
     """users [b] -> [b] items from ``pool`` (uniformly, or by ``probs`` [len(pool)]), avoiding keys
-    ``user * n_items + item`` in ``positive_keys``."""
-    known = torch.sort(positive_keys).values
+    ``user * n_items + item`` in ``positive_keys`` (sorted already when ``presorted``)."""
+    known = positive_keys if presorted else torch.sort(positive_keys).values
 
     def draw(n: int) -> torch.Tensor:
         if probs is None:
@@ -127,10 +202,10 @@ def stage_histories(split: Split, device: torch.device) -> dict[str, torch.Tenso
     return {name: history_matrix(frame, split.n_users, split.n_items, device) for name, frame in frames.items()}
 
 
-def encode_items(encoder: TextEncoder, texts: list[str], items: torch.Tensor) -> torch.Tensor:
+def encode_items(encoder: TextEncoder, tokens: TokenizedTexts, items: torch.Tensor) -> torch.Tensor:
     """items [n] -> unit encodings [n, enc] with gradient, each distinct item encoded once."""
     unique, inverse = items.unique(return_inverse=True)
-    return F.normalize(encoder([texts[i] for i in unique.tolist()]), dim=-1)[inverse]
+    return F.normalize(encoder.encode_rows(tokens, unique.tolist()), dim=-1)[inverse]
 
 
 def item_texts(split: Split) -> list[str]:
@@ -142,14 +217,19 @@ def item_texts(split: Split) -> list[str]:
     return list(split.dataset.item_text)
 
 
-SAMPLES_WHEN_TRAINING_ENCODER = 2048  # train interactions per epoch when the encoder itself trains
-
-
-def epoch_samples(encoder_trains: bool, given: int | None) -> int | None:
-    """Train interactions per epoch: ``given``, else all over a frozen encoder and a sample over a trained one."""
+def check_samples(given: int | None) -> int | None:
+    """``samples_per_epoch``: train interactions per epoch over a frozen encoder (None: all of them)."""
     if given is not None and given < 1:
         raise ConfigError(f"model.module.samples_per_epoch must be >= 1 (or null), got {given}.")
-    return given or (SAMPLES_WHEN_TRAINING_ENCODER if encoder_trains else None)
+    return given
+
+
+def train_data(model, split: Split, seed: int) -> Dataset:
+    """A text model's epoch: item-organised (:class:`ItemData`) while its encoder trains, else shuffled
+    interactions (:class:`InteractionData`, ``model.samples_per_epoch`` of them)."""
+    if model.encoder.trainable:
+        return ItemData(split, seed, model.tokens.lengths, model.sampling)
+    return InteractionData(split, seed, model.samples_per_epoch, model.sampling)
 
 
 def preferred_cpu_threads(encoder_trains: bool) -> int | None:

@@ -6,31 +6,25 @@ file, and reloads the best checkpoint. ``score`` asks the trained model for full
 reorders them into recexp item ids; ``score_pairs`` asks it for single (user, item) scores.
 Everything RecBole writes (data files, checkpoints, its log, tensorboard events) stays under
 ``run_dir/recbole``; the cwd and the root logger are left alone. This is the only module, with
-:mod:`recexp.models.recbole_compat`, that imports recbole.
+:mod:`recexp.models.recbole_compat`, that imports recbole; it does so inside its functions, after
+:func:`recbole_compat.apply` (some repairs must be in place before RecBole's modules are first imported).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
-
-import recbole
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.data.interaction import Interaction
-from recbole.model.abstract_recommender import AbstractRecommender
-from recbole.utils import ModelType, get_trainer, init_seed
-from recbole.utils.logger import RemoveColorFilter
 
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import parse_metric
@@ -38,6 +32,11 @@ from recexp.evaluate.pointwise import scores_read_off
 from recexp.interfaces import TRAIN, FitContext, Split
 from recexp.models import recbole_compat
 from recexp.train import TrainerConfig, torch_threads
+
+if TYPE_CHECKING:
+    from recbole.config import Config
+    from recbole.data.interaction import Interaction
+    from recbole.model.abstract_recommender import AbstractRecommender
 
 log = logging.getLogger(__name__)
 RECBOLE_LOG = logging.getLogger(recbole_compat.LOGGER)  # where RecBole's modules log once repaired
@@ -65,6 +64,9 @@ _PACKAGES = ("general_recommender", "sequential_recommender")
 
 def available_models() -> dict[str, dict[str, type]]:
     """RecBole's model classes by name, per package: ``{"general": {...}, "sequential": {...}}``."""
+    recbole_compat.apply()
+    from recbole.model.abstract_recommender import AbstractRecommender
+
     models = {}
     for package in _PACKAGES:
         module = importlib.import_module(f"recbole.model.{package}")
@@ -86,16 +88,54 @@ def model_class(name: str) -> type:
     return by_lower[name.lower()]
 
 
-class _Config(Config):
-    """RecBole's Config without reading ``sys.argv`` and without setting ``CUDA_VISIBLE_DEVICES``."""
+@functools.cache
+def _config_class() -> type:
+    """RecBole's Config without reading ``sys.argv`` and without setting ``CUDA_VISIBLE_DEVICES``; built on
+    first use, and found as this module's ``_Config`` by the pickles of RecBole's checkpoints (they hold the config)."""
+    from recbole.config import Config
 
-    def _load_cmd_line(self) -> dict:
+    class _Config(Config):
+        def _load_cmd_line(self) -> dict:
+            return {}
+
+        def _init_device(self) -> None:
+            self.final_config_dict.update(
+                single_spec=True, local_rank=0, device=torch.device(self.final_config_dict["device"])
+            )
+
+    _Config.__qualname__ = "_Config"
+    return _Config
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_Config":
+        return _config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _NoOptimizer:
+    """What RecBole's trainer calls on its optimiser, doing nothing: for the models it fits without gradients."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self, closure: Any = None) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def _init_device(self) -> None:
-        self.final_config_dict.update(
-            single_spec=True, local_rank=0, device=torch.device(self.final_config_dict["device"])
-        )
+
+@functools.cache
+def _without_optimizer(trainer: type) -> type:
+    """``trainer`` holding a :class:`_NoOptimizer`. RecBole builds a torch optimiser even for the models that
+    only count or solve (Pop, ItemKNN, EASE ...), and torch's first optimiser imports torch._dynamo (1.1-1.5 s)."""
+
+    class NoOptimizerTrainer(trainer):
+        def _build_optimizer(self, **kwargs: Any) -> _NoOptimizer:
+            return _NoOptimizer()
+
+    return NoOptimizerTrainer
 
 
 class RecBoleRecommender:
@@ -118,6 +158,8 @@ class RecBoleRecommender:
         cpu_threads: int | None = 1,  # torch threads while fitting on CPU (None: torch's default)
     ):
         recbole_compat.apply()
+        from recbole.utils import ModelType  # once repaired
+
         self.cpu_threads = cpu_threads
         self.model_class = model_class(name)
         self.name = self.model_class.__name__
@@ -125,6 +167,7 @@ class RecBoleRecommender:
         self.trainer = trainer or TrainerConfig()
         self.trainer_values = trainer_values(self.trainer, self.name)
         self.sequential = self.model_class.type == ModelType.SEQUENTIAL
+        self.gradient_free = self.model_class.type == ModelType.TRADITIONAL  # counts or solves: no optimiser
         self._model: AbstractRecommender | None = None
         self._checkpoint: Path | None = None
         self._used: dict[str, Any] = {}
@@ -133,12 +176,15 @@ class RecBoleRecommender:
     # --- Recommender
 
     def fit(self, split: Split, ctx: FitContext) -> None:
+        from recbole.data import create_dataset, data_preparation
+        from recbole.utils import get_trainer, init_seed
+
         valid_positives(split)
         folder = Path(ctx.run_dir).resolve() / "recbole"
         folder.mkdir(parents=True, exist_ok=True)
         threads = self.cpu_threads if ctx.device.type == "cpu" else None
         with _run_log(folder / "recbole.log"), torch_threads(threads):
-            config = _Config(model=self.model_class, dataset=DATASET, config_dict=self._config_dict(split, ctx, folder))
+            config = _config_class()(model=self.model_class, dataset=DATASET, config_dict=self._config_dict(split, ctx, folder))
             RECBOLE_LOG.info(str(config))
             max_len = config["MAX_ITEM_LIST_LENGTH"] if self.sequential else 0
             write_benchmark(split, folder / DATASET, max_len)
@@ -149,7 +195,8 @@ class RecBoleRecommender:
             model = self.model_class(config, train_data._dataset).to(config["device"])
             if self._model is not None:  # a later fit (a continual update) continues from the last weights
                 self._continue(model, dataset, split)
-            trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+            trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+            trainer = (_without_optimizer(trainer_class) if self.gradient_free else trainer_class)(config, model)
             best = self._train(trainer, train_data, valid_data, ctx)
         self._used = used_settings(trainer, config) | {"epochs_run": len(trainer.train_loss_dict), "best_epoch": best}
         _load_best(model, trainer.saved_model_file, config["device"])
@@ -184,6 +231,8 @@ class RecBoleRecommender:
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
         """users [N], items [N] recexp ids -> [N] scores of those pairs, by RecBole's ``predict``."""
+        from recbole.data.interaction import Interaction
+
         interaction = self._interaction(users.cpu(), stage)
         interaction.update(Interaction({self._model.ITEM_ID: self._item_ids[items.cpu()]}))
         chunks = []
@@ -205,7 +254,7 @@ class RecBoleRecommender:
     def popularity_negatives(self, alpha: float) -> None:
         """Draw training negatives with probability proportional to popularity ** ``alpha`` (``tail=reweight
         tail.method=negatives``), through RecBole's own sampler; a ConfigError for a model that samples none."""
-        if self.model_class.type == ModelType.TRADITIONAL or (self.sequential and self._sequential_sampling()):
+        if self.gradient_free or (self.sequential and self._sequential_sampling()):
             raise ConfigError(
                 f"tail=reweight tail.method=negatives cannot be honoured by the RecBole model {self.name}: it trains "
                 "without sampled negatives. Use tail=rerank, or a model trained with negatives (bpr, lightgcn, neumf ...)."
@@ -236,7 +285,7 @@ class RecBoleRecommender:
         }
         if self.sequential:
             values |= {"alias_of_item_id": ["item_id_list"], **self._sequential_sampling()}
-        if self.model_class.type == ModelType.TRADITIONAL:  # no gradients: sampled negatives would only
+        if self.gradient_free:  # no gradients: sampled negatives would only
             values["train_neg_sample_args"] = None  # be counted by Pop as if they were interactions
         return values | self.params
 
@@ -244,6 +293,8 @@ class RecBoleRecommender:
         """Sequential models trained with cross-entropy over all items take no negative samples."""
         if hasattr(self.model_class, "input_type"):
             return {}
+        import recbole
+
         defaults_file = Path(recbole.__file__).parent / "properties" / "model" / f"{self.name}.yaml"
         defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.is_file() else {}
         loss_type = self.params.get("loss_type", (defaults or {}).get("loss_type"))
@@ -306,6 +357,8 @@ class RecBoleRecommender:
 
     def _interaction(self, users: torch.Tensor, stage: str) -> Interaction:
         """RecBole's input for CPU ``users`` [B] at ``stage``: user ids, and the histories if sequential."""
+        from recbole.data.interaction import Interaction
+
         if self._model is None:
             raise TrainingError(f"RecBole {self.name} must be fit before it can score.")
         if stage not in self._stages:
@@ -324,6 +377,8 @@ class RecBoleRecommender:
         try:
             return self._model.full_sort_predict(interaction).view(n_rows, -1)
         except NotImplementedError:  # e.g. NeuMF: score every (row, item) pair with predict()
+            from recbole.data.interaction import Interaction
+
             n_items = self._model.n_items
             items = torch.arange(n_items, device=self._device)
             step = max(1, PREDICT_ROWS // n_items)
@@ -515,6 +570,8 @@ def _load_best(model: AbstractRecommender, checkpoint: str, device: torch.device
 @contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
     """Send this thread's RecBole lines to ``path`` while the block runs (RecBole's logger does not propagate)."""
+    from recbole.utils.logger import RemoveColorFilter
+
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.addFilter(recbole_compat.ThreadFilter())

@@ -30,6 +30,14 @@ pandas 3.1):
 * RecBole's lines trigger deprecation warnings in pandas and torch (chained ``fillna(inplace=True)``,
   ``torch.cuda.amp.GradScaler``, non-writable arrays) that are repaired here or harmless: warnings
   attributed to ``recbole.*`` modules are ignored (one filter, added once; other code keeps its warnings).
+* ``recbole.model.sequential_recommender.sine`` calls ``torch.autograd.set_detect_anomaly(True)`` when
+  it is imported, which any import of the sequential models does: from then on every autograd op in the
+  process records a Python stack trace (BPR's epochs took 1.3-1.4x as long, other models' likewise). The
+  sequential models are imported once here and the anomaly mode is put back as it was.
+* ``recbole.evaluator.metrics`` (imported by ``recbole.config``), SLIMElastic and NCEPLRec import
+  scikit-learn at their top (about 1 s with the SciPy parts it loads), though only the AUC, MAE and RMSE
+  metrics and those two models call it. They are imported with stand-ins for those names that import
+  scikit-learn on their first call (where scikit-learn is loaded already, they get the real names).
 * RecBole's own bug (RecBole issue #2198, open in 1.2.1): ``Pop.calculate_loss`` adds 1 per item
   per *batch* (``item_cnt[item] = item_cnt[item] + 1`` ignores repeated items), so popular items
   all saturate at the number of batches and Pop ranks them by chance. Counted with ``index_add_``.
@@ -42,20 +50,24 @@ pretrained files in ConvNCF, NAIS, RaCT, NeuMF and S3Rec pre-training options.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
+import sys
 import threading
 import types
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import scipy.sparse
 import torch
-from torch.utils.tensorboard import SummaryWriter
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 _APPLIED = False
 LOGGER = "recbole"  # the logger RecBole's modules log to once repaired
@@ -88,6 +100,22 @@ _DOK_USERS = (
     "recbole.model.knowledge_aware_recommender.mcclk",
 )
 
+# RecBole module -> {its global: (scikit-learn module, name)}: every scikit-learn name RecBole imports
+_SKLEARN_NAMES = {
+    "recbole.evaluator.metrics": {
+        "sk_auc": ("sklearn.metrics", "auc"),
+        "mean_absolute_error": ("sklearn.metrics", "mean_absolute_error"),
+        "mean_squared_error": ("sklearn.metrics", "mean_squared_error"),
+    },
+    "recbole.model.general_recommender.slimelastic": {
+        "ElasticNet": ("sklearn.linear_model", "ElasticNet"),
+        # read only after SLIMElastic has called ElasticNet, so by then the real class
+        "ConvergenceWarning": ("sklearn.exceptions", "ConvergenceWarning"),
+    },
+    "recbole.model.general_recommender.nceplrec": {"randomized_svd": ("sklearn.utils.extmath", "randomized_svd")},
+}
+_ANOMALY_SETTER = "recbole.model.sequential_recommender.sine"  # switches anomaly detection on at import
+
 
 class _Shadow(types.ModuleType):
     """Stands in for ``target`` inside one module: overrides first, then the real attribute."""
@@ -107,6 +135,63 @@ def _shadow(module_name: str, global_name: str, **overrides: Any) -> None:
     current = getattr(module, global_name)
     if not isinstance(current, _Shadow):
         setattr(module, global_name, _Shadow(current, **overrides))
+
+
+# --- scikit-learn: imported by RecBole's metrics and two models at their top, called by few
+
+
+@contextlib.contextmanager
+def _sklearn_stand_ins() -> Iterator[None]:
+    """While the block runs, the scikit-learn modules of :data:`_SKLEARN_NAMES` not yet loaded are empty
+    modules in ``sys.modules`` carrying those names (so ``from sklearn.metrics import auc`` loads nothing)."""
+    stubs: dict[str, types.ModuleType] = {}
+    for names in _SKLEARN_NAMES.values():
+        for module, name in names.values():
+            if module not in sys.modules:
+                setattr(stubs.setdefault(module, types.ModuleType(module)), name, None)
+    sys.modules.update(stubs)
+    try:
+        yield
+    finally:
+        for module, stub in stubs.items():
+            if sys.modules.get(module) is stub:
+                del sys.modules[module]
+
+
+def _deferred(user: str, alias: str) -> Callable[..., Any]:
+    """Stands in for the scikit-learn name ``alias`` of the RecBole module ``user``: its first call puts
+    every real scikit-learn name of ``user`` in place, then calls the real ``alias``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        module = sys.modules[user]
+        for name, (source, real) in _SKLEARN_NAMES[user].items():
+            setattr(module, name, getattr(importlib.import_module(source), real))
+        return getattr(module, alias)(*args, **kwargs)
+
+    return call
+
+
+def _import_deferring_sklearn() -> None:
+    """Import the RecBole modules of :data:`_SKLEARN_NAMES` (with them recbole.config, recbole.evaluator and
+    every general model) without loading scikit-learn; names it stood in for become :func:`_deferred` calls."""
+    with _sklearn_stand_ins():
+        modules = {user: importlib.import_module(user) for user in _SKLEARN_NAMES}
+    for user, names in _SKLEARN_NAMES.items():
+        for alias in names:
+            if getattr(modules[user], alias) is None:  # the stand-ins' value; real names (scikit-learn was loaded) stay
+                setattr(modules[user], alias, _deferred(user, alias))
+
+
+# --- torch: the SINE module switches on autograd's anomaly detection for the whole process
+
+
+def _import_keeping_anomaly_mode(module: str) -> None:
+    """Import ``module``, then put torch's anomaly detection (and its NaN check) back as it was."""
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    try:
+        importlib.import_module(module)
+    finally:
+        torch.autograd.set_detect_anomaly(enabled, check_nan)
 
 
 # --- torch: RecBole's own checkpoints hold a pickled Config, so they need full unpickling
@@ -223,6 +308,7 @@ def _get_tensorboard(logger: logging.Logger) -> SummaryWriter:
     """``get_tensorboard`` writing to ``log_tensorboard/<log name>`` beside this run's log file, by absolute
     path; without such a file, RecBole's own (``log_tensorboard/model-<time>`` under the cwd)."""
     from recbole.utils import utils
+    from torch.utils.tensorboard import SummaryWriter
 
     log_file = _run_log_file(logger)
     if log_file is None:
@@ -250,6 +336,8 @@ def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
+    _import_deferring_sklearn()  # first: recbole.config and the general models import scikit-learn names
+    _import_keeping_anomaly_mode(_ANOMALY_SETTER)
     from recbole.config import Config
     from recbole.data.dataset import Dataset, SequentialDataset
     from recbole.model.general_recommender import Pop

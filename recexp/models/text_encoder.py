@@ -6,6 +6,14 @@ embeddings of whole text lists are cached on disk under ``cache_dir``, keyed by 
 weights, the tokenizer vocabulary, pooling, ``max_length`` and the texts themselves. Each file
 carries the sha256 of its tensor bytes in its safetensors metadata; a file that fails that check (or
 cannot be parsed) is reported with a warning naming it, recomputed and rewritten.
+
+Item texts are tokenised once (:class:`TokenizedTexts`) and encoded in batches of similar length,
+padded only to the longest text of each batch. When a strategy leaves the encoder's output
+unchanged at first (LoRA, IA3, bottleneck adapters and full fine-tuning start from the pretrained
+function), the encoder keeps the pretrained fingerprint until its weights first train, so a frozen
+phase before fine-tuning reads the frozen encoder's cache. Under ``strategy=partial`` the hidden
+states entering the first trained layer are computed once per text list and only the trained top
+layers run while training and scoring.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+from transformers.masking_utils import create_bidirectional_mask
 
 from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.errors import ConfigError
@@ -28,6 +37,35 @@ from recexp.interfaces import Strategy
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls")
+PROBE_TEXTS = ["an unchanged encoder gives the same vectors", "probe"]  # checks that a strategy starts as the identity
+
+
+class TokenizedTexts:
+    """texts [N] tokenised once (truncated to ``max_length``, unpadded); :meth:`pad` batches any rows."""
+
+    def __init__(self, tokenizer, texts: list[str], max_length: int):
+        self.ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if len(texts) else []
+        self.lengths = torch.tensor([len(ids) for ids in self.ids], dtype=torch.long)  # [N] tokens per text
+        width = int(self.lengths.max()) if len(self.ids) else 0
+        self.matrix = torch.full((len(self.ids), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, longest]
+        for row, ids in enumerate(self.ids):
+            self.matrix[row, : len(ids)] = torch.tensor(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pad(self, rows: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows [n] -> (input_ids [n, L], attention_mask [n, L]), L the longest of these rows (right padding)."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        lengths = self.lengths[index]
+        width = int(lengths.max())
+        mask = (torch.arange(width) < lengths[:, None]).long()
+        return self.matrix[index, :width].to(device), mask.to(device)
+
+    def by_length(self, batch_size: int) -> list[list[int]]:
+        """All rows in batches of ``batch_size``, shortest texts first."""
+        order = torch.argsort(self.lengths, stable=True).tolist()
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def default_model_path() -> str:
@@ -73,6 +111,10 @@ class TextEncoder(nn.Module):
         self.cache_misses = 0
         self.strategy: Strategy | None = None
         self._fingerprint: str | None = None
+        self._pristine: str | None = None  # the pretrained fingerprint while the adapted encoder still computes the same
+        self._tokenized: tuple[tuple[str, ...], TokenizedTexts] | None = None
+        self._lower: tuple[TokenizedTexts, list[torch.Tensor]] | None = None  # strategy=partial: the layer cache
+        self.tokens_trained = 0  # real tokens encoded with gradient (cost ledger)
 
     @property
     def dim(self) -> int:
@@ -84,10 +126,26 @@ class TextEncoder(nn.Module):
 
     def adapt(self, strategy: Strategy) -> TextEncoder:
         """Let ``strategy`` freeze, unfreeze or wrap the transformer; returns self."""
+        before = (self.fingerprint(), self._probe()) if self.cache_dir is not None else None
         self.model = strategy.apply(self.model)
         self.strategy = strategy
-        self._fingerprint = None
+        self._fingerprint = self._lower = None
+        if before is not None and torch.equal(before[1], self._probe()):
+            self._pristine = before[0]
         return self.train(self.training)
+
+    @torch.no_grad()
+    def _probe(self) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self(PROBE_TEXTS)
+        finally:
+            self.model.train(was_training)
+
+    def _trained_now(self) -> None:
+        """Weights are about to change: the encoder is no longer the pretrained one."""
+        self._pristine = self._fingerprint = None
 
     def train(self, mode: bool = True) -> TextEncoder:
         """A frozen transformer always stays in eval mode (no dropout on cached features)."""
@@ -106,8 +164,61 @@ class TextEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         ).to(self.device)
+        if torch.is_grad_enabled() and self.trainable:
+            self._trained_now()
+            self.tokens_trained += int(batch["attention_mask"].sum())
         hidden = self.model(**batch).last_hidden_state  # [N, virtual + L, dim]
         return pool(hidden[:, -batch["attention_mask"].shape[1] :], batch["attention_mask"], self.pooling)
+
+    def tokenized(self, texts: list[str]) -> TokenizedTexts:
+        """``texts`` tokenised, reused while the same list comes back."""
+        key = tuple(texts)
+        if self._tokenized is None or self._tokenized[0] != key:
+            self._tokenized = (key, TokenizedTexts(self.tokenizer, key, self.max_length))
+            self._lower = None
+        return self._tokenized[1]
+
+    def encode_rows(self, tokens: TokenizedTexts, rows: list[int]) -> torch.Tensor:
+        """rows [n] of ``tokens`` -> [n, dim], padded to the longest of them; gradients flow when trainable."""
+        ids, mask = tokens.pad(rows, self.device)
+        if torch.is_grad_enabled() and self.trainable:
+            self._trained_now()
+            self.tokens_trained += int(mask.sum())
+        below = getattr(self.strategy, "cached_below", 0)
+        if below:
+            hidden = self._top_layers(self._lower_states(tokens, below), rows, mask)
+        else:
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [n, virtual + L, dim]
+        return pool(hidden[:, -mask.shape[1] :], mask, self.pooling)
+
+    @torch.no_grad()
+    def _lower_states(self, tokens: TokenizedTexts, below: int) -> list[torch.Tensor]:
+        """Per text, the hidden states [length, dim] entering layer ``below`` (frozen layers run once)."""
+        if self._lower is None or self._lower[0] is not tokens:
+            states: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                for rows in tokens.by_length(self.batch_size):
+                    ids, mask = tokens.pad(rows, self.device)
+                    hidden = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[below]
+                    for index, row in enumerate(rows):
+                        states[row] = hidden[index, : len(tokens.ids[row])].clone()
+            finally:
+                self.model.train(was_training)
+            self._lower = (tokens, states)
+        return self._lower[1]
+
+    def _top_layers(self, states: list[torch.Tensor], rows: list[int], mask: torch.Tensor) -> torch.Tensor:
+        """The trained layers over cached lower states: rows [n], mask [n, L] -> last hidden states [n, L, dim]."""
+        hidden = torch.zeros(len(rows), mask.shape[1], self.dim, device=self.device, dtype=states[rows[0]].dtype)
+        for index, row in enumerate(rows):
+            hidden[index, : len(states[row])] = states[row]
+        attention = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in self.strategy.trained_layers(self.model):
+            output = layer(hidden, attention)
+            hidden = output[0] if isinstance(output, tuple) else output
+        return hidden
 
     @property
     def device(self) -> torch.device:
@@ -122,11 +233,13 @@ class TextEncoder(nn.Module):
             return cached
         was_training = self.training
         self.eval()
+        embeddings = torch.zeros(len(texts), self.dim, device=self.device)
         try:
-            parts = [self(texts[i : i + self.batch_size]).float() for i in range(0, len(texts), self.batch_size)]
+            tokens = self.tokenized(texts)
+            for rows in tokens.by_length(self.batch_size):
+                embeddings[rows] = self.encode_rows(tokens, rows).float()
         finally:
             self.train(was_training)
-        embeddings = torch.cat(parts) if parts else torch.zeros(0, self.dim, device=self.device)
         if path is not None:
             self.cache_misses += 1
             _save_atomically(embeddings, path)
@@ -157,7 +270,10 @@ class TextEncoder(nn.Module):
         return self.cache_dir / f"{digest.hexdigest()[:32]}.safetensors"
 
     def fingerprint(self) -> str:
-        """sha256 over the weights, the tokenizer vocabulary, pooling and max_length."""
+        """sha256 over the weights, the tokenizer vocabulary, pooling and max_length (the pretrained
+        weights' while an adapted encoder has not trained yet and computes what they compute)."""
+        if self._pristine is not None:
+            return self._pristine
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(f"{self.pooling}|{self.max_length}|".encode(), self.tokenizer, self.model)
         return self._fingerprint
@@ -168,7 +284,8 @@ class TextEncoder(nn.Module):
 
     def load(self, directory: Path) -> None:
         self.strategy.load(self.model, Path(directory))
-        self._fingerprint = None
+        self._trained_now()
+        self._lower = None
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

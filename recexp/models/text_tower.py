@@ -7,7 +7,9 @@ score:   q_u . v_i  (cosine); training divides by ``temperature``.
 H(u) is the user's history for the stage (train when validating, train + valid when testing).
 While training, the positive item is left out of its own user's mean. The history side always reads
 a table of item encodings without gradient: computed once (and cached on disk) when the encoder is
-frozen, refreshed each epoch when it trains; the item side then encodes the batch's items live.
+frozen, refreshed once per epoch (and reused by validation) when it trains. A trained encoder
+takes item-organised epochs (:class:`~recexp.models.objectives.ItemData`): each step encodes a set
+of items once, with gradient, and scores every training interaction and negative that refers to them.
 """
 from __future__ import annotations
 
@@ -18,24 +20,26 @@ from torch import nn
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split, Strategy
 from recexp.models.objectives import (
-    InteractionData,
+    ItemBatch,
     Sampling,
     bpr,
     check_loss,
+    check_samples,
     encode_items,
     in_batch_softmax,
+    item_batch_loss,
     item_texts,
     preferred_cpu_threads,
-    epoch_samples,
     stage_histories,
+    train_data,
 )
 from recexp.models.text_encoder import TextEncoder
 from recexp.train import Batch
 
-# Trainer defaults: (frozen encoder, trainable encoder). A live encoder sees a sample of each epoch.
+# Trainer defaults: (frozen encoder: batch = interactions, trainable encoder: batch = items per step).
 DEFAULTS = {
     False: dict(max_epochs=30, patience=3, batch_size=512, lr=1e-3),
-    True: dict(max_epochs=2, patience=1, batch_size=64, lr=1e-3),
+    True: dict(max_epochs=10, patience=2, batch_size=64, lr=1e-3, mixed_precision="bf16"),
 }
 
 
@@ -53,17 +57,20 @@ class TextTower(nn.Module):
         super().__init__()
         if dim < 1 or temperature <= 0:
             raise ConfigError(f"model.module.dim must be >= 1 and temperature > 0, got {dim} and {temperature}.")
-        self.encoder = encoder.adapt(strategy)
+        with torch.random.fork_rng(devices=[]):  # the heads start as they do over a frozen encoder
+            self.encoder = encoder.adapt(strategy)
         self.item_proj = nn.Linear(encoder.dim, dim)
         self.user_proj = nn.Linear(encoder.dim, dim)
         self.user_text_proj = nn.Linear(encoder.dim, dim) if user_text else None
         self.loss = check_loss(loss)
         self.temperature = temperature
-        live = self.encoder.trainable
-        self.samples_per_epoch = epoch_samples(live, samples_per_epoch)
+        self.samples_per_epoch = check_samples(samples_per_epoch)
         self.sampling = Sampling()  # popularity-aware weights and negatives (tail=reweight sets them)
-        self.cpu_threads = preferred_cpu_threads(live)
         self.stale = True
+
+    @property
+    def cpu_threads(self) -> int | None:
+        return preferred_cpu_threads(self.encoder.trainable)
 
     def trainer_defaults(self) -> dict:
         return DEFAULTS[self.encoder.trainable]
@@ -73,6 +80,7 @@ class TextTower(nn.Module):
     def prepare(self, split: Split, device: torch.device) -> None:
         self.split = split
         self.texts = item_texts(split)
+        self.tokens = self.encoder.tokenized(self.texts)
         if self.user_text_proj is not None and split.dataset.user_text is None:
             raise ConfigError("model.module.user_text=true needs user text: set dataset.user_template.")
         self.to(device)
@@ -89,15 +97,15 @@ class TextTower(nn.Module):
                 self.user_table = self.encoder.embed(list(self.split.dataset.user_text))  # [n_users, enc]
             self.stale = False
 
-    def train_data(self, split: Split, seed: int) -> InteractionData:
-        return InteractionData(split, seed, self.samples_per_epoch, self.sampling)
+    def train_data(self, split: Split, seed: int):
+        return train_data(self, split, seed)
 
     # --- the two towers
 
     def _items(self, items: torch.Tensor) -> torch.Tensor:
         """items [n] -> [n, dim] unit vectors; encodes live (with gradient) when the encoder trains."""
         if self.encoder.trainable and self.training:
-            features = encode_items(self.encoder, self.texts, items)
+            features = encode_items(self.encoder, self.tokens, items)
         else:
             features = self.item_table[items]
         return F.normalize(self.item_proj(features), dim=-1)
@@ -109,13 +117,21 @@ class TextTower(nn.Module):
             query = query + self.user_text_proj(self.user_table[users])
         return F.normalize(query, dim=-1)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """(users [B], items [B], negatives [B], weights [B]) -> scalar loss; the positive is left out of its user's mean."""
-        users, items, negatives, weights = (t.to(self.item_proj.weight.device) for t in batch)
+    def _train_query(self, users: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        """users [B], their positive items [B] -> [B, dim]; the positive is left out of its user's mean."""
         count = self.counts[TRAIN][users].unsqueeze(1)
-        pooled = (self.sums[TRAIN][users] - self.item_table[items]) / (count - 1).clamp(min=1)  # leave-one-out
-        query = self._users(users, pooled)
+        pooled = (self.sums[TRAIN][users] - self.item_table[positives]) / (count - 1).clamp(min=1)
+        return self._users(users, pooled)
+
+    def forward(self, batch: Batch | ItemBatch) -> torch.Tensor:
+        """(users [B], items [B], negatives [B], weights [B]) or an :class:`ItemBatch` -> scalar loss."""
         self.stale = self.encoder.trainable
+        if isinstance(batch, ItemBatch):
+            batch = ItemBatch(*(t.to(self.item_proj.weight.device) for t in batch))
+            query = self._train_query(batch.users, batch.items[batch.positives])
+            return item_batch_loss(self.loss, query, self._items(batch.items), batch, self.temperature)
+        users, items, negatives, weights = (t.to(self.item_proj.weight.device) for t in batch)
+        query = self._train_query(users, items)
         if self.loss == "bpr":
             vectors = self._items(torch.cat([items, negatives]))
             pos, neg = vectors[: len(items)], vectors[len(items) :]

@@ -4,16 +4,22 @@ A torch model is a plain ``nn.Module`` (:class:`~recexp.interfaces.TorchModel`):
 loss from ``forward(batch)``, hands out its training data as a torch ``Dataset``, and scores users
 and pairs. Fitting (the shared loop in :mod:`recexp.train`), trainer defaults, CPU threads,
 saving, loading and the cost ledger live here once, composed around the module.
+
+``lp_ft`` (linear probing, then fine-tuning; Kumar et al., 2022) first trains the heads over the
+frozen encoder with the module's frozen-encoder defaults (``lp_epochs`` caps them), then unfreezes
+the encoder and trains everything, keeping the probed weights unless an epoch beats them on validation.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from recexp import train
+from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, Split, TorchModel
 from recexp.train import FitStats, TrainerConfig
 
@@ -21,12 +27,18 @@ from recexp.train import FitStats, TrainerConfig
 class TorchRecommender:
     distributed = True  # trains under accelerate launch / torchrun (DDP) as well as in one process
 
-    def __init__(self, module: TorchModel, trainer: TrainerConfig = TrainerConfig(), cpu_threads: int | None = None):
+    def __init__(self, module: TorchModel, trainer: TrainerConfig = TrainerConfig(), cpu_threads: int | None = None,
+                 lp_ft: bool = False, lp_epochs: int | None = None):
         self.module = module
         self.trainer = trainer
         self.cpu_threads = cpu_threads  # torch CPU threads while fitting (None: the module's preference)
+        if lp_ft and not getattr(getattr(module, "encoder", None), "trainable", False):
+            raise ConfigError("model.lp_ft=true needs an encoder that trains: pick a strategy other than frozen.")
+        self.lp_ft = lp_ft
+        # the probing phase of lp_ft: the module's frozen-encoder defaults, capped at lp_epochs
+        self.probe = TrainerConfig(max_epochs=lp_epochs, valid_metric=trainer.valid_metric, progress=trainer.progress)
         self.used: TrainerConfig | None = None
-        self.stats = FitStats()
+        self.stats = self.probe_stats = FitStats()
         self.artifact_bytes = 0
 
     @property
@@ -39,12 +51,19 @@ class TorchRecommender:
         return getattr(self.module, "score_pairs", None)
 
     def fit(self, split: Split, ctx: FitContext) -> None:
-        self.used = train.with_defaults(self.trainer, ctx.device, **self.module.trainer_defaults())
+        self.module.prepare(split, ctx.device)
+        if self.lp_ft:
+            with frozen_encoder(self.module):
+                self.probe_stats = self._fit(split, ctx, self.probe)[1]
+        self.used, self.stats = self._fit(split, ctx, self.trainer, keep_start=self.lp_ft)
+
+    def _fit(self, split: Split, ctx: FitContext, trainer: TrainerConfig, keep_start: bool = False):
+        """One call of the shared loop with ``trainer`` over the module's defaults -> (settings used, stats)."""
+        used = train.with_defaults(trainer, ctx.device, **self.module.trainer_defaults())
         threads = self.cpu_threads if self.cpu_threads is not None else self.module.cpu_threads
         with train.torch_threads(threads if ctx.device.type == "cpu" else None):
-            self.module.prepare(split, ctx.device)
             data = self.module.train_data(split, ctx.seed)
-            self.stats = train.fit(self.module, split, ctx, self.used, data)
+            return used, train.fit(self.module, split, ctx, used, data, keep_start=keep_start)
 
     def attach(self, split: Split, device: torch.device) -> None:
         """Score ``split``'s stages from now on without training on it (e.g. a continual run's later blocks)."""
@@ -59,14 +78,23 @@ class TorchRecommender:
 
     def cost_extras(self) -> dict[str, Any]:
         encoder = getattr(self.module, "encoder", None)
-        caches = encoder.cache_stats() if encoder is not None else {}
-        return {**self.stats.cost(), **caches, "artifact_bytes": self.artifact_bytes}
+        extras = {**self.stats.cost(), "artifact_bytes": self.artifact_bytes}
+        if encoder is not None:
+            extras.update(encoder.cache_stats())
+            if self.stats.train_seconds > 0 and encoder.tokens_trained:
+                extras["encoder_tokens_trained"] = encoder.tokens_trained
+                extras["encoder_tokens_per_second"] = encoder.tokens_trained / self.stats.train_seconds
+        if self.lp_ft:
+            extras["samples_seen"] += self.probe_stats.samples
+            extras["probe"] = self.probe_stats.cost()
+        return extras
 
     def effective(self) -> dict[str, Any]:
-        """The trainer settings this fit used, with the epochs it ran."""
+        """The trainer settings this fit used, with the epochs it ran (``best_epoch`` -1: lp_ft kept the probe)."""
         used = dataclasses.asdict(self.used) if self.used else {}
         used.pop("progress", None)
-        return {**used, "epochs_run": self.stats.epochs, "best_epoch": self.stats.best_epoch}
+        probe = {"lp_ft": True, "lp_epochs_run": self.probe_stats.epochs} if self.lp_ft else {}
+        return {**used, "epochs_run": self.stats.epochs, "best_epoch": self.stats.best_epoch, **probe}
 
     def save(self, directory: str | Path) -> None:
         self.artifact_bytes = train.save_weights(self.module, directory)
@@ -75,3 +103,17 @@ class TorchRecommender:
         """Rebuild the scoring state for ``split`` and read weights written by :meth:`save`."""
         self.module.prepare(split, torch.device(device))
         train.load_weights(self.module, directory)
+
+
+@contextlib.contextmanager
+def frozen_encoder(module: TorchModel) -> Iterator[None]:
+    """The module's encoder weights fixed for the duration (it then trains and scores as over a frozen encoder)."""
+    params = [p for p in module.encoder.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    module.encoder.train(module.encoder.training)  # a frozen encoder stays in eval mode
+    try:
+        yield
+    finally:  # the weights did not change, so the module's item table stays valid
+        for p in params:
+            p.requires_grad_(True)
