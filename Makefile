@@ -33,7 +33,7 @@ test: install ## fast test suite (CPU, well under 15 minutes)
 test-slow: install ## slow end-to-end checks (published BPR range, LightGCN, real-model training)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-bench: install ## time the pipeline, model fits and the evaluator (against RecBole's full sort); writes outputs/bench/bench.json
+bench: install ## each hot path against a reference in the same run (RecBole, a bare loop, import torch ...); writes outputs/bench/bench.{json,md}
 	$(PY) -m recexp.bench --out outputs/bench --models $(or $(BENCH_MODELS),pop,bpr,text_tower)
 
 clean: ## remove outputs/ and caches (keeps .venv)

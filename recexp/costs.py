@@ -1,4 +1,8 @@
-"""Cost ledger: parameters, wall time per phase, throughput and peak memory of a run."""
+"""Cost ledger: parameters, wall time per phase, throughput and peak memory of a run (and of each phase).
+
+Peak memory per phase: on CUDA the most allocated during that phase; on CPU the process's peak resident
+set size when the phase ended (a high-water mark, so it never falls from one phase to the next).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -16,21 +20,29 @@ class CostMeter:
     def __init__(self, device: torch.device):
         self.device = device
         self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}  # phase -> peak memory in MB
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             yield
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.peaks[name] = max(self.peaks.get(name, 0.0), self._peak_now())
 
     def peak_memory_mb(self) -> float:
-        """CUDA max allocated on GPU; the process's peak resident set size on CPU."""
+        """The run's peak: CUDA max allocated over every phase on GPU; the process's peak resident set size on CPU."""
+        return max([self._peak_now(), *self.peaks.values()])
+
+    def _peak_now(self) -> float:
+        """CUDA max allocated since the last reset on GPU; the process's peak resident set size on CPU."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -45,6 +57,7 @@ class CostMeter:
             "train_seconds": train_seconds,
             "eval_seconds": self.seconds.get("eval", 0.0),
             "peak_memory_mb": self.peak_memory_mb(),
+            "peak_memory_mb_by_phase": dict(self.peaks),
             "device": str(self.device),
             "world_size": world_size,  # processes that trained together
             "train_interactions": len(split.train),

@@ -95,13 +95,17 @@ class Partial:
 
     def load(self, encoder: nn.Module, directory: Path) -> None:
         state = load_file(Path(directory) / "partial.safetensors")
-        differ = sorted(set(state) ^ set(_trained_weights(encoder)))
-        if differ:
-            raise ConfigError(
-                f"The layers in {directory} do not fit this strategy (weights {differ[:5]} differ); "
-                "build the model with the strategy.layers it was trained with."
-            )
+        _check_names(state, _trained_weights(encoder), f"The layers in {directory}", "the strategy.layers")
         encoder.load_state_dict(state, strict=False)
+
+
+def _check_names(state: dict, expected: dict, what: str, built_with: str = "the strategy") -> None:
+    """A ConfigError when the weight names of a saved ``state`` are not those the encoder expects."""
+    differ = sorted(set(state) ^ set(expected))
+    if differ:
+        raise ConfigError(
+            f"{what} do not fit this strategy (weights {differ[:5]} differ); build the model with {built_with} it was trained with."
+        )
 
 
 def _trained_weights(encoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -142,12 +146,7 @@ class Peft:
 
     def load(self, encoder: nn.Module, directory: Path) -> None:
         state = load_file(Path(directory) / "adapter_model.safetensors")
-        differ = sorted(set(state) ^ set(get_peft_model_state_dict(encoder)))
-        if differ:
-            raise ConfigError(
-                f"The adapter in {directory} does not fit this strategy (weights {differ[:5]} differ); "
-                "build the model with the strategy it was trained with."
-            )
+        _check_names(state, get_peft_model_state_dict(encoder), f"The adapter weights in {directory}")
         set_peft_model_state_dict(encoder, state)
 
 

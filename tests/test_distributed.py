@@ -54,3 +54,22 @@ def test_cpu_flag_with_several_processes_warns_that_accelerate_started_one(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accelerate launch --cpu started one process" in done.stderr + done.stdout
     assert json.loads((tmp_path / "run" / "results.json").read_text())["cost"]["world_size"] == 1
+
+
+def test_an_item_organised_epoch_is_shared_out_over_two_processes(cold_split, tmp_path):
+    """A trained encoder's epoch over two processes: every training interaction once, the steps of one process."""
+    from test_strategies import save_tiny_bert
+
+    bert = save_tiny_bert(tmp_path / "tiny-bert")
+    overrides = ["model=text_tower", "strategy=lora", "scenario=cold_item", "trainer.max_epochs=1", "logger=none",
+                 "progress=false", f"model.module.encoder.name_or_path={bert}"]
+    done = launch([*ACCELERATE, "--multi_gpu", "--num_processes", "2"], overrides, tmp_path / "two", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "results.json").read_text())
+    cost = record["cost"]
+    assert record["status"] == "ok" and cost["world_size"] == 2
+    # every training interaction at least once over both processes; accelerate evens out the two shares of
+    # batches by repeating the epoch's first items, so a few are seen twice
+    assert cost["train_interactions"] <= cost["samples_seen"] < 1.05 * cost["train_interactions"]
+    train_items = cold_split.train["item"].nunique()  # the run's split: the same scenario and seed
+    assert cost["optimizer_steps"] == -(-train_items // record["effective"]["batch_size"])  # 64 items a step in all

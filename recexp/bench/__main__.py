@@ -1,7 +1,10 @@
 """``make bench``: time and memory of recexp's own hot paths on ml-100k; writes ``outputs/bench/bench.json``.
 
-    python -m recexp.bench [--out outputs/bench] [--device auto] [--models pop,bpr,text_tower] [--no-fewshot]
-                           [--no-evaluator] [--no-recbole] [--no-startup]
+    python -m recexp.bench [--out outputs/bench] [--device auto] [--models pop,bpr,text_tower] [--only SECTIONS]
+                           [--no-fewshot] [--no-evaluator] [--no-recbole] [--no-startup] [--no-training]
+
+Each section measures one hot path against a reference in the same run; the closing table gives each
+ratio and whether it meets its target.
 
 ``fewshot``: one whole few-shot cross-encoder run as a user starts it (``scenario=tallrec
 scenario.shots=256 model=lm_classifier strategy=lora``: training on 256 samples, validation, 1,000 test
@@ -20,19 +23,32 @@ same split and configuration, one thread, fresh processes interleaved, against i
 
 ``startup``: a ``model=pop logger=none`` run on a tiny dataset against ``python -c "import torch"``, fresh
 processes interleaved, against its target of 1.5 s more; and which heavy packages the Pop run imported.
+
+``bare_loop`` and ``strategies`` (``--no-training`` skips both): see :mod:`recexp.bench.training`.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from recexp.bench.evaluator import bench_evaluator
 from recexp.bench.recbole import bench_recbole
 from recexp.bench.runs import bench_fewshot, bench_model, bench_pipeline
 from recexp.bench.startup import bench_startup
+from recexp.bench.training import bench_bare_loop, bench_strategies
 from recexp.run import pick_device
 from recexp.tracking import package_versions, write_json_atomic
+
+# section -> (flag that skips it, what runs it given the parsed arguments)
+SECTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = {
+    "evaluator": ("evaluator", lambda args: bench_evaluator()),
+    "recbole": ("recbole", lambda args: bench_recbole()),
+    "startup": ("startup", lambda args: bench_startup()),
+    "bare_loop": ("training", lambda args: bench_bare_loop(args.out)),
+    "strategies": ("training", lambda args: bench_strategies(args.out)),
+    "fewshot": ("fewshot", lambda args: bench_fewshot(args.out)),
+}
 
 
 def main() -> None:
@@ -41,6 +57,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", default="pop,bpr", help="comma-separated model presets to fit")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override, repeatable")
+    parser.add_argument("--only", default=None, help="comma-separated sections to run (default: all not skipped)")
     parser.add_argument("--no-fewshot", dest="fewshot", action="store_false", help="skip the few-shot cross-encoder run")
     parser.add_argument("--no-evaluator", dest="evaluator", action="store_false",
                         help="skip the evaluator against RecBole's full sort")
@@ -48,25 +65,68 @@ def main() -> None:
                         help="skip recexp's RecBole BPR against raw RecBole")
     parser.add_argument("--no-startup", dest="startup", action="store_false",
                         help="skip a Pop run's start-up against `import torch`")
+    parser.add_argument("--no-training", dest="training", action="store_false",
+                        help="skip the trained-encoder sections (bare loop, strategy ladder)")
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     device = pick_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"device": str(device), "versions": package_versions(), "pipeline": bench_pipeline(device)}
-    report["models"] = {m: bench_model(m, args.override, device, args.out) for m in args.models.split(",") if m}
-    if args.evaluator:
-        report["evaluator"] = bench_evaluator()
-    if args.recbole:
-        report["recbole"] = bench_recbole()
-    if args.startup:
-        report["startup"] = bench_startup()
-    if args.fewshot:
-        report["fewshot"] = bench_fewshot(args.out)
+    report: dict[str, Any] = {"device": str(device), "versions": package_versions()}
+    if only is None:
+        report["pipeline"] = bench_pipeline(device)
+        report["models"] = {m: bench_model(m, args.override, device, args.out) for m in args.models.split(",") if m}
+    for section, (flag, run) in SECTIONS.items():
+        if getattr(args, flag) and (only is None or section in only):
+            report[section] = run(args)
+            write_json_atomic(args.out / "bench.json", report)  # a later section's failure keeps this one
     path = args.out / "bench.json"
     write_json_atomic(path, report)
-    print(f"wrote {path}")
-    for section in ("pipeline", "models", "evaluator", "recbole", "startup", "fewshot"):
-        for key, value in report.get(section, {}).items():
-            print(f"  {section}.{key}: {value}")
+    (args.out / "bench.md").write_text(table(report) + "\n")
+    print(f"wrote {path} and bench.md\n")
+    print(table(report))
+
+
+def headlines(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(measure, recexp, reference, ratio, target and whether met) per section present in ``report``."""
+    rows = []
+    ok = lambda met: "yes" if met else "NO"  # noqa: E731
+    for size, key in (("ml-100k", "ml100k_size"), ("25k items", "25k_items")):
+        if key in report.get("evaluator", {}):
+            e = report["evaluator"][key]
+            rows.append((f"evaluator users/s, {size} (vs RecBole full sort)", f"{e['recexp_users_per_s']:,.0f}",
+                         f"{e['recbole_users_per_s']:,.0f}", f"{e['speedup']:.2f}x", f">= 3x: {ok(e['speedup'] >= 3)}"))
+    if "bookcrossing_size" in report.get("evaluator", {}):
+        e = report["evaluator"]["bookcrossing_size"]
+        rows.append(("evaluation 5k x 27k, every segment (s)", f"{min(e['wall_s'], e['wall_s_one_thread']):.2f}", "-",
+                     "-", f"< {e['target_s']:.0f} s: {ok(e['within_target'])}"))
+    if "recbole" in report:
+        r = report["recbole"]
+        rows.append(("RecBole BPR s/epoch (vs raw RecBole)", f"{r['recexp_s_per_epoch']:.3f}", f"{r['recbole_s_per_epoch']:.3f}",
+                     f"{r['ratio']:.3f}x", f"<= {r['target_ratio']}x: {ok(r['within_target'])}"))
+    if "startup" in report:
+        r = report["startup"]
+        rows.append(("Pop run start-up s (vs import torch)", f"{r['pop_run_s']:.2f}", f"{r['import_torch_s']:.2f}",
+                     f"+{r['startup_s']:.2f} s", f"<= +{r['target_s']} s: {ok(r['within_target'])}"))
+    if "bare_loop" in report:
+        r = report["bare_loop"]
+        rows.append(("LoRA text_tower interactions/s (vs bare loop)", f"{r['recexp_interactions_per_s']:,.0f}",
+                     f"{r['bare_interactions_per_s']:,.0f}", f"{r['ratio']:.3f}x", f">= {r['target']}x: {ok(r['within_target'])}"))
+    if "strategies" in report:
+        s = report["strategies"]
+        speeds = ", ".join(f"{name} {s[name]['samples_per_second']:,.0f}" for name in ("frozen", "partial", "lora", "full_ft"))
+        rows.append((f"text_tower interactions/s: {speeds}", "-", "-", "-", f"ladder: {ok(s['ladder_holds'])}"))
+    if "fewshot" in report:
+        f = report["fewshot"]
+        rows.append(("K=256 cross-encoder run s (vs user_rate run)", f"{f['lm_classifier_lora']['wall_s']:.1f}",
+                     f"{f['user_rate']['wall_s']:.1f}", f"{f['ratio_to_user_rate']:.1f}x",
+                     f"< {f['target_s']:.0f} s: {ok(f['within_target'])}"))
+    return rows
+
+
+def table(report: dict[str, Any]) -> str:
+    """The headlines as a Markdown table."""
+    lines = ["| measure | recexp | reference | ratio | target |", "|---|---:|---:|---:|---|"]
+    return "\n".join(lines + [f"| {' | '.join(row)} |" for row in headlines(report)])
 
 
 if __name__ == "__main__":

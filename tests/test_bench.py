@@ -1,0 +1,36 @@
+"""make bench's closing table: one row per section present, each ratio against its target."""
+from __future__ import annotations
+
+from recexp.bench.__main__ import headlines, table
+
+REPORT = {
+    "evaluator": {
+        "ml100k_size": {"recexp_users_per_s": 70000.0, "recbole_users_per_s": 50000.0, "speedup": 1.4},
+        "25k_items": {"recexp_users_per_s": 20000.0, "recbole_users_per_s": 5000.0, "speedup": 4.0},
+        "bookcrossing_size": {"wall_s": 2.0, "wall_s_one_thread": 1.5, "target_s": 10.0, "within_target": True},
+    },
+    "recbole": {"recexp_s_per_epoch": 0.33, "recbole_s_per_epoch": 0.33, "ratio": 1.0, "target_ratio": 1.05,
+                "within_target": True},
+    "startup": {"pop_run_s": 2.2, "import_torch_s": 1.2, "startup_s": 1.0, "target_s": 1.5, "within_target": True},
+    "bare_loop": {"recexp_interactions_per_s": 9000.0, "bare_interactions_per_s": 10000.0, "ratio": 0.9,
+                  "target": 0.95, "within_target": False},
+    "strategies": {**{name: {"samples_per_second": speed} for name, speed in
+                      (("frozen", 1e5), ("partial", 3e4), ("lora", 1e4), ("full_ft", 5e3))}, "ladder_holds": True},
+}
+
+
+def test_the_table_has_a_row_per_measure_and_says_which_targets_are_missed():
+    rows = headlines(REPORT)
+    assert len(rows) == 7
+    verdicts = {row[0].split(" (")[0]: row[-1] for row in rows}
+    assert verdicts["evaluator users/s, ml-100k"].endswith("NO") and verdicts["evaluator users/s, 25k items"].endswith("yes")
+    assert verdicts["LoRA text_tower interactions/s"] == ">= 0.95x: NO"
+    assert verdicts["RecBole BPR s/epoch"] == "<= 1.05x: yes"
+    assert "frozen 100,000, partial 30,000, lora 10,000, full_ft 5,000" in rows[-1][0]
+    text = table(REPORT)
+    assert text.splitlines()[0] == "| measure | recexp | reference | ratio | target |" and len(text.splitlines()) == 9
+
+
+def test_sections_not_run_leave_no_row():
+    assert headlines({"recbole": REPORT["recbole"]}) == [
+        ("RecBole BPR s/epoch (vs raw RecBole)", "0.330", "0.330", "1.000x", "<= 1.05x: yes")]
