@@ -1,11 +1,13 @@
 """Cost ledger: parameters, wall time per phase, throughput and peak memory of a run (and of each phase).
 
-Peak memory per phase: on CUDA the most allocated during that phase; on CPU the process's peak resident
-set size when the phase ended (a high-water mark, so it never falls from one phase to the next).
+Peak memory per phase: on CUDA the most allocated during that phase; on CPU the peak resident set size
+during that phase where Linux lets the high-water mark be reset (``/proc/self/clear_refs``), else the
+process's peak so far when the phase ended.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 import sys
 import time
@@ -21,14 +23,18 @@ class CostMeter:
         self.device = device
         self.seconds: dict[str, float] = {}
         self.peaks: dict[str, float] = {}  # phase -> peak memory in MB
+        self.before = 0.0  # the run's peak before the latest phase reset the high-water mark
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        self.before = max(self.before, self._peak_now())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _reset_resident_peak()
         try:
             yield
         finally:
@@ -39,14 +45,13 @@ class CostMeter:
 
     def peak_memory_mb(self) -> float:
         """The run's peak: CUDA max allocated over every phase on GPU; the process's peak resident set size on CPU."""
-        return max([self._peak_now(), *self.peaks.values()])
+        return max([self.before, self._peak_now(), *self.peaks.values()])
 
     def _peak_now(self) -> float:
-        """CUDA max allocated since the last reset on GPU; the process's peak resident set size on CPU."""
+        """CUDA max allocated since the last reset on GPU; the peak resident set size since the last reset on CPU."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+        return _resident_peak_mb()
 
     def summary(self, model: Any, split: Split, world_size: int = 1) -> dict[str, Any]:
         trainable, total = model.parameter_counts()
@@ -67,3 +72,21 @@ class CostMeter:
         if "samples_per_second" not in cost and "samples_seen" in cost and train_seconds > 0:
             cost["samples_per_second"] = cost["samples_seen"] / train_seconds
         return cost
+
+
+def _reset_resident_peak() -> None:
+    """Linux: start the process's peak resident set size (VmHWM) afresh from its current size; elsewhere nothing."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+
+
+def _resident_peak_mb() -> float:
+    """The peak resident set size in MB: VmHWM on Linux (resettable), else ``ru_maxrss``."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as handle:
+            found = re.search(r"^VmHWM:\s+(\d+) kB", handle.read(), re.MULTILINE)
+        if found:
+            return int(found.group(1)) / 2**10
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
