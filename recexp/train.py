@@ -105,10 +105,22 @@ def with_defaults(config: TrainerConfig, device: torch.device, **defaults: Any) 
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """True on a CUDA device with bf16, or a CPU with bf16 instructions (AVX512-BF16 or AMX)."""
+    """True on a CUDA device with native bf16 (compute capability 8 or more), or a CPU with bf16
+    instructions (AVX512-BF16 or AMX, read from /proc/cpuinfo; elsewhere False)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def process_state() -> PartialState:
@@ -170,14 +182,15 @@ class FitStats:
 
 
 def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, data: Dataset,
-        keep_start: bool = False) -> FitStats:
+        keep_start: bool = False, step_offset: int = 0) -> FitStats:
     """Train ``model``'s trainable weights on ``data``; keep the weights of the best validation epoch.
 
     ``model(batch)`` returns a scalar loss; ``data`` yields whole batches (``__getitems__``) and is
     re-drawn by ``data.set_epoch(epoch)``. ``model`` also scores (it is a recommender's module): the
     valid stage is evaluated after every epoch, and training stops after ``config.patience`` epochs
     without improvement. ``keep_start`` also validates the starting weights, which are kept when no
-    epoch beats them (``best_epoch`` -1). Its ``stale`` flag is raised whenever weights are restored.
+    epoch beats them (``best_epoch`` -1). Logged steps start at ``step_offset`` (a second fit logs after
+    the first's). Its ``stale`` flag is raised whenever weights are restored.
     """
     torch.manual_seed(ctx.seed)
     accelerator = make_accelerator(ctx.device, config)
@@ -188,12 +201,14 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
     optimizer = torch.optim.AdamW(trainable(model), lr=config.lr, weight_decay=config.weight_decay)
     wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     try:
-        return _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, accelerator, keep_start)
+        return _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, accelerator, keep_start,
+                             step_offset)
     finally:
         release(accelerator, wrapped)
 
 
-def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, accelerator, keep_start) -> FitStats:
+def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, accelerator, keep_start,
+                  step_offset) -> FitStats:
     """The epochs of :func:`fit` over what ``accelerator`` prepared."""
     metric, k = parse_metric(config.valid_metric)
     key = config.valid_metric
@@ -205,7 +220,7 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
     if keep_start:
         model.refresh()
         stats.best_valid, best_state = validate(model, split, evaluator, key, accelerator), snapshot(model)
-        ctx.logger.log({f"valid/{key}": stats.best_valid, "epoch": -1}, step=0)
+        ctx.logger.log({f"valid/{key}": stats.best_valid, "epoch": -1}, step=step_offset)
     for epoch in range(config.max_epochs):
         data.set_epoch(epoch)
         model.refresh()
@@ -213,9 +228,10 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
         check_weights(model, start_norm, epoch, config)
         value = validate(model, split, evaluator, key, accelerator)
         ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
-                        "epoch": epoch}, step=stats.optimizer_steps)
+                        "epoch": epoch}, step=step_offset + stats.optimizer_steps)
         stats.epochs = epoch + 1
-        if (stats.best_epoch < 0 and not keep_start) or _better(value, stats.best_valid, metric.higher_is_better):
+        first = stats.best_epoch < 0 and (not keep_start or math.isnan(stats.best_valid))  # nothing valid to beat yet
+        if first or _better(value, stats.best_valid, metric.higher_is_better):
             stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
         else:
             misses += 1

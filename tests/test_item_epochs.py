@@ -59,7 +59,7 @@ def test_partial_strategy_runs_only_the_top_layers_over_cached_states(tiny_bert)
     with torch.no_grad():
         full = encoder(TEXTS)  # the whole model, padded to the longest text
     torch.testing.assert_close(cached.detach(), full[[2, 0, 1]], atol=1e-5, rtol=1e-4)
-    assert cached.requires_grad and encoder._lower[0] is tokens
+    assert cached.requires_grad and tokens.lower is not None and len(tokens.lower) == len(TEXTS)
     with pytest.raises(ConfigError, match="strategy.layers=2 leaves nothing to cache"):
         TextEncoder(str(tiny_bert)).adapt(Partial(layers=2))
     with pytest.raises(ConfigError, match="layers_path='encoder.layers' names no list of layers"):
@@ -100,18 +100,21 @@ def test_lp_ft_probes_like_the_frozen_model_then_keeps_the_better(tiny_bert, sma
     probe = {}
     original = type(lp_ft)._fit
 
-    def record(self, split, ctx, trainer, keep_start=False):
-        result = original(self, split, ctx, trainer, keep_start)
+    def record(self, split, ctx, trainer, keep_start=False, step_offset=0):
+        result = original(self, split, ctx, trainer, keep_start, step_offset)
         if not keep_start:
             probe["ndcg"] = ranking_metrics(self, split)["all"]["ndcg@10"]
             probe["heads"] = {k: v.clone() for k, v in self.module.state_dict().items() if not k.startswith("encoder.")}
         return result
 
     type(lp_ft)._fit = record
+    ctx = context(tmp_path)
     try:
-        lp_ft.fit(small_split, context(tmp_path))
+        lp_ft.fit(small_split, ctx)
     finally:
         type(lp_ft)._fit = original
+    steps = [step for _, step in ctx.logger.lines]
+    assert steps == sorted(steps) and len(steps) == 2 + 1 + 1  # probe epochs, the start, the epoch: W&B steps only rise
     assert probe["ndcg"] == ranking_metrics(frozen, small_split)["all"]["ndcg@10"]  # the frozen model, exactly
     for name, value in probe["heads"].items():
         assert torch.equal(value, frozen.module.state_dict()[name]), name

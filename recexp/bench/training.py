@@ -111,7 +111,9 @@ def bench_strategies(out: Path) -> dict[str, Any]:
         command = [sys.executable, "-m", "recexp", "model=text_tower", f"strategy={name}", "scenario=cold_item",
                    "trainer.max_epochs=1", "trainer.patience=1", "logger=none", "progress=false", *extra,
                    f"hydra.run.dir={run_dir}", f"cache_dir={out / 'cache'}"]
-        subprocess.run(command, check=True, capture_output=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {name} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         record = json.loads((run_dir / "results.json").read_text())
         cost = record["cost"]
         report[name] = {key: cost.get(key) for key in (

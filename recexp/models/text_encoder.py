@@ -50,6 +50,7 @@ class TokenizedTexts:
         self.matrix = torch.full((len(self.ids), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, longest]
         for row, ids in enumerate(self.ids):
             self.matrix[row, : len(ids)] = torch.tensor(ids)
+        self.lower: list[torch.Tensor] | None = None  # strategy=partial: the layer cache of these texts
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,8 +113,7 @@ class TextEncoder(nn.Module):
         self.strategy: Strategy | None = None
         self._fingerprint: str | None = None
         self._pristine: str | None = None  # the pretrained fingerprint while the adapted encoder still computes the same
-        self._tokenized: tuple[tuple[str, ...], TokenizedTexts] | None = None
-        self._lower: tuple[TokenizedTexts, list[torch.Tensor]] | None = None  # strategy=partial: the layer cache
+        self._tokenized: dict[tuple[str, ...], TokenizedTexts] = {}  # a few text lists (items, users)
         self.tokens_trained = 0  # real tokens encoded with gradient (cost ledger)
 
     @property
@@ -129,7 +129,8 @@ class TextEncoder(nn.Module):
         before = (self.fingerprint(), self._probe()) if self.cache_dir is not None else None
         self.model = strategy.apply(self.model)
         self.strategy = strategy
-        self._fingerprint = self._lower = None
+        self._fingerprint = None
+        self._forget_lower_states()
         if before is not None and torch.equal(before[1], self._probe()):
             self._pristine = before[0]
         return self.train(self.training)
@@ -173,10 +174,15 @@ class TextEncoder(nn.Module):
     def tokenized(self, texts: list[str]) -> TokenizedTexts:
         """``texts`` tokenised, reused while the same list comes back."""
         key = tuple(texts)
-        if self._tokenized is None or self._tokenized[0] != key:
-            self._tokenized = (key, TokenizedTexts(self.tokenizer, key, self.max_length))
-            self._lower = None
-        return self._tokenized[1]
+        if key not in self._tokenized:
+            if len(self._tokenized) >= 4:
+                self._tokenized.pop(next(iter(self._tokenized)))
+            self._tokenized[key] = TokenizedTexts(self.tokenizer, key, self.max_length)
+        return self._tokenized[key]
+
+    def _forget_lower_states(self) -> None:
+        for tokens in self._tokenized.values():
+            tokens.lower = None
 
     def encode_rows(self, tokens: TokenizedTexts, rows: list[int]) -> torch.Tensor:
         """rows [n] of ``tokens`` -> [n, dim], padded to the longest of them; gradients flow when trainable."""
@@ -193,21 +199,23 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def _lower_states(self, tokens: TokenizedTexts, below: int) -> list[torch.Tensor]:
-        """Per text, the hidden states [length, dim] entering layer ``below`` (frozen layers run once)."""
-        if self._lower is None or self._lower[0] is not tokens:
+        """Per text, the hidden states [length, dim] entering layer ``below`` (frozen layers run once, in
+        full precision whatever autocast the caller runs under); kept on ``tokens``."""
+        if tokens.lower is None:
             states: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
             was_training = self.model.training
             self.model.eval()
             try:
-                for rows in tokens.by_length(self.batch_size):
-                    ids, mask = tokens.pad(rows, self.device)
-                    hidden = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[below]
-                    for index, row in enumerate(rows):
-                        states[row] = hidden[index, : len(tokens.ids[row])].clone()
+                with torch.autocast(self.device.type, enabled=False):
+                    for rows in tokens.by_length(self.batch_size):
+                        ids, mask = tokens.pad(rows, self.device)
+                        output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                        for index, row in enumerate(rows):
+                            states[row] = output.hidden_states[below][index, : len(tokens.ids[row])].clone()
             finally:
                 self.model.train(was_training)
-            self._lower = (tokens, states)
-        return self._lower[1]
+            tokens.lower = states
+        return tokens.lower
 
     def _top_layers(self, states: list[torch.Tensor], rows: list[int], mask: torch.Tensor) -> torch.Tensor:
         """The trained layers over cached lower states: rows [n], mask [n, L] -> last hidden states [n, L, dim]."""
@@ -285,7 +293,7 @@ class TextEncoder(nn.Module):
     def load(self, directory: Path) -> None:
         self.strategy.load(self.model, Path(directory))
         self._trained_now()
-        self._lower = None
+        self._forget_lower_states()
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

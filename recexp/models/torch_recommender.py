@@ -52,18 +52,22 @@ class TorchRecommender:
 
     def fit(self, split: Split, ctx: FitContext) -> None:
         self.module.prepare(split, ctx.device)
+        if getattr(self.module, "encoder", None) is not None:
+            self.module.encoder.tokens_trained = 0  # this fit's
+        offset = 0
         if self.lp_ft:
             with frozen_encoder(self.module):
                 self.probe_stats = self._fit(split, ctx, self.probe)[1]
-        self.used, self.stats = self._fit(split, ctx, self.trainer, keep_start=self.lp_ft)
+            offset = self.probe_stats.optimizer_steps + 1  # W&B steps only go up
+        self.used, self.stats = self._fit(split, ctx, self.trainer, keep_start=self.lp_ft, step_offset=offset)
 
-    def _fit(self, split: Split, ctx: FitContext, trainer: TrainerConfig, keep_start: bool = False):
+    def _fit(self, split: Split, ctx: FitContext, trainer: TrainerConfig, keep_start: bool = False, step_offset: int = 0):
         """One call of the shared loop with ``trainer`` over the module's defaults -> (settings used, stats)."""
         used = train.with_defaults(trainer, ctx.device, **self.module.trainer_defaults())
         threads = self.cpu_threads if self.cpu_threads is not None else self.module.cpu_threads
         with train.torch_threads(threads if ctx.device.type == "cpu" else None):
             data = self.module.train_data(split, ctx.seed)
-            return used, train.fit(self.module, split, ctx, used, data, keep_start=keep_start)
+            return used, train.fit(self.module, split, ctx, used, data, keep_start=keep_start, step_offset=step_offset)
 
     def attach(self, split: Split, device: torch.device) -> None:
         """Score ``split``'s stages from now on without training on it (e.g. a continual run's later blocks)."""
@@ -85,8 +89,7 @@ class TorchRecommender:
                 extras["encoder_tokens_trained"] = encoder.tokens_trained
                 extras["encoder_tokens_per_second"] = encoder.tokens_trained / self.stats.train_seconds
         if self.lp_ft:
-            extras["samples_seen"] += self.probe_stats.samples
-            extras["probe"] = self.probe_stats.cost()
+            extras["probe"] = self.probe_stats.cost()  # the fine-tuning phase's figures are the top-level ones
         return extras
 
     def effective(self) -> dict[str, Any]:
