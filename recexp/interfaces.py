@@ -84,6 +84,8 @@ class Split:
     hash: str = ""
     path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)  # scenario-specific facts (e.g. cold item ids)
+    # what is computed from the parts once and read often (the evaluator's per-stage index); a split is not edited
+    derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_users(self) -> int:

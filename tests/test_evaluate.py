@@ -22,7 +22,9 @@ from recexp.evaluate.metrics import (
     parse_metric,
     register,
 )
-from recexp.evaluate.ranking import check_scores
+from recexp.evaluate import ranking
+from recexp.evaluate.ranking import StageIndex, check_scores
+from recexp.evaluate.top import masked_largest
 from recexp.interfaces import Dataset
 from recexp.scenarios.common import holdout_split
 
@@ -171,7 +173,10 @@ def reference_ranking(scores, split, stage, name, k, tie_seed):
 
 @pytest.mark.parametrize("seed, n_users, n_items", [(0, 40, 30), (1, 60, 300), (2, 90, 3000)])
 @pytest.mark.parametrize("model", [FixedScores, SharedScores])
-def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_items, model):
+@pytest.mark.parametrize("path", ["compiled", "masked"])  # masked: what a GPU runs, here on CPU
+def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_items, model, path, monkeypatch):
+    if path == "masked":
+        monkeypatch.setattr(ranking, "largest", masked_largest)
     split = tie_heavy_split(seed, n_users, n_items)
     scores = tie_heavy_scores(seed, split, 20)
     before = scores.clone()
@@ -220,6 +225,40 @@ def test_non_finite_scores_are_a_training_error(row, message):
         return
     with pytest.raises(TrainingError, match=re.escape(message)):
         check_scores(scores, FixedScores(scores), "test")
+
+
+@pytest.mark.parametrize("path", ["compiled", "masked"])
+@pytest.mark.parametrize("row, message", [
+    ([1.0, float("nan"), 0.0], "1 NaN/+inf, 0 users without a finite score"),
+    ([float("inf"), 0.0, 1.0], "1 NaN/+inf, 0 users"),
+    ([float("-inf")] * 3, "0 NaN/+inf, 1 users without a finite score"),
+    ([float("-inf"), float("-inf"), 2.0], None),
+])
+def test_the_evaluator_refuses_non_finite_scores(row, message, path, monkeypatch):
+    if path == "masked":
+        monkeypatch.setattr(ranking, "largest", masked_largest)
+    split = tiny_split([(0, 0), (1, 1)], [], [(0, 2), (1, 2)], n_items=3, segments={"all": np.arange(3)})
+    model = FixedScores(torch.tensor([[0.0, 1.0, 2.0], row]))
+    if message is None:
+        assert Evaluator(ks=[1]).evaluate(model, split, "test").metrics["all"]["hit@1"] == 1.0
+        return
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        Evaluator(ks=[1]).evaluate(model, split, "test")
+
+
+def test_a_stage_index_is_built_once_per_split_and_stage(random_split):
+    model = FixedScores(torch.rand(random_split.n_users, random_split.n_items, generator=torch.Generator().manual_seed(0)))
+    first = Evaluator().evaluate(model, random_split, "test", segments=("all",))
+    index = StageIndex.of(random_split, "test")
+    again = Evaluator().evaluate(model, random_split, "test", segments=("all",))
+    assert StageIndex.of(random_split, "test") is index and index is not StageIndex.of(random_split, "valid")
+    assert np.array_equal(first.topk["all"], again.topk["all"]) and first.metrics == again.metrics
+
+
+def test_scores_of_the_wrong_shape_are_a_training_error():
+    split = tiny_split([(0, 0)], [], [(0, 1), (1, 2)], n_items=3, segments={"all": np.arange(3)})
+    with pytest.raises(TrainingError, match=re.escape("gave shape (2,) for 2 users")):
+        Evaluator().evaluate(FixedScores(torch.zeros(3)), split, "test")
 
 
 def test_unknown_metric_is_a_config_error():

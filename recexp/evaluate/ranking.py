@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from recexp.errors import TrainingError
 from recexp.evaluate.metrics import ExposureContext, ListContext, Metric, metric_key
+from recexp.evaluate.top import among, largest, mask
 from recexp.interfaces import Recommender, Split
 
 
@@ -43,6 +44,31 @@ class SegmentRanking:
     users: np.ndarray  # [U] internal user ids
 
 
+@dataclass(frozen=True)
+class StageIndex:
+    """What ranking a stage reads of its split, built once per split and stage (validation runs every epoch)."""
+
+    users: np.ndarray  # [U] the users with positives, ascending
+    positives: sp.csr_matrix  # [n_users, n_items] bool
+    history: sp.csr_matrix  # [n_users, n_items] bool
+    user_history: tuple[np.ndarray, np.ndarray]  # (indptr [U + 1], sorted indices) of the history of `users`
+    user_positives: tuple[np.ndarray, np.ndarray]  # the same of their positives
+    targets: sp.csr_matrix  # [U, n_items] float64: the positives of `users`, for counting them per item subset
+
+    @classmethod
+    def of(cls, split: Split, stage: str) -> "StageIndex":
+        key = ("ranking", stage)
+        if key not in split.derived:
+            positives = user_items(split.positives(stage), split.n_users, split.n_items)
+            history = user_items(split.history(stage), split.n_users, split.n_items)
+            users = np.flatnonzero(np.diff(positives.indptr) > 0)
+            seen, targets = history[users], positives[users]
+            seen.sort_indices()
+            split.derived[key] = cls(users, positives, history, *((m.indptr.astype(np.int64), m.indices.astype(np.int64))
+                                                                  for m in (seen, targets)), targets.astype(np.float64))
+        return split.derived[key]
+
+
 def rank_stage(
     model: Recommender,
     split: Split,
@@ -61,12 +87,10 @@ def rank_stage(
     An item segment ranks its items for every user; its full view (``<segment>_full``) ranks every
     candidate and counts only the segment's positives; a user segment ranks every candidate for its users.
     """
-    spec = split.stage(stage)
-    positives = user_items(split.positives(stage), split.n_users, split.n_items)
-    history = user_items(split.history(stage), split.n_users, split.n_items)
-    users = np.flatnonzero(np.diff(positives.indptr) > 0)
+    spec, index = split.stage(stage), StageIndex.of(split, stage)
+    rows = np.arange(len(index.users))  # positions in index.users
     if shard is not None:
-        users = users[users % shard[1] == shard[0]]
+        rows = rows[index.users % shard[1] == shard[0]]
     everything = np.arange(split.n_items)
     counted = {n: item_mask(spec.segments.get(full_view_of(n, spec.segments) or n, everything), spec.candidates,
                             split.n_items, device) for n in segments}  # whose positives count
@@ -74,37 +98,35 @@ def rank_stage(
     masks = {n: None if full_view_of(n, spec.segments) or torch.equal(counted[n], candidates) else counted[n]
              for n in segments}  # a restricted ranking's items; None: all candidates (`all`, full views, user segments)
     n_ranked = {n: int((candidates if m is None else m).sum()) for n, m in masks.items()}  # items each one ranks
-    n_pos = {n: torch.as_tensor(positives.astype(np.float64) @ counted[n].cpu().numpy().astype(np.float64),
-                                device=device) for n in segments}  # [n_users] positives among the counted items
-    members = {n: torch.as_tensor(user_mask(spec.user_segments[n], split.n_users), device=device)
+    n_pos = {n: torch.as_tensor(index.targets @ counted[n].cpu().numpy().astype(np.float64), device=device)
+             for n in segments}  # [U] positives among the counted items
+    members = {n: torch.as_tensor(user_mask(spec.user_segments[n], split.n_users)[index.users], device=device)
                for n in segments if n in spec.user_segments}
     order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
-    outside = (~candidates).nonzero()[:, 0]  # items that are no candidates
     max_k = max(ks)
-    # every batch reuses these (scores, a restricted ranking's scores, positives): no fresh 50 MB a batch
-    buffer, spare = (torch.empty(min(batch_size, len(users)), split.n_items, device=device) for _ in range(2))
-    pos_buffer = torch.empty(buffer.shape, dtype=torch.bool, device=device)
     collected: dict[str, list] = {n: [] for n in segments}
     with torch.no_grad():
-        for start in tqdm(range(0, len(users), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
-            batch = users[start : start + batch_size]
-            rows = torch.as_tensor(batch, device=device)
-            scores = buffer[: len(batch)].copy_(model.score(rows, stage))  # float32; the model's tensor stays as it was
-            check_scores(scores, model, stage)
-            _unrankable(scores, history[batch], outside)
-            pos = dense_rows(positives, batch, split.n_items, device, pos_buffer[: len(batch)])
-            shared = None  # the top-k of every candidate, computed once for all the rankings that read it
+        for start in tqdm(range(0, len(rows), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
+            batch = rows[start : start + batch_size]
+            scores = model.score(torch.as_tensor(index.users[batch], device=device), stage)
+            if tuple(scores.shape) != (len(batch), split.n_items):
+                raise TrainingError(f"{type(model).__name__}.score gave shape {tuple(scores.shape)} for {len(batch)} users; "
+                                    f"a recommender scores every item: [{len(batch)}, {split.n_items}].")
+            at = torch.as_tensor(batch, device=device)
+            shared = None  # the top-k of every candidate, for every user of the batch: all the full rankings read it
+            if any(m is None for m in masks.values()):
+                shared = _top(scores, np.arange(len(batch)), index.user_history, batch, candidates,
+                              min(max_k, n_ranked[next(n for n, m in masks.items() if m is None)]), order, model, stage)
             for name, mask in masks.items():
-                keep = (n_pos[name][rows] > 0) & (members[name][rows] if name in members else True)
+                keep = (n_pos[name][at] > 0) & (members[name][at] if name in members else True)
                 if mask is None:
-                    if shared is None:
-                        shared = _top(scores, min(max_k, n_ranked[name]), order)
                     top = tuple(t[keep] for t in shared)
-                else:  # a restricted ranking: its users' scores, outside its items at -inf
-                    part = torch.index_select(scores, 0, keep.nonzero()[:, 0], out=spare[: int(keep.sum())])
-                    top = _top(part.masked_fill_(~mask, float("-inf")), min(max_k, n_ranked[name]), order)
-                collected[name].append(_hits(top, pos, keep, counted[name], n_pos[name][rows], batch))
-    return _summaries(collected, split, spec, metrics, ks, n_ranked, positives, history, device)
+                else:  # a restricted ranking: its users, its items
+                    chosen = keep.nonzero()[:, 0].cpu().numpy()
+                    top = _top(scores, chosen, index.user_history, batch[chosen], mask, min(max_k, n_ranked[name]),
+                               order, model, stage)
+                collected[name].append(_hits(top, batch[keep.cpu().numpy()], index, counted[name], n_pos[name]))
+    return _summaries(collected, split, spec, metrics, ks, n_ranked, index.positives, index.history, device)
 
 
 def _summaries(collected, split, spec, metrics, ks, n_ranked, positives, history, device) -> dict[str, SegmentRanking]:
@@ -148,6 +170,10 @@ def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
         return  # one pass: NaN and +inf carry into a row's maximum, which is -inf when no score is finite
     broken = int(scores.isnan().sum() + scores.isposinf().sum())
     empty = int((~torch.isfinite(scores)).all(dim=-1).sum()) if scores.dim() == 2 and scores.shape[-1] else 0
+    _refuse_non_finite(broken, empty, model, stage)
+
+
+def _refuse_non_finite(broken: int, empty: int, model: Recommender, stage: str) -> None:
     if broken or empty:
         raise TrainingError(
             f"{getattr(model, 'name', None) or type(getattr(model, 'module', model)).__name__} gave non-finite scores at stage {stage!r} "
@@ -176,25 +202,17 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens, exp
                 catalog[key] = metric.fn(topk_np[:, :k], n_candidates)
             elif metric.kind == "exposure":
                 catalog[key] = metric.fn(topk_np, hits.cpu().numpy(), users, exposure, kk)
+    summary = {c: float(np.mean(v, dtype=np.float64)) for c, v in columns.items() if "@" in c}
     frame = pd.DataFrame(columns)
-    summary = {c: float(frame[c].mean()) for c in frame.columns if "@" in c}
     summary.update(catalog)
     summary["n_users"] = float(len(users))
     return SegmentRanking(summary, frame, topk_np, users)
 
 
-def _unrankable(scores, history, outside):
-    """Set ``scores`` [B, n_items] to -inf, in place, at each user's ``history`` items (a [B, n_items] sparse
-    matrix) and at the ``outside`` items (not candidates of the stage)."""
-    seen = history.tocoo()
-    rows, cols = (torch.as_tensor(a, dtype=torch.long, device=scores.device) for a in (seen.row, seen.col))
-    scores[rows, cols] = float("-inf")
-    scores[:, outside] = float("-inf")
-
-
-def _top(scores, k, order):
-    """Top-k of every row of ``scores`` [B, n_items] (-inf: not rankable). Returns (topk item ids [B, k], -1
-    for empty slots; filled [B, k] bool).
+def _top(scores, rows, history, history_rows, allowed, k, order, model, stage):
+    """Top-k of the ``rows`` of ``scores`` [B, n_items] among the ``allowed`` [n_items] items outside each row's
+    history (row ``history_rows[i]`` of the CSR ``history``), after refusing non-finite scores. Returns (topk item
+    ids [R, k], -1 for empty slots; filled [R, k] bool).
 
     Ties fall to the fixed random ``order``: a row with equal scores is ranked as torch.topk ranks it permuted
     by ``order`` (``row[order].topk(k)``), as recexp always has, so lists and metrics stay those of earlier
@@ -202,24 +220,28 @@ def _top(scores, k, order):
     rows where two of those values are equal and finite (a tie inside the list or across its end) are
     ranked again through ``order``; elsewhere the values alone decide, the same way.
     """
-    best = scores.topk(min(k + 1, scores.shape[1]), dim=1)
-    values, items = best.values[:, :k], best.indices[:, :k]
-    tied = ((best.values[:, 1:] == best.values[:, :-1]) & (best.values[:, 1:] > float("-inf"))).any(1).nonzero()[:, 0]
+    values, items, broken, finite = largest(scores, rows, history, history_rows, allowed, min(k + 1, scores.shape[1]))
+    _refuse_non_finite(int(broken.sum()), int((~finite).sum()), model, stage)
+    values, items = values.to(order.device), items.to(order.device)
+    tied = ((values[:, 1:] == values[:, :-1]) & (values[:, 1:] > float("-inf"))).any(1).nonzero()[:, 0]
+    values, items = values[:, :k], items[:, :k]
     if len(tied):
-        again = scores[tied][:, order].topk(k, dim=1)
+        picked = tied.cpu().numpy()
+        part = mask(scores[torch.as_tensor(rows[picked], device=scores.device)].float(), history, history_rows[picked],
+                    allowed)
+        again = part[:, order].topk(k, dim=1)
         values[tied], items[tied] = again.values, order[again.indices]
     filled = values > float("-inf")
     return torch.where(filled, items, -1), filled
 
 
-def _hits(top, pos, keep, counted, n_pos, users):
-    """The ``keep`` [B] bool rows of a batch of ``users`` [B] with positives ``pos`` [B, n_items] and ``n_pos``
-    [B] of them among the ``counted`` items, the only ones that count as hits; ``top`` holds their top-k lists.
+def _hits(top, rows, index, counted, n_pos):
+    """The top-k lists ``top`` of the users at positions ``rows`` [U] of ``index.users``, with ``n_pos`` [all
+    positions] positives among the ``counted`` items, the only ones that count as hits.
     Returns (users [U], topk [U, k], hits [U, k], pos_len [U])."""
     topk, filled = top
-    slots = topk.clamp(min=0)
-    hits = pos[keep.nonzero()[:, :1], slots] & counted[slots] & filled
-    return users[keep.cpu().numpy()], topk, hits, n_pos[keep]
+    found = torch.as_tensor(among(topk.cpu().numpy(), index.user_positives, rows), device=topk.device)
+    return index.users[rows], topk, found & counted[topk.clamp(min=0)] & filled, n_pos[torch.as_tensor(rows, device=topk.device)]
 
 
 def _tail_mask(head: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""The evaluator's top-k of masked score rows: the compiled CPU pass against torch.topk over a masked copy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recexp.evaluate.top import among, compiled_largest, masked_largest
+
+
+def history_of(n_rows, n_items, density, seed):
+    matrix = sp.random(n_rows, n_items, density=density, format="csr", random_state=seed)
+    matrix.sort_indices()
+    return matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
+
+
+@pytest.mark.parametrize("n_items", [7, 300, 1682, 25000])
+@pytest.mark.parametrize("k", [1, 21, 60])
+def test_compiled_pass_matches_topk_over_a_masked_copy(n_items, k):
+    generator = torch.Generator().manual_seed(n_items + k)
+    scores = torch.randn(40, n_items, generator=generator)
+    scores[5, : n_items // 2] = float("-inf")  # a model's own -inf: not rankable
+    scores[6] = float("-inf")
+    history = history_of(40, n_items, 0.05, k)
+    indptr, indices = history
+    for row in (7, 8):  # the highest scores in the history: the guessed floor leaves too few rankable above it
+        seen = indices[indptr[row] : indptr[row + 1]]
+        scores[row, seen] = 10.0 + torch.rand(len(seen), generator=generator)
+    allowed = torch.rand(n_items, generator=generator) > 0.2
+    rows = np.array([3, 5, 6, 7, 8, 0, 39, 3])  # any rows, in any order, repeated
+    k, before = min(k, n_items), scores.clone()
+    ours = compiled_largest(scores, rows, history, rows[::-1], allowed, k)
+    reference = masked_largest(scores, rows, history, rows[::-1], allowed, k)
+    assert torch.equal(ours[0], reference[0])
+    filled = reference[0] > float("-inf")
+    assert torch.equal(ours[1][filled], reference[1][filled])  # distinct random values: the same items
+    assert (ours[1][~filled] == -1).all()
+    assert np.array_equal(ours[3], reference[3]) and not ours[3][2]  # row 6 has no finite score
+    assert torch.equal(scores, before)  # read, never written
+
+
+def test_compiled_pass_reads_views_and_counts_non_finite_scores():
+    base = torch.tensor([0.5, float("nan"), 2.0, float("inf"), -1.0, 3.0])
+    expanded = base.expand(3, -1)  # a shared row, as a popularity model gives: not contiguous, never written
+    history = (np.array([0, 1, 1, 3]), np.array([5, 0, 2]))
+    values, items, broken, finite = compiled_largest(expanded, np.arange(3), history, np.arange(3),
+                                                     torch.ones(6, dtype=torch.bool), 2)
+    assert broken.tolist() == [2, 2, 2] and finite.all()
+    assert items.tolist() == [[2, 0], [5, 2], [5, 4]] and values[0].tolist() == [2.0, 0.5]
+    half = compiled_largest(torch.tensor([[1.0, 4.0, 2.0]], dtype=torch.bfloat16), np.arange(1),
+                            (np.array([0, 0]), np.array([], dtype=np.int64)), np.arange(1), torch.ones(3, dtype=torch.bool), 2)
+    assert half[1].tolist() == [[1, 2]]
+
+
+def test_among_finds_items_in_csr_rows():
+    matrix = (np.array([0, 2, 2, 5]), np.array([1, 4, 0, 3, 9]))
+    items = np.array([[4, 1, -1], [1, 2, 3], [9, 3, 1]])
+    assert among(items, matrix, np.array([0, 1, 2])).tolist() == [[True, True, False], [False] * 3, [True, True, False]]
