@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 from recexp.bench.startup import heavy_imports, imported_modules, run_command, write_tiny_dataset
 
-NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats")
+NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats", "numba")
 
 
 @pytest.fixture(scope="module")

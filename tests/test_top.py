@@ -1,12 +1,15 @@
 """The evaluator's top-k of masked score rows: the compiled CPU pass against torch.topk over a masked copy."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from recexp.evaluate.top import among, compiled_largest, masked_largest
+from recexp.evaluate.top import among, among_by_keys, compiled_largest, masked_largest
 
 
 def history_of(n_rows, n_items, density, seed):
@@ -53,7 +56,42 @@ def test_compiled_pass_reads_views_and_counts_non_finite_scores():
     assert half[1].tolist() == [[1, 2]]
 
 
-def test_among_finds_items_in_csr_rows():
+@pytest.mark.parametrize("lookup", [among, among_by_keys])
+def test_among_finds_items_in_csr_rows(lookup):
+    import recexp.evaluate.kernels  # noqa: F401  (loaded: among takes the compiled scan)
+
     matrix = (np.array([0, 2, 2, 5]), np.array([1, 4, 0, 3, 9]))
     items = np.array([[4, 1, -1], [1, 2, 3], [9, 3, 1]])
-    assert among(items, matrix, np.array([0, 1, 2])).tolist() == [[True, True, False], [False] * 3, [True, True, False]]
+    assert lookup(items, matrix, np.array([0, 1, 2])).tolist() == [[True, True, False], [False] * 3, [True, True, False]]
+
+
+@pytest.mark.parametrize("lookup", [among, among_by_keys])
+def test_among_agrees_with_a_set_lookup_on_random_rows(lookup):
+    import recexp.evaluate.kernels  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    matrix = history_of(30, 500, 0.04, 1)
+    rows = rng.integers(0, 30, 50)
+    items = rng.integers(-1, 500, (50, 20))
+    items[:, 0] = [matrix[1][matrix[0][r]] if matrix[0][r + 1] > matrix[0][r] else -1 for r in rows]  # some hits
+    expected = [[item in set(matrix[1][matrix[0][r] : matrix[0][r + 1]]) for item in row] for r, row in zip(rows, items)]
+    found = lookup(items, matrix, rows)
+    assert found.tolist() == expected and found[:, 0].sum() > 20
+
+
+def test_a_process_loads_the_compiled_pass_only_after_ranking_enough_scores():
+    code = """
+import sys, numpy as np, torch
+from recexp.evaluate import top
+args = (torch.randn(4, 50, generator=torch.Generator().manual_seed(0)), np.arange(4),
+        (np.array([0, 2, 2, 2, 3]), np.array([1, 7, 3])), np.arange(4), torch.ones(50, dtype=torch.bool), 3)
+top.COMPILE_AFTER = 300
+first = top.largest(*args)
+top.largest(*args)  # 200 scores ranked by torch.topk before, 400 after: still under 300 before it
+assert 'numba' not in sys.modules and not top.compiled_loaded()
+third = top.largest(*args)
+assert top.compiled_loaded() and 'numba' in sys.modules
+assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -4,7 +4,7 @@ The Pop run reads a tiny dataset (40 users x 60 items), so what it takes is what
 and around its data and fit work: interpreter, imports, config composition, RecBole's set-up, records.
 Both commands run in fresh processes, interleaved, best of ``repeat``. One more Pop run under
 ``python -X importtime`` lists the heavy packages it imported: a Pop run needs RecBole, not
-transformers, peft, wandb, scikit-learn or torch._dynamo.
+transformers, peft, wandb, scikit-learn, torch._dynamo or numba.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 TARGET_S = 1.5  # a Pop run's fixed start-up over `import torch`
-HEAVY = ("recbole", "transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats", "accelerate")
-NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo")
+HEAVY = ("recbole", "transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats", "accelerate", "numba")
+NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo", "numba")
 TINY = "tiny"  # dataset name: tiny.inter (+ tiny.item)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

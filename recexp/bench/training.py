@@ -30,7 +30,7 @@ PARITY_TARGET = 0.95  # recexp's interactions/s over the bare loop's
 ITEMS_PER_STEP = 64  # text_tower's default batch while its encoder trains
 
 
-def bench_bare_loop(out: Path, rounds: int = 2) -> dict[str, Any]:
+def bench_bare_loop(out: Path, rounds: int = 4) -> dict[str, Any]:
     """recexp's LoRA text tower against :func:`bare_epoch`, ``rounds`` epochs each, interleaved."""
     from recexp.bench.runs import compose_model
 

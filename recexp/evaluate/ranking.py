@@ -64,6 +64,7 @@ class StageIndex:
             users = np.flatnonzero(np.diff(positives.indptr) > 0)
             seen, targets = history[users], positives[users]
             seen.sort_indices()
+            targets.sort_indices()
             split.derived[key] = cls(users, positives, history, *((m.indptr.astype(np.int64), m.indices.astype(np.int64))
                                                                   for m in (seen, targets)), targets.astype(np.float64))
         return split.derived[key]

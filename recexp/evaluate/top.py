@@ -1,18 +1,26 @@
 """The top-k items of score rows, each row without its user's history and the items outside the ranking.
 
 torch.topk cannot skip items, so it needs a masked copy of every batch, and at one thread it costs about
-2-3 ns an item. On CPU a compiled pass (numba; cached on disk after the first run) reads the scores where
+2-3 ns an item. On CPU a compiled pass (numba, :mod:`recexp.evaluate.kernels`) reads the scores where
 the model left them, never copying or writing them: it guesses a floor from a sample of the row, skips
 16 scores at a time when none is above it (one vector compare), and keeps the k best rankable scores
 above it in a sorted buffer, walking the user's sorted history alongside; too few above the guess, and
-the row is read again with a lower floor. Other devices take the masked copy and torch.topk. Both give
-the same values, and the same items wherever no two of the k best values are equal.
+the row is read again with a lower floor. Loading that pass costs about half a second once per process,
+so a process ranks its first :data:`COMPILE_AFTER` scores with the masked copy and torch.topk, as other
+devices always do: a run on a small catalog never pays for it. Both give the same values, and the same
+items wherever no two of the k best values are equal.
 """
 from __future__ import annotations
 
-import numba
+import sys
+
 import numpy as np
 import torch
+
+# Scores ranked by torch.topk on CPU before the compiled pass is loaded: saving about 2 ns a score, the
+# pass repays its loading (about 0.5 s) after some 250M; a long run or a large catalog gets there early.
+COMPILE_AFTER = 100_000_000
+_ranked_by_topk = 0
 
 
 def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, np.ndarray], history_rows: np.ndarray,
@@ -22,18 +30,29 @@ def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, n
 
     Returns (values [R, k] descending, -inf for empty slots; items [R, k]; NaN/+inf count [R] over the whole row;
     whether the row has a finite score anywhere [R])."""
-    pick = compiled_largest if scores.device.type == "cpu" else masked_largest
-    return pick(scores, rows, history, history_rows, allowed, k)
+    global _ranked_by_topk
+    if scores.device.type == "cpu" and (compiled_loaded() or _ranked_by_topk >= COMPILE_AFTER):
+        return compiled_largest(scores, rows, history, history_rows, allowed, k)
+    if scores.device.type == "cpu":
+        _ranked_by_topk += len(rows) * scores.shape[1]
+    return masked_largest(scores, rows, history, history_rows, allowed, k)
+
+
+def compiled_loaded() -> bool:
+    """Whether this process has loaded the compiled pass (it then takes every CPU ranking)."""
+    return "recexp.evaluate.kernels" in sys.modules
 
 
 def compiled_largest(scores, rows, history, history_rows, allowed, k):
     """:func:`largest` by the compiled pass over CPU scores."""
+    from recexp.evaluate.kernels import largest_rows  # numba: imported, and its cache loaded, on first use
+
     array = scores.detach().float().numpy()  # a view where the model gave float32
     values = np.full((len(rows), k), -np.inf, dtype=np.float32)
     items = np.full((len(rows), k), -1, dtype=np.int64)
     broken, finite = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.bool_)
-    _largest_rows(array, np.asarray(rows, dtype=np.int64), history[0], history[1], np.asarray(history_rows, dtype=np.int64),
-                  allowed.cpu().numpy(), values, items, broken, finite)
+    largest_rows(array, np.asarray(rows, dtype=np.int64), history[0], history[1], np.asarray(history_rows, dtype=np.int64),
+                 allowed.cpu().numpy(), values, items, broken, finite)
     return torch.from_numpy(values), torch.from_numpy(items), broken, finite
 
 
@@ -62,116 +81,26 @@ def csr_entries(matrix: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tupl
     return np.repeat(np.arange(len(rows)), lengths), indices[np.repeat(starts, lengths) + within]
 
 
-CHUNK = 16  # scores compared against the floor at once (one vector compare); a chunk with none above is skipped
-
-
-@numba.njit(cache=True, nogil=True)
-def _largest_rows(scores, rows, indptr, indices, history_rows, allowed, values, items, broken, finite):  # pragma: no cover
-    k, n = values.shape[1], scores.shape[1]
-    # Floors guessed from every stride-th score of a row (about 16k of them): its rank-th largest has about 2k
-    # scores of the row above it, its 2rank-th about 4k. Scanning above a guess inserts far fewer scores than
-    # scanning from -inf; a guess with fewer than k rankable scores above it is followed by the next one.
-    stride = max(16, n // (16 * k))
-    rank = max(1, (2 * k + stride - 1) // stride)
-    sample = np.empty(2 * rank, dtype=scores.dtype)
-    lowest = scores.dtype.type(-np.inf)
-    for out in range(len(rows)):
-        row, best, best_items = scores[rows[out]], values[out], items[out]
-        start, end = indptr[history_rows[out]], indptr[history_rows[out] + 1]
-        _sample_largest(row, stride, sample)
-        for guess in (sample[rank - 1], sample[2 * rank - 1], lowest):
-            best[:], best_items[:] = lowest, -1
-            filled, bad, seen_finite = _scan(row, indices, start, end, allowed, guess, best, best_items)
-            if filled == k or guess == lowest:
-                break
-        broken[out], finite[out] = bad, seen_finite
-
-
-@numba.njit(cache=True, nogil=True)
-def _sample_largest(row, stride, sample):  # pragma: no cover
-    """``sample``: the largest finite scores among every stride-th of ``row``, descending (-inf when fewer)."""
-    sample[:] = -np.inf
-    last, top = len(sample) - 1, row.dtype.type(np.inf)
-    for j in range(0, len(row), stride):
-        v = row[j]
-        if v > sample[last] and v < top:
-            p = last
-            while p > 0 and sample[p - 1] < v:
-                sample[p] = sample[p - 1]
-                p -= 1
-            sample[p] = v
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan(row, indices, h, end, allowed, floor, best, best_items):  # pragma: no cover
-    """Keep the k best rankable scores of ``row`` above ``floor`` in ``best`` (sorted, descending) and their items
-    in ``best_items``; count NaN/+inf scores and whether there is a finite one (above ``floor``, or any when it is
-    -inf). Returns (how many are kept, NaN/+inf count, finite seen)."""
-    k, n, top = len(best), len(row), row.dtype.type(np.inf)
-    filled, bad, seen_finite = 0, 0, False
-    for chunk in range(0, n, CHUNK):
-        if chunk + CHUNK <= n:  # a whole chunk: a fixed-length loop the compiler turns into vector compares
-            below = True
-            for j in range(chunk, chunk + CHUNK):
-                below &= row[j] <= floor  # False above the floor, and for NaN
-            if below:
-                continue
-        for j in range(chunk, min(chunk + CHUNK, n)):
-            v = row[j]
-            if v <= floor:
-                continue
-            if v != v or v == top:
-                bad += 1
-                continue
-            seen_finite = True  # v > floor >= -inf: with floor -inf, the first finite score of a row gets here
-            while h < end and indices[h] < j:  # the history pointer moves only here: O(history) a row
-                h += 1
-            if (h < end and indices[h] == j) or not allowed[j]:
-                continue
-            if filled < k:  # the first k are appended, then sorted once
-                best[filled], best_items[filled] = v, j
-                filled += 1
-                if filled == k:
-                    _sort_descending(best, best_items, k)
-                    floor = best[k - 1]
-                continue
-            p = k - 1  # insert v, keeping the buffer sorted
-            while p > 0 and best[p - 1] < v:
-                best[p], best_items[p] = best[p - 1], best_items[p - 1]
-                p -= 1
-            best[p], best_items[p] = v, j
-            floor = best[k - 1]
-    if filled < k:
-        _sort_descending(best, best_items, filled)
-    return filled, bad, seen_finite
-
-
 def among(items: np.ndarray, matrix: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """[R, k] bool: whether ``items[i, j]`` is in row ``rows[i]`` of the CSR ``matrix = (indptr, indices)``
-    (-1: never). A row holds few items (a user's positives), so each is looked up by a scan of its row."""
+    """[R, k] bool: whether ``items[i, j]`` is in row ``rows[i]`` of the CSR ``matrix = (indptr, indices)``, each
+    row's indices sorted (-1: never). A compiled scan of each row where the compiled pass is loaded, else
+    :func:`among_by_keys`."""
+    items, rows = np.ascontiguousarray(items, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+    if not compiled_loaded():
+        return among_by_keys(items, matrix, rows)
+    from recexp.evaluate.kernels import among_rows
+
     found = np.zeros(items.shape, dtype=np.bool_)
-    _among_rows(np.ascontiguousarray(items, dtype=np.int64), matrix[0], matrix[1], np.asarray(rows, dtype=np.int64), found)
+    among_rows(items, matrix[0], matrix[1], rows, found)
     return found
 
 
-@numba.njit(cache=True, nogil=True)
-def _among_rows(items, indptr, indices, rows, found):  # pragma: no cover
-    for i in range(items.shape[0]):
-        start, end = indptr[rows[i]], indptr[rows[i] + 1]
-        for j in range(items.shape[1]):
-            item = items[i, j]
-            for h in range(start, end):
-                if indices[h] == item:
-                    found[i, j] = True
-                    break
-
-
-@numba.njit(cache=True, nogil=True)
-def _sort_descending(values, items, length):  # pragma: no cover
-    """Insertion sort of ``values[:length]`` (descending, equal values in their order) and ``items`` alongside."""
-    for i in range(1, length):
-        v, item, p = values[i], items[i], i
-        while p > 0 and values[p - 1] < v:
-            values[p], items[p] = values[p - 1], items[p - 1]
-            p -= 1
-        values[p], items[p] = v, item
+def among_by_keys(items: np.ndarray, matrix: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """:func:`among` in numpy: each (row, item) pair is one key, looked up among the rows' entries' keys."""
+    width = int(max(items.max(initial=-1), matrix[1].max(initial=-1))) + 2  # keys i * width + item + 1 never collide
+    position, column = csr_entries(matrix, rows)
+    keys = position * width + column + 1  # ascending: positions ascend, and each row's indices are sorted
+    if not len(keys):
+        return np.zeros(items.shape, dtype=bool)
+    wanted = np.arange(len(items))[:, None] * width + items + 1  # item -1 gives a key no entry has
+    return keys[np.searchsorted(keys, wanted).clip(max=len(keys) - 1)] == wanted
