@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from recexp.errors import ConfigError
-from recexp.evaluate.ranking import dense_rows, user_items
+from recexp.evaluate.ranking import StageIndex, dense_rows
 from recexp.interfaces import Recommender, Split
 from recexp.models.objectives import Sampling
 
@@ -127,7 +127,7 @@ class Reranked:
             spec = split.stage(stage)
             is_head = torch.zeros(split.n_items, dtype=torch.bool)
             is_head[torch.as_tensor(spec.segments.get("head", np.array([], dtype=np.int64)), dtype=torch.long)] = True
-            history = user_items(split.history(stage), split.n_users, split.n_items)
+            history = StageIndex.of(split, stage).history  # the evaluator's, built once per split and stage
             rankable = torch.zeros(split.n_items, dtype=torch.bool)
             rankable[torch.as_tensor(spec.candidates if spec.candidates is not None else np.arange(split.n_items))] = True
             self._stage_cache[stage] = (is_head, history, rankable)

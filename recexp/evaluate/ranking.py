@@ -118,13 +118,13 @@ def rank_stage(
             if any(m is None for m in masks.values()):
                 shared = _top(scores, np.arange(len(batch)), index.user_history, batch, candidates,
                               min(max_k, n_ranked[next(n for n, m in masks.items() if m is None)]), order, model, stage)
-            for name, mask in masks.items():
+            for name, ranked in masks.items():
                 keep = (n_pos[name][at] > 0) & (members[name][at] if name in members else True)
-                if mask is None:
+                if ranked is None:
                     top = tuple(t[keep] for t in shared)
                 else:  # a restricted ranking: its users, its items
                     chosen = keep.nonzero()[:, 0].cpu().numpy()
-                    top = _top(scores, chosen, index.user_history, batch[chosen], mask, min(max_k, n_ranked[name]),
+                    top = _top(scores, chosen, index.user_history, batch[chosen], ranked, min(max_k, n_ranked[name]),
                                order, model, stage)
                 collected[name].append(_hits(top, batch[keep.cpu().numpy()], index, counted[name], n_pos[name]))
     return _summaries(collected, split, spec, metrics, ks, n_ranked, index.positives, index.history, device)
@@ -259,11 +259,10 @@ def user_items(frame: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix
     )
 
 
-def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, n_items: int, device: torch.device,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """[len(rows), n_items] bool of the sparse ``matrix``'s ``rows``, written into ``out`` (on ``device``) if given."""
+def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+    """[len(rows), n_items] bool on ``device`` of the sparse ``matrix``'s ``rows``."""
     coo = matrix[rows].tocoo()
-    out = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device) if out is None else out.zero_()
+    out = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device)
     out[tuple(torch.as_tensor(a, dtype=torch.long, device=device) for a in (coo.row, coo.col))] = True
     return out
 

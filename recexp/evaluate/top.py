@@ -97,8 +97,8 @@ def among(items: np.ndarray, matrix: tuple[np.ndarray, np.ndarray], rows: np.nda
 
 def among_by_keys(items: np.ndarray, matrix: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
     """:func:`among` in numpy: each (row, item) pair is one key, looked up among the rows' entries' keys."""
-    width = int(max(items.max(initial=-1), matrix[1].max(initial=-1))) + 2  # keys i * width + item + 1 never collide
     position, column = csr_entries(matrix, rows)
+    width = int(max(items.max(initial=-1), column.max(initial=-1))) + 2  # keys i * width + item + 1 never collide
     keys = position * width + column + 1  # ascending: positions ascend, and each row's indices are sorted
     if not len(keys):
         return np.zeros(items.shape, dtype=bool)
