@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -133,7 +134,9 @@ class Peft:
 
     def apply(self, encoder: nn.Module) -> nn.Module:
         try:
-            return get_peft_model(encoder, copy.deepcopy(self.config))
+            with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing a user can change
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                return get_peft_model(encoder, copy.deepcopy(self.config))
         except ValueError as error:
             raise ConfigError(
                 f"{type(self.config).__name__} cannot be applied to {type(encoder).__name__}: {error}\n"

@@ -1,6 +1,7 @@
 """Strategies adapt an encoder as configured: trainable counts, PEFT errors, persistence, the cache."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,14 @@ def test_any_peft_method_by_override(overrides, method, tiny_bert):
     assert isinstance(strategy.config.target_modules, (list, set))  # _convert_: all gave peft a real list
     encoder = TextEncoder(str(tiny_bert)).adapt(strategy)
     assert 0 < encoder_counts(encoder)[0]
+
+
+def test_peft_methods_apply_without_future_warnings(tiny_bert):
+    """peft reads a transformers property deprecated in 5.x; a run's log must not carry that warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TextEncoder(str(tiny_bert)).adapt(strategy_from_config("lora"))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
 
 
 def test_real_minilm_counts():
