@@ -31,9 +31,9 @@ def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, n
     Returns (values [R, k] descending, -inf for empty slots; items [R, k]; NaN/+inf count [R] over the whole row;
     whether the row has a finite score anywhere [R])."""
     global _ranked_by_topk
-    if scores.device.type == "cpu" and (compiled_loaded() or _ranked_by_topk >= COMPILE_AFTER):
-        return compiled_largest(scores, rows, history, history_rows, allowed, k)
     if scores.device.type == "cpu":
+        if compiled_loaded() or _ranked_by_topk >= COMPILE_AFTER:
+            return compiled_largest(scores, rows, history, history_rows, allowed, k)
         _ranked_by_topk += len(rows) * scores.shape[1]
     return masked_largest(scores, rows, history, history_rows, allowed, k)
 
