@@ -34,3 +34,15 @@ def test_the_table_has_a_row_per_measure_and_says_which_targets_are_missed():
 def test_sections_not_run_leave_no_row():
     assert headlines({"recbole": REPORT["recbole"]}) == [
         ("RecBole BPR s/epoch (vs raw RecBole)", "0.330", "0.330", "1.000x", "<= 1.05x: yes")]
+
+
+def test_raw_recbole_side_writes_only_in_its_own_folder(tmp_path, monkeypatch):
+    from recexp.bench.recbole import run_side
+
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    folder = tmp_path / "recbole0"
+    assert run_side("recbole", folder, tmp_path / "cache", epochs=2) > 0  # one gap between two epochs' ends
+    assert list(here.iterdir()) == []
+    assert (folder / "log_tensorboard").is_dir()

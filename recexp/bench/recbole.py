@@ -110,10 +110,12 @@ def seconds_per_epoch(times: list[float]) -> float:
 
 
 def run_side(side: str, folder: Path, cache: Path, epochs: int) -> float:
-    """Seconds per epoch of one fit (``side``: recexp | recbole) in a fresh one-thread process."""
+    """Seconds per epoch of one fit (``side``: recexp | recbole) in a fresh one-thread process working in
+    ``folder``: what raw RecBole writes under its working directory (``log_tensorboard/``) stays there."""
+    folder.mkdir(parents=True, exist_ok=True)
     code = (f"from pathlib import Path; from recexp.bench import recbole as b; "
-            f"print(b.seconds_per_epoch(b.{SIDES[side]}(Path({str(folder)!r}), Path({str(cache)!r}), {epochs})))")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD},
+            f"print(b.seconds_per_epoch(b.{SIDES[side]}(Path({str(folder.resolve())!r}), Path({str(cache.resolve())!r}), {epochs})))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD}, cwd=folder,
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{side} fit failed:\n{done.stderr[-3000:]}")
