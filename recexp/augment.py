@@ -38,7 +38,7 @@ from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError
 from recexp.interfaces import Recommender, Split
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.text_encoder import TextEncoder, weight_progress_bars
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
 
@@ -72,6 +72,7 @@ class Augment:
         neighbours: int = 10,
         head_fraction: float = 0.2,
         cache_dir: str | None = None,
+        progress: bool = True,
     ):
         if method not in METHODS:
             raise ConfigError(f"tail.method={method!r} is unknown for tail=augment; choose one of {', '.join(METHODS)}.")
@@ -81,12 +82,14 @@ class Augment:
         self.max_new_tokens, self.batch_size = _count("max_new_tokens", max_new_tokens), _count("batch_size", batch_size)
         self.keywords, self.neighbours = _count("keywords", keywords), _count("neighbours", neighbours)
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.progress = progress
         self.generator_name = generator
         self.generator: Generator | None = None
         if method == "generate":
             if not generator:
                 raise ConfigError("tail.method=generate needs tail.generator: a local Hugging Face model folder "
                                   "(config.json, weights, tokenizer) or a model id; or use tail.method=keywords.")
+            weight_progress_bars(progress)
             self.generator = Generator(generator, self.cache_dir)
         self._encoder: TextEncoder | None = None
         self.items_augmented = 0
@@ -145,7 +148,7 @@ class Augment:
         """[n_items, dim] unit embeddings of ``texts`` by the packaged MiniLM (cached under ``cache_dir/embeddings``)."""
         if self._encoder is None:
             cache = str(self.cache_dir / "embeddings") if self.cache_dir else None
-            self._encoder = TextEncoder(cache_dir=cache).adapt(Frozen())
+            self._encoder = TextEncoder(cache_dir=cache, progress=self.progress).adapt(Frozen())
         try:
             return F.normalize(self._encoder.to(device).embed(list(texts)).float(), dim=1).cpu()
         finally:

@@ -356,3 +356,12 @@ def test_minilm_frozen_models_on_item_cold_start(cold_split, cache_dir, tmp_path
     metrics = ranking_metrics(model, cold_split)
     assert metrics["cold"]["ndcg@10"] > 0.2  # popularity: about 0.07-0.08
     assert metrics["all"]["ndcg@10"] > 0.15
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_progress_setting_also_governs_transformers_weight_bars(progress, tiny_bert, tmp_path, capfd):
+    capfd.readouterr()
+    model = build_model("text_tower", "full_ft", tiny_bert, tmp_path, f"progress={str(progress).lower()}")
+    model.save(tmp_path / "saved")  # full fine-tuning writes the encoder with save_pretrained
+    bars = capfd.readouterr().err
+    assert ("Loading weights" in bars, "Writing model shards" in bars) == (progress, progress)

