@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# models whose fit and evaluation make bench times (comma-separated presets): make bench BENCH_MODELS=pop,bpr
+BENCH_MODELS ?= pop,bpr,text_tower
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-slow bench clean
@@ -34,7 +36,7 @@ test-slow: install ## slow end-to-end checks (published BPR range, LightGCN, rea
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: install ## each hot path against a reference in the same run (RecBole, a bare loop, import torch ...); writes outputs/bench/bench.{json,md}
-	$(PY) -m recexp.bench --out outputs/bench --models $(or $(BENCH_MODELS),pop,bpr,text_tower)
+	$(PY) -m recexp.bench --out outputs/bench --models $(BENCH_MODELS)
 
 clean: ## remove outputs/ and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache

@@ -1,6 +1,10 @@
 """make bench's closing table: one row per section present, each ratio against its target."""
 from __future__ import annotations
 
+import os
+import subprocess
+
+from conftest import ROOT
 from recexp.bench.__main__ import headlines, table
 
 REPORT = {
@@ -46,3 +50,14 @@ def test_raw_recbole_side_writes_only_in_its_own_folder(tmp_path, monkeypatch):
     assert run_side("recbole", folder, tmp_path / "cache", epochs=2) > 0  # one gap between two epochs' ends
     assert list(here.iterdir()) == []
     assert (folder / "log_tensorboard").is_dir()
+
+
+def test_make_bench_times_every_default_model_and_takes_a_chosen_list():
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_MODELS"}
+
+    def command(*args: str) -> str:
+        return subprocess.run(["make", "-n", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1]
+
+    assert command().endswith("--models pop,bpr,text_tower")
+    assert command("BENCH_MODELS=pop").endswith("--models pop")
