@@ -19,7 +19,8 @@ metrics; and the wall time of a BookCrossing-sized evaluation (5k x 27k, every s
 split, every metric) on all threads, against its target of 10 s on 2 CPU cores.
 
 ``recbole``: seconds per epoch (train + validation) of BPR fitted through recexp against raw RecBole on the
-same split and configuration, one thread, fresh processes interleaved, against its target ratio of 1.05.
+same split and configuration, one thread, fresh processes in interleaved pairs (medians; the ratio is the median
+of the pairs' ratios), against its target ratio of 1.05.
 
 ``startup``: a ``model=pop logger=none`` run on a tiny dataset against ``python -c "import torch"``, fresh
 processes interleaved, against its target of 1.5 s more; and which heavy packages the Pop run imported.
