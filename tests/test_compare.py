@@ -25,7 +25,7 @@ from scipy import stats
 
 from recexp.compare import Options, compare
 from recexp.compare.aggregate import constant_by_construction, ranks
-from recexp.compare.buckets import item_buckets, recall_by_bucket
+from recexp.compare.buckets import item_buckets, ranked_items, recall_by_bucket
 from recexp.compare.cli import main as cli_main
 from recexp.compare.load import Run, uses_text_encoder
 from recexp.compare.plots import pareto_front
@@ -175,6 +175,7 @@ def test_latex_is_balanced_booktabs(three_models, tmp_path):
         ([0.4, 0.3, 0.2], [0.6, 0.6, 0.6]),  # monotone: later steps never undercut earlier ones
         ([0.9, 0.6], [1.0, 1.0]),  # clipped at 1
         ([0.01, math.nan, 0.02], [0.02, math.nan, 0.02]),  # NaN stays out of the family
+        ([0.04, math.nan, 0.01, 0.03], [0.06, math.nan, 0.03, 0.06]),  # ... and does not disturb the others' order
         ([], []),
     ],
 )
@@ -232,6 +233,16 @@ def test_recall_by_popularity_bucket_by_hand():
     # k=1: u hits i1 (head 1/1), misses i3 (tail 0/1); v hits i3 (tail 1/1), misses i9 (cold 0/1)
     assert recall_by_bucket(topk, test, buckets, k=1) == {"B1 head": 1.0, "B3 tail": 0.5, "cold": 0.0}
     assert recall_by_bucket(topk, test, buckets, k=2)["cold"] == 0.0
+
+
+def test_empty_slots_of_saved_lists_are_no_item():
+    """A user with fewer rankable items than K has -1 slots; none may decode to a real item (the last one)."""
+    tokens = (np.array(["u0", "u1"]), np.array(["i0", "i1", "i2"]))
+    frame = ranked_items(np.array([0, 1]), np.array([[2, 0, 1], [1, -1, -1]]), tokens)
+    assert frame.to_dict("list") == {"user": ["u0"] * 3 + ["u1"], "item": ["i2", "i0", "i1", "i1"], "rank": [0, 1, 2, 0]}
+    test = pd.DataFrame({"user": ["u1", "u1"], "item": ["i1", "i2"]})
+    buckets = pd.Series({"i0": "B1 head", "i1": "B1 head", "i2": "B1 head"})
+    assert recall_by_bucket(frame, test, buckets, k=3) == {"B1 head": 0.5}  # i2 was never in u1's list
 
 
 @pytest.mark.parametrize(

@@ -105,13 +105,20 @@ def run_buckets(run: Run, reader: SplitReader, k: int, n_buckets: int) -> dict[s
         users, topk = saved["all/users"], saved["all/topk"]
     if k > topk.shape[1]:
         raise BucketsUnavailable(f"{run.path}: top-{topk.shape[1]} lists saved, cannot compute recall@{k}.")
-    if np.issubdtype(topk.dtype, np.integer):
-        user_tokens, item_tokens = reader.tokens(run)
-        users, topk = user_tokens[users], item_tokens[topk]
+    tokens = reader.tokens(run) if np.issubdtype(topk.dtype, np.integer) else None
+    train, test = read_inter(folder, "train"), read_inter(folder, "test")
+    return recall_by_bucket(ranked_items(users, topk, tokens), test, item_buckets(train, test["item"].unique(), n_buckets), k)
+
+
+def ranked_items(users: np.ndarray, topk: np.ndarray, tokens: tuple[np.ndarray, np.ndarray] | None) -> pd.DataFrame:
+    """user, item, rank (0-based) of saved top-K lists, without their empty slots (-1); internal ids are
+    decoded by ``tokens`` (user tokens, item tokens), ``None`` where the lists hold tokens already."""
+    filled = (topk >= 0).ravel() if tokens is not None else np.ones(topk.size, dtype=bool)
+    if tokens is not None:
+        users, topk = tokens[0][users], tokens[1][np.maximum(topk, 0)]
     frame = pd.DataFrame({
         "user": np.repeat(users.astype(str), topk.shape[1]),
         "item": topk.astype(str).ravel(),
         "rank": np.tile(np.arange(topk.shape[1]), len(users)),
     })
-    train, test = read_inter(folder, "train"), read_inter(folder, "test")
-    return recall_by_bucket(frame, test, item_buckets(train, test["item"].unique(), n_buckets), k)
+    return frame[filled].reset_index(drop=True)

@@ -29,7 +29,8 @@ SIGNIFICANCE_COLUMNS = [
 
 def holm(pvalues: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (NaN entries are left out of the family and stay NaN)."""
-    order = [i for i in sorted(range(len(pvalues)), key=lambda i: pvalues[i]) if not math.isnan(pvalues[i])]
+    # NaN is dropped before sorting: NaN keys compare false both ways and would leave the rest out of order
+    order = sorted((i for i, p in enumerate(pvalues) if not math.isnan(p)), key=lambda i: pvalues[i])
     adjusted = [math.nan] * len(pvalues)
     running = 0.0
     for rank, i in enumerate(order):
