@@ -43,7 +43,8 @@ def run(cfg: DictConfig) -> float:
     if single_cpu_launch():
         log.warning("accelerate launch --cpu started one process (several CPU processes need its --mpirun_hostfile); "
                     "for DDP over gloo use `accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`.")
-    record = RunRecord.start(run_dir, run_id, record_config(cfg), cfg.objective, rank == 0, job.provenance)
+    config = record_config(cfg)  # as written where unresolvable: check_complete below fails the run with its reason
+    record = RunRecord.start(run_dir, run_id, config, config.get("objective"), rank == 0, job.provenance)
     logger = NullLogger()
     try:
         check_complete(cfg)

@@ -90,6 +90,8 @@ CASES = [
     ("objective_k_not_evaluated", ["objective=valid/ndcg@7"], "add ndcg@7 to them", "run"),
     ("objective_metric_not_evaluated", ["objective=valid/recall@10", "evaluator.metrics=[ndcg]"], "add recall@10", "run"),
     ("objective_pointwise_without_pairs", ["objective=valid/auc"], "has no labelled pairs", "run"),
+    ("objective_unresolvable", ["objective=${oc.env:RECEXP_TEST_NO_SUCH_VARIABLE}"], "objective cannot be resolved", "run"),
+    ("objective_unset", ["objective=???"], "objective must be set", "run"),
     # what Hydra refuses before recexp runs
     ("unknown_model", ["model=nosuchmodel"], "Could not find 'model/nosuchmodel'", "hydra"),
     ("unknown_strategy", ["strategy=nosuch"], "Could not find 'strategy/nosuch'", "hydra"),
