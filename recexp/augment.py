@@ -34,7 +34,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from recexp.cache import DamagedCache, model_fingerprint, sha256
+from recexp.cache import DamagedCache, model_fingerprint, shareable, sha256
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError
 from recexp.interfaces import Recommender, Split
@@ -297,6 +297,7 @@ def _save_atomically(path: Path, prompt: str, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump({"prompt": prompt, "text": text, "sha256": sha256(text.encode("utf-8"))}, out)
+        shareable(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -131,3 +131,19 @@ def test_damaged_embedding_file_is_named_and_recomputed_equal(damage, tiny_bert,
     assert encoder.cache_stats() == {"cache_hits": 0, "cache_misses": 1}
     assert torch.equal(again, original)
     assert torch.equal(read_embeddings(path, tuple(original.shape)), original)  # rewritten, verified
+
+
+def test_cache_entries_are_as_readable_as_any_new_file(tiny_bert, ml100k, tmp_path):  # noqa: F811
+    """A shared cache_dir: entries get the umask's permissions, not the owner-only ones of a temporary file."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        build_or_load(ml100k, ColdItemScenario(), 5, tmp_path)
+        TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen()).embed(ml100k.item_text[:10])
+    finally:
+        os.umask(old)
+    entries = [p for p in tmp_path.rglob("*") if "splits" in p.parts or p.suffix == ".safetensors"]
+    assert any(p.suffix == ".safetensors" for p in entries) and any(p.name == "split.json" for p in entries)
+    for path in entries:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path

@@ -52,6 +52,24 @@ def test_record_has_every_key(cold_run):
     assert {"host", "pid", "started", "attempts"} <= set(record["provenance"]) and record["provenance"]["attempts"] == 1
 
 
+def test_record_is_readable_as_the_other_files_of_the_run(cold_run):
+    mode = lambda path: path.stat().st_mode & 0o777
+    assert mode(cold_run / "results.json") == mode(cold_run / "per_user_test.csv.gz")  # a colleague can compare it
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_json_takes_the_process_umask(tmp_path, umask):
+    from recexp.tracking import write_json_atomic
+
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1} and list(tmp_path.iterdir()) == [tmp_path / "r.json"]
+
+
 def test_metrics_recompute_from_saved_files(cold_run):
     """Independent recomputation: the saved top-K lists + the split artifact give the reported NDCG."""
     record = json.loads((cold_run / "results.json").read_text())

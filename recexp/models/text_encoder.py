@@ -32,7 +32,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 from transformers.masking_utils import create_bidirectional_mask
 
-from recexp.cache import DamagedCache, model_fingerprint, sha256
+from recexp.cache import DamagedCache, model_fingerprint, shareable, sha256
 from recexp.errors import ConfigError
 from recexp.interfaces import Strategy
 
@@ -341,6 +341,7 @@ def _save_atomically(embeddings: torch.Tensor, path: Path) -> None:
     tensor = embeddings.detach().cpu().contiguous()
     try:
         save_file({"embeddings": tensor}, temporary, metadata={"sha256": _tensor_sha256(tensor)})
+        shareable(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from recexp.cache import DamagedCache, discard, read_verified, sha256
+from recexp.cache import DamagedCache, discard, read_verified, shareable, sha256
 from recexp.interfaces import Dataset, Split, Stage
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
         }
         meta = json.loads(json.dumps(meta, default=str))  # what a reader will parse, checksummed as such
         (staging / "split.json").write_text(json.dumps({**meta, "checksum": _meta_checksum(meta)}))
+        shareable(staging)
         try:
             os.rename(staging, folder)
         except OSError:  # another process stored the same artifact first
