@@ -51,11 +51,12 @@ class FailureSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         launch = os.environ.pop(LAUNCH_ENV, None)
-        failed = failed_records(Path(config.hydra.sweep.dir), launch) if launch else []
+        folder = Path(config.hydra.sweep.dir)
+        failed = failed_records(folder, launch) if launch else []
         if failed:
             shown = ", ".join(str(p) for p in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
             print(f"error: {len(failed)} job(s) of this sweep failed; their results.json (error) and traceback.txt: "
-                  f"{shown}. Fix the cause and relaunch the same command: finished jobs are skipped.",
+                  f"{shown}. Fix the cause and relaunch with hydra.sweep.dir={folder}: finished jobs are skipped.",
                   file=sys.stderr, flush=True)
             sys.exit(1)
 

@@ -179,6 +179,7 @@ def test_a_multirun_with_failed_jobs_says_so_and_exits_non_zero(sweep, tmp_path)
     assert code == 1 and len(failed) == 1
     summary = [line for line in output.splitlines() if line.startswith("error: 1 job(s) of this sweep failed")]
     assert len(summary) == 1 and str(failed[0]) in summary[0]
+    assert f"relaunch with hydra.sweep.dir={tmp_path / 's'}:" in summary[0]  # the resume command, also under ${now:...}
 
 
 @pytest.mark.usefixtures("one_thread")
