@@ -49,15 +49,19 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_sha() -> str | None:
-    """Commit of the recexp checkout, with ``-dirty`` when it has uncommitted changes."""
+    """Commit of the recexp checkout, with ``-dirty`` when it has uncommitted changes; ``None`` for an installed
+    package (site-packages may lie inside some other repository, whose commit says nothing of recexp's code)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        top, sha = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
+                                  text=True, check=True).stdout.split()
+        if Path(top).resolve() != root:
+            return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, ValueError, subprocess.CalledProcessError):
         return None
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return sha + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -154,3 +154,20 @@ def _group(run_dir: Path) -> str:
     run_file = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     runs = [r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run"]
     return runs[0].run_group
+
+
+@pytest.mark.parametrize("where, recorded", [("", True), ("lib/site-packages/", False)])
+def test_git_sha_is_recexps_own_commit_or_none(tmp_path, where, recorded):
+    """A checkout records its commit; a package installed somewhere inside another repository records none."""
+    import importlib.util
+
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    package = tmp_path / where / "recexp"
+    package.mkdir(parents=True)
+    (package / "tracking.py").write_text((ROOT / "recexp" / "tracking.py").read_text())
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "other")
+    spec = importlib.util.spec_from_file_location("tracking_copy", package / "tracking.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.git_sha() == (git("rev-parse", "HEAD").strip() if recorded else None)
