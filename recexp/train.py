@@ -277,11 +277,11 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, config, ctx, e
 
 
 def validate(model: nn.Module, split: Split, evaluator: Evaluator, key: str, accelerator: Accelerator) -> float:
-    """``key`` on the valid stage. Under several processes, per-user metrics are computed on each
-    process's share of the users and their sums reduced; pooled ones are computed whole everywhere."""
+    """``key`` on the valid stage. Under several processes, a mean over users is computed on each
+    process's share of the users and the sums reduced; pooled metrics are computed whole everywhere."""
     model.eval()
     metric, _ = parse_metric(key)
-    if accelerator.num_processes == 1 or not metric.per_user:
+    if accelerator.num_processes == 1 or metric.pooled:
         return evaluator.value(model, split, "valid", key, accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
     evaluation = evaluator.evaluate(model, split, "valid", accelerator.device, segments=("all",), shard=(rank, world))

@@ -73,3 +73,49 @@ def test_an_item_organised_epoch_is_shared_out_over_two_processes(cold_split, tm
     assert cost["train_interactions"] <= cost["samples_seen"] < 1.05 * cost["train_interactions"]
     train_items = cold_split.train["item"].nunique()  # the run's split: the same scenario and seed
     assert cost["optimizer_steps"] == -(-train_items // record["effective"]["batch_size"])  # 64 items a step in all
+
+
+class TwoProcesses:
+    """What ``validate`` uses of an Accelerator, for one of two processes run as threads: reduce sums."""
+
+    def __init__(self, index: int, board: list, barrier):
+        self.num_processes, self.process_index, self.device = 2, index, "cpu"
+        self.board, self.barrier = board, barrier
+
+    def reduce(self, tensor):
+        self.board[self.process_index] = tensor
+        self.barrier.wait()
+        total = self.board[0] + self.board[1]
+        self.barrier.wait()
+        return total
+
+
+@pytest.mark.parametrize("key", ["ndcg@10", "gauc", "logloss", "rmse", "mae"])
+def test_validation_under_two_processes_is_the_one_process_value(ml100k, key):
+    """Means over users are summed over the processes' shares; pooled metrics (logloss, rmse, mae) are not means
+    of per-user values, so each process computes them whole."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from torch import nn
+
+    from recexp.evaluate import Evaluator
+    from recexp.scenarios import RandomScenario
+    from recexp.train import validate
+
+    split = RandomScenario(label_threshold=4).build(ml100k, 0)
+
+    class Scores(nn.Module):
+        pointwise_output = "rating" if key in ("rmse", "mae") else "probability"
+        table = torch.rand(ml100k.n_users, ml100k.n_items, generator=torch.Generator().manual_seed(0)) * (
+            5 if key in ("rmse", "mae") else 1)
+
+        def score(self, users, stage):
+            return self.table[users]
+
+    evaluator, model = Evaluator(ks=[10], metrics=[key.split("@")[0]]), Scores()
+    board, barrier = [None, None], threading.Barrier(2)
+    with ThreadPoolExecutor(2) as pool:
+        values = list(pool.map(lambda r: validate(model, split, evaluator, key, TwoProcesses(r, board, barrier)), (0, 1)))
+    assert values[0] == values[1] == pytest.approx(evaluator.value(model, split, "valid", key), rel=1e-12)

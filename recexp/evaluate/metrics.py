@@ -37,6 +37,7 @@ class Metric:
     fn: Callable
     needs: str | None = None  # pointwise only: the model output it needs ("probability" | "rating")
     per_user: bool = True  # one value per user is saved (paired significance tests need it)
+    pooled: bool = False  # the value pools every pair or list, not the mean of the per-user values
 
     @property
     def at_k(self) -> bool:
@@ -47,7 +48,8 @@ METRICS: dict[str, Metric] = {}
 
 
 def register(
-    name: str, kind: str, higher_is_better: bool = True, needs: str | None = None, per_user: bool | None = None
+    name: str, kind: str, higher_is_better: bool = True, needs: str | None = None, per_user: bool | None = None,
+    pooled: bool | None = None,
 ) -> Callable:
     """Decorator adding ``fn`` to :data:`METRICS` under ``name``; a second use of a name is an error."""
     if kind not in KINDS:
@@ -57,7 +59,7 @@ def register(
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
         per = kind not in ("catalog", "exposure") if per_user is None else per_user
-        METRICS[name] = Metric(name, kind, higher_is_better, fn, needs, per)
+        METRICS[name] = Metric(name, kind, higher_is_better, fn, needs, per, not per if pooled is None else pooled)
         return fn
 
     return add
@@ -266,7 +268,7 @@ def _per_user_mean(pairs: pd.DataFrame, values: np.ndarray) -> pd.Series:
 LOGLOSS_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps]
 
 
-@register("logloss", "pointwise", higher_is_better=False, needs="probability")
+@register("logloss", "pointwise", higher_is_better=False, needs="probability", pooled=True)
 def logloss(pairs: pd.DataFrame) -> tuple[float, pd.Series]:
     """Mean binary cross-entropy of P(label = 1)."""
     probs = np.clip(pairs["score"].to_numpy(dtype=np.float64), LOGLOSS_EPS, 1 - LOGLOSS_EPS)
@@ -275,14 +277,14 @@ def logloss(pairs: pd.DataFrame) -> tuple[float, pd.Series]:
     return float(losses.mean()), _per_user_mean(pairs, losses)
 
 
-@register("rmse", "pointwise", higher_is_better=False, needs="rating")
+@register("rmse", "pointwise", higher_is_better=False, needs="rating", pooled=True)
 def rmse(pairs: pd.DataFrame) -> tuple[float, pd.Series]:
     """Root mean squared error of predicted ratings (per user: that user's RMSE)."""
     squared = (pairs["score"].to_numpy(dtype=np.float64) - pairs["rating"].to_numpy(dtype=np.float64)) ** 2
     return float(np.sqrt(squared.mean())), np.sqrt(_per_user_mean(pairs, squared))
 
 
-@register("mae", "pointwise", higher_is_better=False, needs="rating")
+@register("mae", "pointwise", higher_is_better=False, needs="rating", pooled=True)
 def mae(pairs: pd.DataFrame) -> tuple[float, pd.Series]:
     """Mean absolute error of predicted ratings."""
     errors = np.abs(pairs["score"].to_numpy(dtype=np.float64) - pairs["rating"].to_numpy(dtype=np.float64))
