@@ -751,3 +751,14 @@ def test_default_rows_separate_a_model_with_a_tail_strategy_from_it_without(tmp_
         write_tail_run(root, "bpr", seed, "rerank", "xquad", 0.3)
     result = run_compare([root], tmp_path / "out", metrics=["ndcg@10"], segments=["all"])
     assert sorted(row.label for row in result.rows) == ["bpr", "bpr (tail=rerank)"]
+
+
+def test_saved_per_user_files_keep_ids_that_look_missing(tmp_path):
+    """Users "NA" and "null" stay two users when a comparison reads a run's files; an empty metric is NaN."""
+    from recexp.compare.load import Run, per_user
+    from recexp.records import PER_USER
+
+    written = pd.DataFrame({"segment": ["all", "all", "all"], "user": ["NA", "null", "u3"], "ndcg@10": [0.5, None, 1.0]})
+    written.to_csv(tmp_path / PER_USER, index=False)
+    read = per_user(Run(path=tmp_path, data={}))
+    assert read["user"].tolist() == ["NA", "null", "u3"] and read["ndcg@10"].isna().tolist() == [False, True, False]

@@ -89,6 +89,11 @@ def test_cold_items_never_reach_training(dataset, seed, cold, share):
     # test never ranks the validation cold items, and the warm segment holds no cold item
     assert not np.isin(cold_valid, split.stage("test").candidates).any()
     assert not np.isin(split.stage("test").segments["warm"], cold_test).any()
+    # warm is exactly the items training has seen; every non-cold item stays rankable
+    for stage in ("valid", "test"):
+        assert np.array_equal(split.stage(stage).segments["warm"], np.unique(split.train["item"]))
+    assert np.isin(np.setdiff1d(np.arange(dataset.n_items), np.union1d(cold_valid, cold_test)),
+                   split.stage("test").candidates).all()
 
 
 @FAST
@@ -115,6 +120,10 @@ def test_ml100k_cold_item(cold_split, ml100k):
     cold = np.union1d(cold_split.stage("valid").segments["cold"], cold_split.stage("test").segments["cold"])
     assert len(cold) == round(0.2 * interacted)
     assert not cold_split.train["item"].isin(cold).any()
+    untrained = np.setdiff1d(np.setdiff1d(np.arange(ml100k.n_items), cold), cold_split.train["item"])
+    assert len(untrained) > 0  # the per-user cut sent every interaction of these warm-looking items to valid/test
+    assert not np.isin(untrained, cold_split.stage("test").segments["warm"]).any()
+    assert np.isin(untrained, cold_split.stage("test").candidates).all()
     assert set(cold_split.stage("test").segments) == {"all", "head", "tail", "cold", "warm"}
     head = cold_split.stage("test").segments["head"]
     counts = np.bincount(cold_split.train["item"], minlength=ml100k.n_items)
@@ -129,6 +138,14 @@ def test_same_key_same_artifact_and_seed_changes_it(ml100k, tmp_path):
     assert rows(first.parts["test"]) == rows(again.parts["test"]) != rows(other.parts["test"])
     assert len(list((tmp_path / "splits").iterdir())) == 2
     assert scenario_hash(ml100k, ColdItemScenario(cold_fraction=0.3), 7) != first.hash
+
+
+def test_a_new_protocol_version_makes_new_splits(ml100k, monkeypatch):
+    from recexp.scenarios import artifact
+
+    before = scenario_hash(ml100k, ColdItemScenario(), 7)
+    monkeypatch.setattr(artifact, "PROTOCOLS", artifact.PROTOCOLS + 1)
+    assert scenario_hash(ml100k, ColdItemScenario(), 7) != before
 
 
 def test_artifact_is_readable_atomic_data(cold_split, ml100k):
@@ -186,3 +203,44 @@ def test_temporal_needs_timestamps():
     data.inter["timestamp"] = np.nan
     with pytest.raises(DataError, match="needs a timestamp"):
         TemporalScenario().build(data, 0)
+
+
+def write_atomic(folder, name: str, header: str, rows: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+NA_LIKE = ["NA", "null", "None", "nan", "N/A", "u5"]  # ids pandas would read as missing by default
+
+
+def test_ids_that_look_missing_survive_the_artifact(tmp_path):
+    from recexp.data import AtomicDataset
+
+    lines = [f"{user}\ti{(k * 7 + j) % 9}\t4\t{k * 6 + j}" for k, user in enumerate(NA_LIKE) for j in range(6)]
+    write_atomic(tmp_path / "d", "na.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float", lines)
+    dataset = AtomicDataset(name="na", path=str(tmp_path / "d")).load()
+    assert sorted(dataset.user_tokens) == sorted(NA_LIKE)
+    built = build_or_load(dataset, RandomScenario(), 0, tmp_path / "cache")
+    stored = build_or_load(dataset, RandomScenario(), 0, tmp_path / "cache")  # read back from disk
+    for part in built.parts:
+        assert rows(stored.parts[part]) == rows(built.parts[part])
+    assert sorted(set(stored.train["user"])) == list(range(len(NA_LIKE)))
+
+
+def test_a_catalogue_change_in_the_item_file_makes_a_new_split(tmp_path):
+    from recexp.data import AtomicDataset
+
+    folder = tmp_path / "d"
+    write_atomic(folder, "c.inter", "user_id:token\titem_id:token\trating:float",
+                 [f"u{u}\ti{(u * 3 + j) % 12}\t4" for u in range(8) for j in range(6)])
+    write_atomic(folder, "c.item", "item_id:token\ttitle:token", [f"i{i}\tt{i}" for i in range(12)])
+    before = AtomicDataset(name="c", path=str(folder)).load()
+    first = build_or_load(before, RandomScenario(), 0, tmp_path / "cache")
+    write_atomic(folder, "c.item", "item_id:token\ttitle:token", [f"i{i}\tt{i}" for i in range(14)])  # 2 new items
+    after = AtomicDataset(name="c", path=str(folder)).load()
+    second = build_or_load(after, RandomScenario(), 0, tmp_path / "cache")
+    assert after.n_items == 14 and second.hash != first.hash
+    assert len(second.stage("test").candidates) == 14 == len(RandomScenario().build(after, 0).stage("test").candidates)
+    write_atomic(folder, "c.item", "item_id:token\ttitle:token", [f"i{i}\tnew title {i}" for i in range(12)])
+    retitled = AtomicDataset(name="c", path=str(folder)).load()
+    assert build_or_load(retitled, RandomScenario(), 0, tmp_path / "cache").hash == first.hash  # texts: same split

@@ -38,7 +38,7 @@ def read_inter(folder: Path, part: str) -> pd.DataFrame:
         data = verified_part(folder, part, read_meta(folder))
     except DamagedCache as err:
         raise BucketsUnavailable(f"split artifact damaged: {err}; rerun any job of it to rebuild.") from err
-    raw = pd.read_csv(io.BytesIO(data), sep="\t", dtype=str, usecols=[0, 1])
+    raw = pd.read_csv(io.BytesIO(data), sep="\t", dtype=str, usecols=[0, 1], keep_default_na=False)  # ids verbatim
     raw.columns = ["user", "item"]
     return raw
 

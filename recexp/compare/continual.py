@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from recexp.compare.aggregate import mean_std
 from recexp.compare.rows import Row
 from recexp.compare.stats import TESTS, holm
+from recexp.data.atomic import read_table
 
 PER_USER = "per_user_continual.csv.gz"
 COLUMNS = {"average": "avg next-block", "bwt": "BWT", "forgetting": "forgetting", "seconds": "update s"}
@@ -50,7 +51,7 @@ def next_block_per_user(run_dir: Path, metric: str) -> pd.Series | None:
     path = run_dir / PER_USER
     if not path.is_file():
         return None
-    cells = pd.read_csv(path, dtype={"user": str, "stage": str})
+    cells = read_table(path, ["user", "stage", "segment"])
     cells = cells[(cells["segment"] == "all") & (cells["stage"] == "test_" + (cells["update"] + 1).astype(str))]
     return cells.groupby("user")[metric].mean() if metric in cells else None
 

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from recexp.data.atomic import read_table
 from recexp.errors import ConfigError, DataError
 from recexp.evaluate.metrics import is_metric_key, parse_metric
 from recexp.records import PER_USER, RANKINGS, RESULTS
@@ -172,7 +173,7 @@ def per_user(run: Run) -> pd.DataFrame | None:
     path = run.path / PER_USER
     if not path.is_file():
         return None
-    return pd.read_csv(path, dtype={"user": str, "segment": str})
+    return read_table(path, ["user", "segment"])
 
 
 def rankings_path(run: Run) -> Path | None:

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from recexp.compare.load import Run
+from recexp.data.atomic import read_table
 from recexp.errors import DataError
 from recexp.records import PAIRS
 
@@ -48,7 +49,7 @@ class RunFiles:
 def scored_pairs(run: Run) -> pd.DataFrame | None:
     """A run's scored test pairs (user_id, item_id, label, score); None where not saved."""
     path = run.path / PAIRS
-    return pd.read_csv(path, dtype={"user_id": str, "item_id": str}) if path.is_file() else None
+    return read_table(path, ["user_id", "item_id"]) if path.is_file() else None
 
 
 def align(mine: pd.DataFrame, theirs: pd.DataFrame, where: str) -> Paired:

@@ -12,6 +12,7 @@ what was read and dropped.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -54,6 +55,16 @@ def read_atomic_file(path: Path) -> pd.DataFrame:
         if kind == "float":
             frame[name] = _to_float(path, name, frame[name])
     return frame
+
+
+def read_table(source: Path | bytes, tokens: list[str], **options) -> pd.DataFrame:
+    """A CSV or TSV that recexp wrote, its ``tokens`` columns read verbatim as text: by pandas' rules an id
+    such as ``NA``, ``null``, ``None`` or ``nan`` would become NaN. In other columns an empty cell is NaN."""
+    reader = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)
+    columns = pd.read_csv(reader(), nrows=0, **options).columns
+    missing = {c: ["", "nan", "NaN"] for c in columns if c not in tokens}
+    return pd.read_csv(reader(), dtype={c: str for c in tokens if c in columns}, keep_default_na=False,
+                       na_values=missing, **options)
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -180,7 +191,8 @@ def load_atomic(
         item_text=render_texts(item_template, item_features, "item") if item_template else None,
         item_title=render_texts(item_title_template, item_features, "item") if item_title_template else None,
         user_text=render_texts(user_template, user_features, "user") if user_template else None,
-        content_hash=_content_hash(inter_path, user_field, item_field, rating_field, time_field, *_rules_applied(info)),
+        content_hash=_content_hash(inter_path, (user_tokens, item_tokens), user_field, item_field, rating_field, time_field,
+                                   *_rules_applied(info)),
         info=info,
     )
 
@@ -291,7 +303,12 @@ def _aligned(features: pd.DataFrame | None, id_field: str, tokens: np.ndarray) -
     return aligned.reset_index(names=id_field)
 
 
-def _content_hash(inter_path: Path, *fields: str | None) -> str:
+def _content_hash(inter_path: Path, catalogues: tuple[np.ndarray, np.ndarray], *fields: str | None) -> str:
+    """sha256 of the interactions, the settings that read them and the ordered user and item tokens: a
+    ``.item`` or ``.user`` file that adds, drops or reorders ids changes every internal id and candidate set."""
     digest = hashlib.sha256(inter_path.read_bytes())
     digest.update(repr(fields).encode())
+    for tokens in catalogues:
+        digest.update("\n".join(map(str, tokens)).encode("utf-8"))
+        digest.update(b"\0")
     return digest.hexdigest()

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.cache import DamagedCache, discard, read_verified, shareable, sha256
+from recexp.data.atomic import read_table
 from recexp.interfaces import Dataset, Split, Stage
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,13 @@ class Scenario(Protocol):
     def build(self, dataset: Dataset, seed: int) -> Split: ...
 
 
+PROTOCOLS = 2  # raise when a scenario's output changes for the same settings: stored splits are then rebuilt
+
+
 def scenario_hash(dataset: Dataset, scenario: Scenario, seed: int) -> str:
-    """sha256 over the dataset content, the scenario's type and fields, and the seed."""
+    """sha256 over the dataset content, the scenario's type and fields, the seed and :data:`PROTOCOLS`."""
     key = {
+        "protocols": PROTOCOLS,
         "dataset": dataset.content_hash,
         "scenario": type(scenario).__qualname__,
         "params": dataclasses.asdict(scenario),
@@ -142,9 +147,10 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
     items = {t: i for i, t in enumerate(dataset.item_tokens)}
 
     def ids(tokens: list[str]) -> np.ndarray:
-        return np.fromiter((items[t] for t in tokens), dtype=np.int64, count=len(tokens))
+        return _ids(tokens, items, folder / "split.json")
 
-    parts = {name: _read_part(verified_part(folder, name, meta), users, items) for name in meta["parts"]}
+    parts = {name: _read_part(verified_part(folder, name, meta), users, items, folder / f"{name}.inter")
+             for name in meta["parts"]}
     stages = {
         name: Stage(
             history=tuple(spec["history"]),
@@ -152,8 +158,7 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
             candidates=None if spec["candidates"] is None else ids(spec["candidates"]),
             segments={n: ids(t) for n, t in spec["segments"].items()},
             pairs=spec["pairs"],
-            user_segments={n: np.fromiter((users[t] for t in u), dtype=np.int64, count=len(u))
-                           for n, u in spec.get("user_segments", {}).items()},
+            user_segments={n: _ids(u, users, folder / "split.json") for n, u in spec.get("user_segments", {}).items()},
         )
         for name, spec in meta["stages"].items()
     }
@@ -180,12 +185,12 @@ def verified_part(folder: Path, name: str, meta: dict[str, Any]) -> bytes:
     return read_verified(folder / f"{name}.inter", meta["files"].get(f"{name}.inter"))
 
 
-def _read_part(data: bytes, users: dict[str, int], items: dict[str, int]) -> pd.DataFrame:
-    raw = pd.read_csv(io.BytesIO(data), sep="\t", dtype={INTER_FIELDS["user"]: str, INTER_FIELDS["item"]: str})
+def _read_part(data: bytes, users: dict[str, int], items: dict[str, int], path: Path) -> pd.DataFrame:
+    raw = read_table(data, [INTER_FIELDS["user"], INTER_FIELDS["item"]], sep="\t")
     frame = pd.DataFrame(
         {
-            "user": raw[INTER_FIELDS["user"]].map(users).to_numpy(dtype=np.int64),
-            "item": raw[INTER_FIELDS["item"]].map(items).to_numpy(dtype=np.int64),
+            "user": _ids(raw[INTER_FIELDS["user"]], users, path),
+            "item": _ids(raw[INTER_FIELDS["item"]], items, path),
             "rating": raw[INTER_FIELDS["rating"]].to_numpy(dtype=np.float64),
             "timestamp": raw[INTER_FIELDS["timestamp"]].to_numpy(dtype=np.float64),
         }
@@ -195,3 +200,11 @@ def _read_part(data: bytes, users: dict[str, int], items: dict[str, int]) -> pd.
     if SAMPLE_FIELD in raw:
         frame["sample"] = raw[SAMPLE_FIELD].to_numpy(dtype=np.int64)
     return frame
+
+
+def _ids(tokens, lookup: dict[str, int], path: Path) -> np.ndarray:
+    """Internal ids of raw tokens; :class:`DamagedCache` naming one the dataset does not have."""
+    try:
+        return np.fromiter((lookup[t] for t in tokens), dtype=np.int64, count=len(tokens))
+    except KeyError as err:
+        raise DamagedCache(f"{path} names id {err.args[0]!r}, which the dataset does not have") from None

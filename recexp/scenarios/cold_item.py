@@ -1,7 +1,9 @@
 """``scenario=cold_item``: a seeded share of items never appears in training (item cold-start).
 
 Cold items are split by item into cold-valid and cold-test. Warm interactions are split per user
-like ``random``. Valid = warm-valid + every interaction of a cold-valid item; test likewise.
+like ``random``. Valid = warm-valid + every interaction of a cold-valid item; test likewise. The
+``warm`` segment is the items training has seen: the per-user cut can leave a non-cold item with no
+training interaction, and such an item is ranked (a candidate) but belongs to neither segment.
 """
 from __future__ import annotations
 
@@ -52,12 +54,13 @@ class ColdItemScenario:
         valid = _concat(warm_valid, inter[inter["item"].isin(cold_valid)])
         test = _concat(warm_test, inter[inter["item"].isin(cold_test)])
         require_nonempty("cold_item", train=warm_train, valid=valid, test=test)
-        warm = np.setdiff1d(np.arange(dataset.n_items), cold)
+        rankable = np.setdiff1d(np.arange(dataset.n_items), cold)
+        warm = np.unique(warm_train["item"].to_numpy())
         head = head_items(warm_train, dataset.n_items, self.head_fraction)
         segments = {}
         candidates = {}
         for stage, stage_cold in (("valid", cold_valid), ("test", cold_test)):
-            candidates[stage] = np.union1d(warm, stage_cold)
+            candidates[stage] = np.union1d(rankable, stage_cold)
             segments[stage] = {
                 **popularity_segments(candidates[stage], head),
                 "cold": stage_cold,
