@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from recexp.errors import ConfigError, TrainingError
-from recexp.evaluate import Evaluator, parse_metric
+from recexp.evaluate import Evaluator, metric_key, parse_metric
 from recexp.interfaces import FitContext, Split
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -50,6 +50,8 @@ class TrainerConfig:
 
     def __post_init__(self):
         check_trainer(self)
+        # one spelling (NDCG@10, " ndcg@10", ndcg@010 -> ndcg@10): logs and per-user columns use it
+        object.__setattr__(self, "valid_metric", metric_key(*parse_metric(self.valid_metric)))
 
     def pick(self, name: str, default: Any) -> Any:
         """``self.<name>`` unless it is None, else ``default``."""
@@ -230,7 +232,7 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
         ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
                         "epoch": epoch}, step=step_offset + stats.optimizer_steps)
         stats.epochs = epoch + 1
-        first = stats.best_epoch < 0 and (not keep_start or math.isnan(stats.best_valid))  # nothing valid to beat yet
+        first = stats.best_epoch < 0 and not keep_start  # nothing to beat yet
         if first or _better(value, stats.best_valid, metric.higher_is_better):
             stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
         else:
@@ -308,6 +310,9 @@ def make_accelerator(device: torch.device, config: TrainerConfig) -> Accelerator
 
 
 def _better(value: float, best: float, higher: bool) -> bool:
+    """Whether ``value`` improves on ``best``; any number improves on a NaN best (a first check that failed)."""
+    if math.isnan(best):
+        return not math.isnan(value)
     return value > best if higher else value < best
 
 

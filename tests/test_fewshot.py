@@ -185,6 +185,22 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / norm if norm > 0 else x
 
 
+def test_item_prior_on_a_holdout_split_comes_from_the_ratings(cold_split):
+    """A holdout split labels only valid and test; the prior then reads train as the classifier trains on it."""
+    from recexp.models.histories import item_prior_logits
+
+    train = cold_split.train
+    liked = (train["rating"] >= 4).astype(float)
+    overall = liked.mean()
+    sums = np.bincount(train["item"], weights=liked, minlength=cold_split.n_items)
+    counts = np.bincount(train["item"], minlength=cold_split.n_items)
+    rates = (sums + 5 * overall) / (counts + 5)
+    expected = np.log(rates / (1 - rates)) - np.log(overall / (1 - overall))
+    got = item_prior_logits(cold_split, 4.0).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got != 0).sum() > 1000 and not item_prior_logits(cold_split, None).any()
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_text_zero_shot_is_liked_minus_disliked_cosine(tiny_bert, tallrec, cold_user, tmp_path):
     model = zero_shot(tiny_bert, tallrec, tmp_path)
@@ -308,7 +324,7 @@ def test_pair_classifier_starts_from_the_like_rates(tallrec):
     scores = model.score_pairs(torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy()), "test")
     liked = history.groupby("sample")["label"].agg(["sum", "count"]).loc[test["sample"]].to_numpy()
     user_logit = np.log((liked[:, 0] + 1) / (liked[:, 1] - liked[:, 0] + 1))
-    expected = 1 / (1 + np.exp(-(user_logit + item_prior_logits(tallrec).numpy()[test["item"].to_numpy()])))
+    expected = 1 / (1 + np.exp(-(user_logit + item_prior_logits(tallrec, 4.0).numpy()[test["item"].to_numpy()])))
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4)
 
 

@@ -311,6 +311,27 @@ def test_loop_counts_optimizer_steps_and_keeps_the_best_epoch(accum, steps, smal
     assert 0 <= stats.best_epoch < stats.epochs
 
 
+@pytest.mark.parametrize("keep_start", [False, True])
+def test_a_failed_first_validation_is_beaten_by_the_next_number(keep_start, small_split, tmp_path, monkeypatch):
+    """A NaN first check (e.g. no valid user had a positive yet) must not stand as the best for ever."""
+    import recexp.train
+
+    script = iter([float("nan"), float("nan"), 0.3, 0.2, 0.1, 0.1])
+    monkeypatch.setattr(recexp.train, "validate", lambda *args: next(script))
+    config = TrainerConfig(max_epochs=4, patience=2, batch_size=8, lr=0.1, warmup_ratio=0.0, weight_decay=0.0,
+                           grad_accum=1, mixed_precision="no", progress=False)
+    if not keep_start:
+        next(script)  # no starting check: the first value is epoch 0's
+    stats = fit(Toy(small_split.n_items), small_split, context(tmp_path), config, Batches(16), keep_start=keep_start)
+    assert stats.best_epoch == 1 and stats.best_valid == 0.3 and stats.epochs == 4
+
+
+@pytest.mark.parametrize("spelling", ["NDCG@10", " ndcg@10", "ndcg@010"])
+def test_valid_metric_has_one_spelling(spelling):
+    """Per-user columns and logs are keyed by the canonical name (a multi-process validation looks it up)."""
+    assert TrainerConfig(valid_metric=spelling).valid_metric == "ndcg@10"
+
+
 def test_loop_runs_on_the_asked_threads_and_restores_them(small_split, tmp_path):
     model = TorchRecommender(Toy(small_split.n_items), TrainerConfig(progress=False), cpu_threads=2)
     before = torch.get_num_threads()

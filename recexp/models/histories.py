@@ -111,13 +111,14 @@ def _pack(keys: np.ndarray, items: np.ndarray, labels: np.ndarray, n_rows: int, 
     return torch.from_numpy(out_items), torch.from_numpy(out_labels)
 
 
-def item_like_rates(split: Split, prior_weight: float) -> tuple[np.ndarray, float]:
+def item_like_rates(split: Split, prior_weight: float, threshold: float | None = None) -> tuple[np.ndarray, float]:
     """([n_items] each item's like rate in the labelled training data, shrunk towards the overall rate by
     ``prior_weight`` pseudo-interactions; the overall rate). Training data: the train pairs and, on
-    sample-based splits, their histories, which come with them. Empty when nothing is labelled."""
+    sample-based splits, their histories, which come with them; with ``threshold``, a part without labels
+    but with ratings is labelled as a classifier trains on it (:func:`like_labels`). Empty when nothing is labelled."""
     frames = [split.parts[name] for name in (TRAIN, history_part(TRAIN)) if name in split.parts]
-    labelled = pd.concat([f[["item", "label"]].dropna() for f in frames if "label" in f] or [pd.DataFrame(columns=["item", "label"])],
-                         ignore_index=True)
+    found = [_item_labels(frame, threshold) for frame in frames]
+    labelled = pd.concat([f for f in found if f is not None] or [pd.DataFrame(columns=["item", "label"])], ignore_index=True)
     if labelled.empty:
         return np.zeros(0), float("nan")
     prior = float(labelled["label"].mean())
@@ -127,9 +128,17 @@ def item_like_rates(split: Split, prior_weight: float) -> tuple[np.ndarray, floa
     return (sums + prior_weight * prior) / np.maximum(counts + prior_weight, 1e-12), prior
 
 
-def item_prior_logits(split: Split, prior_weight: float = 5.0) -> torch.Tensor:
+def _item_labels(frame: pd.DataFrame, threshold: float | None) -> pd.DataFrame | None:
+    if "label" in frame:
+        return frame[["item", "label"]].dropna()
+    if threshold is not None and "rating" in frame and frame["rating"].notna().all():
+        return pd.DataFrame({"item": frame["item"].to_numpy(), "label": like_labels(frame, threshold)})
+    return None
+
+
+def item_prior_logits(split: Split, threshold: float | None, prior_weight: float = 5.0) -> torch.Tensor:
     """[n_items] logit(item like rate) - logit(overall rate), 0 for items never labelled (:func:`item_like_rates`)."""
-    rates, prior = item_like_rates(split, prior_weight)
+    rates, prior = item_like_rates(split, prior_weight, threshold)
     if not len(rates):
         return torch.zeros(split.n_items)
     logits = torch.logit(torch.as_tensor(rates), eps=1e-4) - torch.logit(torch.tensor(prior, dtype=torch.float64), eps=1e-4)

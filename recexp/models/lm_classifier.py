@@ -99,7 +99,7 @@ class LMClassifier(nn.Module):
             name: history_table(split, name, self.history_items, self.threshold) for name in (TRAIN, *split.stages)
         }
         self._pooled = {}
-        self.register_buffer("item_logits", item_prior_logits(split).to(device), persistent=False)
+        self.register_buffer("item_logits", item_prior_logits(split, self.threshold).to(device), persistent=False)
         # shortlist encodings, taken before training (saved with the weights: not re-derivable after it)
         self.register_buffer("prior", F.normalize(self.encoder.embed(self.texts), dim=-1))  # [n_items, enc]
 

@@ -90,7 +90,7 @@ class PairClassifier(nn.Module):
         self.tables: dict[str, HistoryTable] = {
             name: history_table(split, name, self.history_items, self.threshold) for name in (TRAIN, *split.stages)
         }
-        self.register_buffer("item_logits", item_prior_logits(split), persistent=False)
+        self.register_buffer("item_logits", item_prior_logits(split, self.threshold), persistent=False)
         if not hasattr(self, "fields"):
             self._build(split)
         if self.encoder is not None:
