@@ -260,11 +260,13 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, config, ctx, e
     total, seen, start = 0.0, 0, time.perf_counter()
     show = config.progress and ctx.progress and accelerator.is_main_process
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show, leave=False)
+    # accelerate divides every loss by grad_accum, also in an epoch's last, shorter group: scale that one back up
+    short = len(loader) % config.grad_accum
     for index, batch in enumerate(bar):
         with accelerator.accumulate(model):
             loss = model(batch)
             check_finite(loss, epoch, index, config)
-            accelerator.backward(loss)
+            accelerator.backward(loss * (config.grad_accum / short) if short and index >= len(loader) - short else loss)
             optimizer.step()
             if accelerator.sync_gradients:
                 scheduler.step()

@@ -311,6 +311,23 @@ def test_loop_counts_optimizer_steps_and_keeps_the_best_epoch(accum, steps, smal
     assert 0 <= stats.best_epoch < stats.epochs
 
 
+@pytest.mark.parametrize("accum", [1, 2, 3])
+def test_every_optimizer_step_sees_a_whole_gradient(accum, small_split, tmp_path, monkeypatch):
+    """Each micro-batch's gradient is the same (-1 on item 0), so every step's gradient must be -1: also the last,
+    shorter group of an epoch (4 micro-batches in groups of 3: 3 + 1), which accelerate alone would scale by 1/3."""
+    seen, step = [], torch.optim.AdamW.step
+
+    def spy(optimizer, *args, **kwargs):
+        seen.append(float(optimizer.param_groups[0]["params"][0].grad[0]))
+        return step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    config = TrainerConfig(max_epochs=2, patience=2, batch_size=8, lr=0.1, grad_accum=accum, warmup_ratio=0.0,
+                           weight_decay=0.0, mixed_precision="no", progress=False)
+    fit(Toy(small_split.n_items), small_split, context(tmp_path), config, Batches(32))
+    assert len(seen) == 2 * -(-4 // accum) and seen == pytest.approx([-1.0] * len(seen))
+
+
 @pytest.mark.parametrize("keep_start", [False, True])
 def test_a_failed_first_validation_is_beaten_by_the_next_number(keep_start, small_split, tmp_path, monkeypatch):
     """A NaN first check (e.g. no valid user had a positive yet) must not stand as the best for ever."""
