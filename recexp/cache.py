@@ -6,6 +6,7 @@ moved aside and deleted (rename first, so concurrent readers never see half a fo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -24,15 +25,36 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+NOT_COMPUTED = ("transformers_version", "_name_or_path")  # config keys that change no output
+
+
 def model_fingerprint(prefix: bytes, tokenizer, model) -> str:
-    """sha256 over ``prefix``, a tokenizer's vocabulary and a torch model's weights (names and bytes)."""
+    """sha256 over ``prefix``, a tokenizer's vocabulary and rules (normalising, splitting, special tokens), a
+    model's config and its weights (names and bytes)."""
     digest = hashlib.sha256(prefix)
     for token, index in sorted(tokenizer.get_vocab().items()):
         digest.update(f"{token}\t{index}\n".encode("utf-8"))
+    digest.update(_tokenizer_rules(tokenizer).encode("utf-8"))
+    config = getattr(model, "config", None)
+    if config is not None:
+        settings = {k: v for k, v in config.to_dict().items() if k not in NOT_COMPUTED}
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _tokenizer_rules(tokenizer) -> str:
+    """A fast tokenizer's pipeline as JSON, without the truncation and padding that each call sets; else the
+    settings it was made with."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        rules = json.loads(backend.to_str())
+        rules.pop("truncation", None), rules.pop("padding", None)
+    else:
+        rules = {k: v for k, v in tokenizer.init_kwargs.items() if not k.endswith("_file") and k != "name_or_path"}
+    return json.dumps(rules, sort_keys=True, default=str)
 
 
 def read_verified(path: Path, expected: str | None) -> bytes:

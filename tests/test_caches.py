@@ -147,3 +147,18 @@ def test_cache_entries_are_as_readable_as_any_new_file(tiny_bert, ml100k, tmp_pa
     assert any(p.suffix == ".safetensors" for p in entries) and any(p.name == "split.json" for p in entries)
     for path in entries:
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_a_tokenizer_that_normalises_otherwise_gets_its_own_embeddings(tiny_bert, ml100k, tmp_path):  # noqa: F811
+    """Same vocabulary and weights, but text no longer lower-cased: the cached embeddings do not apply."""
+    from tokenizers import normalizers
+
+    texts = ml100k.item_text[:10]
+    TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen()).embed(texts)
+    cased = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path))
+    cased.tokenizer.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    cased.adapt(Frozen()).embed(texts)
+    assert cased.cache_stats() == {"cache_hits": 0, "cache_misses": 1} and len(list(tmp_path.glob("*.safetensors"))) == 2
+    again = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen())
+    again.embed(texts)
+    assert again.cache_stats() == {"cache_hits": 1, "cache_misses": 0}

@@ -287,7 +287,7 @@ class TextEncoder(nn.Module):
         return self.cache_dir / f"{digest.hexdigest()[:32]}.safetensors"
 
     def fingerprint(self) -> str:
-        """sha256 over the weights, the tokenizer vocabulary, pooling and max_length (the pretrained
+        """sha256 over the weights, the model config, the tokenizer, pooling and max_length (the pretrained
         weights' while an adapted encoder has not trained yet and computes what they compute)."""
         if self._pristine is not None:
             return self._pristine
