@@ -173,7 +173,8 @@ class FitStats:
         return self.best_epoch == self.epochs - 1
 
     def cost(self) -> dict[str, float]:
-        """Figures for the run record's ``cost`` (throughput counts training passes only, this process)."""
+        """Figures for the run record's ``cost``: samples of every process together, so the throughput is the
+        whole run's (over this process's training seconds; validation not counted)."""
         return {
             "samples_seen": self.samples,
             "samples_per_second": self.samples / self.train_seconds if self.train_seconds > 0 else 0.0,
