@@ -113,8 +113,10 @@ def run_buckets(run: Run, reader: SplitReader, k: int, n_buckets: int) -> dict[s
 def ranked_items(users: np.ndarray, topk: np.ndarray, tokens: tuple[np.ndarray, np.ndarray] | None) -> pd.DataFrame:
     """user, item, rank (0-based) of saved top-K lists, without their empty slots (-1); internal ids are
     decoded by ``tokens`` (user tokens, item tokens), ``None`` where the lists hold tokens already."""
-    filled = (topk >= 0).ravel() if tokens is not None else np.ones(topk.size, dtype=bool)
-    if tokens is not None:
+    if tokens is None:
+        filled = np.ones(topk.size, dtype=bool)
+    else:
+        filled = (topk >= 0).ravel()
         users, topk = tokens[0][users], tokens[1][np.maximum(topk, 0)]
     frame = pd.DataFrame({
         "user": np.repeat(users.astype(str), topk.shape[1]),
