@@ -207,6 +207,21 @@ def test_score_pairs_matches_full_ranking(random_split, tmp_path, monkeypatch):
         model.score(users, "holdout")
 
 
+def test_a_refit_that_saves_no_checkpoint_keeps_its_own_weights(random_split, tmp_path, monkeypatch):
+    """RecBole names checkpoints by the second: a continual refit in the same second that never
+    improves on validation must not load the previous fit's file as its best."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    monkeypatch.setattr(recbole_trainer, "get_local_time", lambda: "same-second")
+    model = RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=1, patience=1))
+    fit(model, random_split, tmp_path)
+    first = {k: v.clone() for k, v in model._model.state_dict().items()}
+    monkeypatch.setattr(recbole_trainer.Trainer, "_valid_epoch", lambda self, data, show_progress=False: (float("nan"), {}))
+    fit(model, random_split, tmp_path)  # continues from ``first``, trains one epoch, never validates better
+    assert model.effective()["best_epoch"] == -1
+    assert any(not torch.equal(first[k], v) for k, v in model._model.state_dict().items())
+
+
 def test_diverging_loss_is_a_training_error(random_split, tmp_path):
     model = RecBoleRecommender("BPR", params={"learning_rate": 1e30}, trainer=TrainerConfig(max_epochs=3))
     with pytest.raises(TrainingError, match="diverged"):

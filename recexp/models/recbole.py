@@ -197,6 +197,9 @@ class RecBoleRecommender:
                 self._continue(model, dataset, split)
             trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
             trainer = (_without_optimizer(trainer_class) if self.gradient_free else trainer_class)(config, model)
+            # checkpoint names have one-second resolution: an earlier fit's file of the same name must not
+            # pass for this fit's best when this one saves none
+            Path(trainer.saved_model_file).unlink(missing_ok=True)
             best = self._train(trainer, train_data, valid_data, ctx)
         self._used = used_settings(trainer, config) | {"epochs_run": len(trainer.train_loss_dict), "best_epoch": best}
         _load_best(model, trainer.saved_model_file, config["device"])
