@@ -70,6 +70,20 @@ def test_update_rules_choose_their_training_data(blocks, rule, expected):
         assert not task.train_frame(blocks, 3, 0).equals(task.train_frame(blocks, 3, 1))
 
 
+@pytest.mark.parametrize("rule", ["fine_tune", "replay", "full_retrain", "window", "none"])
+def test_held_out_tests_train_on_no_test_half(blocks, rule):
+    task = Continual(update=rule, window=2, replay_ratio=0.5, train_on_tests=False)
+    tests = pd.concat([blocks.parts[f"test_{j}"] for j in range(1, 5)])
+    test_keys = set(zip(tests["user"], tests["item"], tests["timestamp"]))
+    for t in (1, 2, 3):
+        train = task.train_frame(blocks, t, seed=0)
+        assert not test_keys & set(zip(train["user"], train["item"], train["timestamp"]))
+        kept = Continual(update=rule, window=2, replay_ratio=0.5).train_frame(blocks, t, seed=0)
+        assert len(train) < len(kept)  # the same rule, less the test halves
+        if rule == "full_retrain":
+            assert len(train) == 20_000 + 10_000 * t  # block 0, then each later block's valid half
+
+
 def test_matrix_summaries_by_hand():
     r = [[0.30, None, None], [0.50, 0.20, None], [0.40, 0.45, 0.10]]
     assert average_next(r) == pytest.approx((0.30 + 0.20 + 0.10) / 3)
@@ -92,6 +106,25 @@ def test_full_retrain_last_update_equals_a_holdout_run(ml100k, tmp_path):
     assert result.sections["continual"]["matrix"][1][1] == holdout.evaluations["test_2"].metrics["all"]["ndcg@10"]
 
 
+def test_held_out_cells_measure_what_training_never_saw(ml100k, tmp_path):
+    """BPR fine-tuned on whole blocks ranks a block's test half it trained on far above its first,
+    unseen result; with the test halves held out that jump is gone and updates train on valid halves."""
+    split = build_or_load(ml100k, TimeBlocksScenario(blocks=3), 0, tmp_path / "cache")
+    evaluator = Evaluator(ks=[10], metrics=["ndcg"])
+    make = lambda: RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=20, progress=False))  # noqa: E731
+    sections = {
+        held: Continual(update="fine_tune", train_on_tests=not held).run(make, split, evaluator, context(tmp_path / str(held)))
+        .sections["continual"] for held in (False, True)
+    }
+    trained, held = sections[False], sections[True]
+    assert (trained["train_on_tests"], held["train_on_tests"]) == (True, False)
+    assert [u["train_interactions"] for u in held["updates"]] == [len(block_frame(split, 0)), len(split.parts["valid_1"])]
+    assert trained["matrix"][0][0] == held["matrix"][0][0]  # update 0 trains on block 0 either way
+    assert trained["matrix"][1][0] > trained["matrix"][0][0] + 0.1  # its own training data, ranked
+    assert held["matrix"][1][0] < trained["matrix"][1][0] - 0.1
+    assert held["bwt"] < trained["bwt"]
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda d: TimeBlocksScenario(blocks=1).build(d, 0), "scenario.blocks=1"),
     (lambda d: TimeBlocksScenario(blocks=60_000).build(d, 0), "needs at least 2 interactions"),
@@ -103,6 +136,7 @@ def test_full_retrain_last_update_equals_a_holdout_run(ml100k, tmp_path):
     (lambda d: Continual().stages(RandomScenario().build(d, 0)), "use scenario=time_blocks"),
     (lambda d: Holdout().stages(TimeBlocksScenario().build(d, 0)), "Use task=continual"),
     (lambda d: Continual(metrics=["ndcg"]), "needs a cut-off"),
+    (lambda d: Continual(train_on_tests="no"), "task.train_on_tests='no'"),
 ])
 def test_bad_continual_settings(ml100k, build, message):
     with pytest.raises((ConfigError, DataError), match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -8,6 +8,10 @@ Update rules (``task.update``): ``fine_tune`` continues from the previous weight
 only; ``replay`` also adds a seeded uniform sample of ``replay_ratio`` of all earlier interactions;
 ``full_retrain`` starts from scratch on every block so far; ``window`` from scratch on the last
 ``window`` blocks; ``none`` trains once on block 0 and never again.
+
+Updates train on whole blocks, test halves included, so ``R[t][j]`` for j <= t is measured on
+interactions the model has trained on; ``train_on_tests=False`` keeps every test half out of
+training, so each cell is a held-out result (the updates then see each later block's valid half only).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class Continual:
     window: int = 2  # window: blocks each retrain sees, the newest ones
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@10"])  # matrix metrics; the first is reported
     save_model: bool = False  # write the final model to run_dir/model
+    train_on_tests: bool = True  # False: no update trains on a test half, so every R[t][j] is held out
 
     def __post_init__(self):
         if self.update not in UPDATES:
@@ -45,6 +50,8 @@ class Continual:
             raise ConfigError(f"task.replay_ratio={self.replay_ratio!r} is not allowed: it must lie in [0, 1].")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigError(f"task.window={self.window!r} is not allowed: it must be an integer >= 1.")
+        if not isinstance(self.train_on_tests, bool):
+            raise ConfigError(f"task.train_on_tests={self.train_on_tests!r} is not allowed: it must be true or false.")
         if not self.metrics:
             raise ConfigError("task.metrics is empty; name at least one metric, e.g. [ndcg@10].")
         for name in self.metrics:
@@ -90,14 +97,14 @@ class Continual:
             last = {"valid": evaluator.evaluate(model, view, "valid", ctx.device), **rows[-1]}
         if ctx.is_main:
             save_cells(ctx.run_dir / PER_USER, rows)
-        section = summarise(rows, self.metrics, split, updates, self.update)
+        section = summarise(rows, self.metrics, split, updates, self.update) | {"train_on_tests": self.train_on_tests}
         cost = {**total.summary(model, view, ctx.world_size), "updates": updates,
                 "train_interactions": sum(u["train_interactions"] for u in updates)}
         return TaskResult(last, cost, effective_settings(model), {"continual": section})
 
     def train_frame(self, split: Split, t: int, seed: int) -> pd.DataFrame:
         """What update ``t`` trains on, by the update rule."""
-        blocks = [block_frame(split, b) for b in range(t + 1)]
+        blocks = [block_frame(split, b, self.train_on_tests) for b in range(t + 1)]
         if t == 0 or self.update in ("full_retrain", "none"):
             return pd.concat(blocks, ignore_index=True)
         if self.update == "window":
@@ -117,12 +124,12 @@ def n_blocks(split: Split) -> int:
     return int(blocks)
 
 
-def block_frame(split: Split, b: int) -> pd.DataFrame:
-    """All interactions of block ``b`` (both halves for b >= 1)."""
+def block_frame(split: Split, b: int, with_test: bool = True) -> pd.DataFrame:
+    """The interactions of block ``b``: for b >= 1 its valid half, and its test half unless ``with_test`` is False."""
     if b == 0:
         return split.parts[BASE]
     valid, test = block_parts(b)
-    return pd.concat([split.parts[valid], split.parts[test]], ignore_index=True)
+    return pd.concat([split.parts[valid], *([split.parts[test]] if with_test else [])], ignore_index=True)
 
 
 def update_view(split: Split, t: int, train: pd.DataFrame) -> Split:
