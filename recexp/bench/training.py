@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,10 @@ def bare_epoch(split: Split, texts: list[str], seed: int, precision: str, lr: fl
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    encoder = get_peft_model(AutoModel.from_pretrained(default_model_path()),
-                             LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1))
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        encoder = get_peft_model(AutoModel.from_pretrained(default_model_path()),
+                                 LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.1))
     item_proj, user_proj = torch.nn.Linear(384, 64), torch.nn.Linear(384, 64)
 
     def encode(batch: list[str]) -> torch.Tensor:
