@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> float:
             logger.summary(record.summary())
             log.info("%s", _headline(record.data["segments"]))
         return record.objective
-    except (Exception, KeyboardInterrupt) as err:
+    except (Exception, KeyboardInterrupt, SystemExit) as err:  # a component's sys.exit ends the run as failed, too
         record.finish_failed(err, traceback.format_exc())
         return _fail(err, hydra.mode)
     finally:
@@ -145,7 +145,12 @@ def _skip(run_id: str, job: Claim, multirun: bool) -> float:
 def _fail(err: BaseException, mode: RunMode) -> float:
     """Single runs exit non-zero with one line; a multirun records the failure and goes on to the next job.
     Unexpected errors (not a RecexpError) keep their traceback in traceback.txt (HYDRA_FULL_ERROR=1: on screen)."""
-    message = str(err) if isinstance(err, RecexpError) else f"{type(err).__name__}: {err} (traceback.txt in the run dir)"
+    if isinstance(err, RecexpError):
+        message = str(err)
+    elif isinstance(err, SystemExit):
+        message = f"a component called sys.exit({err.code!r}) before the run ended (traceback.txt in the run dir)"
+    else:
+        message = f"{type(err).__name__}: {err} (traceback.txt in the run dir)"
     message = " ".join(message.split())
     log.error("Run failed: %s", message)
     if isinstance(err, KeyboardInterrupt) or (os.environ.get("HYDRA_FULL_ERROR") == "1" and mode != RunMode.MULTIRUN):

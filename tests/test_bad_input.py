@@ -268,6 +268,19 @@ def test_impossible_trainer_settings_stop_the_run_before_any_work(app, model, se
     assert not (run_dir / "recbole").exists() and set(cache_dir.rglob("*")) == before
 
 
+def test_a_component_that_calls_sys_exit_fails_the_run_with_one_line(app, monkeypatch):
+    from recexp.models.random_scores import RandomRecommender
+
+    monkeypatch.setattr(RandomRecommender, "fit", lambda self, split, ctx: sys.exit(0))  # even a "success" code
+    code, stderr, run_dir = app()
+    record = json.loads((run_dir / "results.json").read_text())
+    assert code == 1 and "Traceback" not in stderr
+    assert [l for l in stderr.splitlines() if l.startswith("error: ")] == [
+        "error: a component called sys.exit(0) before the run ended (traceback.txt in the run dir)"]
+    assert record["status"] == "failed" and record["error"] == "SystemExit: 0" and record["finished_at"]
+    assert "sys.exit(0)" in (run_dir / "traceback.txt").read_text()
+
+
 def test_a_run_folder_held_by_a_live_process_is_left_alone(app, tmp_path):
     from recexp.locks import LOCK, _lock
 

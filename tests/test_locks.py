@@ -194,3 +194,23 @@ def test_a_multirun_with_many_long_overrides_works(sweep, tmp_path):
     for path in found:
         assert path.parent.parent == tmp_path / "s" and len(path.parent.name) <= PREFIX + 9
         assert "evaluator.tie_seed" in (path.parent / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_job_whose_component_calls_sys_exit_is_failed_and_the_sweep_goes_on(sweep, tmp_path, monkeypatch):
+    from recexp.models.random_scores import RandomRecommender
+
+    fit = RandomRecommender.fit
+
+    def exits_on_seed_0(self, split, ctx):
+        if ctx.seed == 0:
+            sys.exit(3)
+        fit(self, split, ctx)
+
+    monkeypatch.setattr(RandomRecommender, "fit", exits_on_seed_0)
+    code, output = sweep("seed=0,1")
+    by_seed = {r["config"]["seed"]: r for r in records(tmp_path / "s").values()}
+    assert code == 1 and "error: 1 job(s) of this sweep failed" in output
+    assert by_seed[0]["status"] == "failed" and by_seed[0]["error"] == "SystemExit: 3" and by_seed[0]["finished_at"]
+    assert by_seed[1]["status"] == "ok"
+    assert "Run failed: a component called sys.exit(3) before the run ended" in output
