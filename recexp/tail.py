@@ -34,6 +34,10 @@ def _number(name: str, value: Any, low: float, high: float, rule: str) -> float:
     return float(value)
 
 
+def _name(model: Any) -> str:
+    return getattr(model, "name", None) or type(getattr(model, "module", model)).__name__
+
+
 class Rerank:
     """``tail=rerank``: post-hoc re-ranking of any model's scores.
 
@@ -174,8 +178,9 @@ class Reweight:
 
     ``weight``: the loss of each training positive is multiplied by ``pop_i ** -alpha``, normalised to
     mean 1 over the training interactions (torch models). ``negatives``: negatives are drawn with
-    probability proportional to ``pop_i ** alpha`` instead of uniformly (torch models, and RecBole models
-    trained with sampled negatives, through RecBole's ``train_neg_sample_args.distribution: popularity``).
+    probability proportional to ``pop_i ** alpha`` instead of uniformly (torch models under the BPR loss, and
+    RecBole models trained with sampled negatives, through RecBole's ``train_neg_sample_args.distribution:
+    popularity`` over the training interactions).
     ``alpha`` in [0, 2]; 0 is the plain model.
     """
 
@@ -191,6 +196,12 @@ class Reweight:
     def wrap(self, model: Recommender) -> Recommender:
         module = getattr(model, "module", None)
         if module is not None and hasattr(module, "sampling"):
+            if self.method == "negatives" and getattr(module, "loss", None) == "softmax":
+                raise ConfigError(
+                    f"tail=reweight tail.method=negatives cannot be honoured by model {_name(model)} with model.module.loss=softmax: "
+                    "its negatives are the other positives of the batch, not sampled ones. "
+                    "Set model.module.loss=bpr, or use tail.method=weight."
+                )
             module.sampling = Sampling(weight_alpha=self.alpha if self.method == "weight" else 0.0,
                                        negative_alpha=self.alpha if self.method == "negatives" else 0.0)
             return model
@@ -202,8 +213,7 @@ class Reweight:
                 )
             model.popularity_negatives(self.alpha)
             return model
-        name = getattr(model, "name", None) or type(getattr(model, "module", model)).__name__
         raise ConfigError(
-            f"tail=reweight cannot be honoured by model {name}: it does not train on sampled positives and negatives. "
+            f"tail=reweight cannot be honoured by model {_name(model)}: it does not train on sampled positives and negatives. "
             "Use tail=rerank, or a model with a training loss (text_tower, fusion, bpr ...)."
         )

@@ -199,6 +199,9 @@ CASES = [
     ("pair_classifier_text_without_encoder", ["model=pair_classifier", "model.module.inputs=text"], "needs model.module.encoder", "run"),
     ("pair_classifier_one_class", ["model=id_fm", "scenario=cold_user", "scenario.label_threshold=null", "model.module.threshold=0"],
      "needs liked and disliked training pairs", "run"),
+    # tail=reweight
+    ("reweight_negatives_under_softmax", [*TEXT, "tail=reweight", "tail.method=negatives", "model.module.loss=softmax"],
+     "tail.method=negatives cannot be honoured by model TextTower with model.module.loss=softmax", "run"),
     # tail=augment
     ("augment_model_without_text", ["model=bpr", "tail=augment"], "tail=augment extends item texts, but model BPR reads no item text", "run"),
     ("augment_method_unknown", [*AUGMENT, "tail.method=paraphrase"], "tail.method='paraphrase' is unknown for tail=augment", "run"),

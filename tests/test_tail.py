@@ -169,6 +169,14 @@ def test_reweight_maps_to_recboles_popularity_sampler_or_refuses():
         Reweight(method="weight").wrap(RecBoleRecommender("BPR"))
     with pytest.raises(ConfigError, match="cannot be honoured by the RecBole model Pop"):
         Reweight(method="negatives").wrap(RecBoleRecommender("Pop"))
+    for name in ("MultiVAE", "RecVAE", "CDAE", "ENMF"):  # losses over each user's history row, no sampled negatives
+        with pytest.raises(ConfigError, match=f"cannot be honoured by the RecBole model {name}: it trains without sampled"):
+            Reweight(method="negatives").wrap(RecBoleRecommender(name))
+    with pytest.raises(ConfigError, match="the RecBole model GRU4Rec: it trains without sampled"):  # loss_type CE
+        Reweight(method="negatives").wrap(RecBoleRecommender("GRU4Rec"))
+    honoured = [RecBoleRecommender(name) for name in ("LightGCN", "NeuMF", "DMF")]  # BPR pairs, or pointwise rows labelled 0
+    for model in [*honoured, RecBoleRecommender("GRU4Rec", params={"loss_type": "BPR"})]:
+        assert Reweight(method="negatives").wrap(model).params["train_neg_sample_args"]["distribution"] == "popularity"
     with pytest.raises(ConfigError, match="tail=reweight cannot be honoured by model fixed"):
         Reweight().wrap(Fitted([[0.0]]))
 
@@ -210,3 +218,30 @@ def test_the_spine_applies_the_tail_group_to_every_model_it_builds():
     assert first.settings.method == "xquad" and first.name == "Pop"
     with pytest.raises(ConfigError, match="cannot be honoured by the RecBole model Pop"):
         model_factory(reweight.model, build(reweight.trainer), build(reweight.tail))
+
+
+def test_recbole_popularity_negatives_count_training_interactions_only(cold_split, tmp_path, monkeypatch):
+    """RecBole's sampler counts every benchmark file: cold items, seen only in valid and test, would be
+    drawn as negatives by their future popularity."""
+    from recbole.model.general_recommender.bpr import BPR
+
+    from recexp.models.recbole import RecBoleRecommender
+    from test_recbole_model import ONE_EPOCH, fit
+
+    drawn, loss = [], BPR.calculate_loss
+
+    def recording_loss(self, batch):
+        drawn.append(batch[self.NEG_ITEM_ID])
+        return loss(self, batch)
+
+    monkeypatch.setattr(BPR, "calculate_loss", recording_loss)
+    model = Reweight(method="negatives", alpha=1.0).wrap(RecBoleRecommender("BPR", trainer=ONE_EPOCH))
+    fit(model, cold_split, tmp_path)
+    to_recexp = torch.full((int(model._item_ids.max()) + 1,), -1, dtype=torch.long)
+    to_recexp[model._item_ids] = torch.arange(cold_split.n_items)
+    negatives = to_recexp[torch.cat(drawn)].numpy()
+    pop = np.bincount(cold_split.train["item"].to_numpy(), minlength=cold_split.n_items)
+    assert len(negatives) == len(cold_split.train) and (negatives >= 0).all()
+    assert (pop[negatives] > 0).all()  # no item without training interactions, cold items included
+    drawn_counts = np.bincount(negatives, minlength=cold_split.n_items)
+    assert np.corrcoef(drawn_counts, pop)[0, 1] > 0.95  # alpha=1: in proportion to training popularity

@@ -191,6 +191,8 @@ class RecBoleRecommender:
             init_seed(config["seed"], config["reproducibility"])
             dataset = create_dataset(config)
             train_data, valid_data, _ = data_preparation(config, dataset)
+            if config["train_neg_sample_args"]["distribution"] == "popularity":
+                count_training_popularity(train_data._sampler, train_data._dataset)
             init_seed(config["seed"], config["reproducibility"])
             model = self.model_class(config, train_data._dataset).to(config["device"])
             if self._model is not None:  # a later fit (a continual update) continues from the last weights
@@ -257,7 +259,8 @@ class RecBoleRecommender:
     def popularity_negatives(self, alpha: float) -> None:
         """Draw training negatives with probability proportional to popularity ** ``alpha`` (``tail=reweight
         tail.method=negatives``), through RecBole's own sampler; a ConfigError for a model that samples none."""
-        if self.gradient_free or (self.sequential and self._sequential_sampling()):
+        sampled = not self.gradient_free and not (self.sequential and self._sequential_sampling())
+        if not sampled or not reads_sampled_negatives(self.model_class):
             raise ConfigError(
                 f"tail=reweight tail.method=negatives cannot be honoured by the RecBole model {self.name}: it trains "
                 "without sampled negatives. Use tail=rerank, or a model trained with negatives (bpr, lightgcn, neumf ...)."
@@ -471,6 +474,26 @@ def valid_positives(split: Split) -> pd.DataFrame:
             f"(stages: {', '.join(split.stages)}); choose a scenario with a valid stage (random, temporal, cold_item)."
         )
     return split.positives(VALID)
+
+
+def reads_sampled_negatives(model_class: type) -> bool:
+    """Whether the model's loss reads RecBole's sampled negatives (or the 0 labels of sampled pointwise rows).
+    RecBole declares no such flag, and the autoencoders (MultiVAE, RecVAE, CDAE ...) train on each user's
+    whole history row whatever their input type says, so the loss's source is read."""
+    try:
+        source = inspect.getsource(model_class.calculate_loss)
+    except (OSError, TypeError):  # no source to read: take the model at its word
+        return True
+    return "NEG_ITEM_ID" in source or "LABEL" in source
+
+
+def count_training_popularity(sampler: Any, train: Any) -> None:
+    """Rebuild ``sampler``'s popularity table from the training interactions alone. RecBole's samplers count
+    an item's interactions in every benchmark file, valid and test included, so the items a user is tested
+    on (cold items among them) would be drawn as negatives by their future popularity."""
+    items = train.inter_feat[train.iid_field].numpy()
+    sampler._get_candidates_list = lambda: list(items)
+    sampler._build_alias_table()
 
 
 def write_benchmark(split: Split, folder: Path, max_len: int = 0) -> None:
