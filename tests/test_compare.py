@@ -753,6 +753,26 @@ def test_default_rows_separate_a_model_with_a_tail_strategy_from_it_without(tmp_
     assert sorted(row.label for row in result.rows) == ["bpr", "bpr (tail=rerank)"]
 
 
+def test_default_rows_key_on_what_an_arm_sets_not_on_its_name(longtail_runs, tmp_path):
+    """``longtail_arm=bpr_xquad`` names a bundle of settings (model=bpr tail=rerank ...): keyed on the arm too,
+    the base row ``bpr`` (arm bpr) would differ from its xQuAD rows beyond the tail axes, losing the 0 points."""
+    arms = {"bpr-None": "bpr", "bpr-rerank": "bpr_xquad", "bpr-reweight": "bpr_reweight", "fusion-None": "fusion_frozen",
+            "fusion-augment": "fusion_frozen_augment"}
+    for folder in longtail_runs.iterdir():
+        hydra_yaml = folder / ".hydra" / "hydra.yaml"
+        choices = json.loads(hydra_yaml.read_text())
+        choices["hydra"]["runtime"]["choices"]["longtail_arm"] = arms["-".join(folder.name.split("-")[:2])]
+        hydra_yaml.write_text(json.dumps(choices))
+    result = run_compare([longtail_runs], tmp_path / "out", metrics=["ndcg@10", "aplt@10"], segments=["all"])
+    labels = sorted(row.label for row in result.rows)
+    assert not any("longtail_arm" in label for label in labels) and len(labels) == 7
+    points = pd.read_csv(result.files["tail_tradeoff_csv"])
+    lines = {name: list(line["value"]) for name, line in points.groupby("line", sort=False)}
+    assert lines == {"bpr + rerank xquad (λ)": [0.0, 0.1, 0.3, 0.6], "bpr + reweight negatives (α)": [0.0, 0.5]}
+    by_arm = run_compare([longtail_runs], tmp_path / "by_arm", metrics=["ndcg@10"], segments=["all"], row_key=["longtail_arm", "tail.lam"])
+    assert "longtail_arm=bpr_xquad, tail.lam=0.6" in {row.label for row in by_arm.rows}  # an arm is still a key when asked for
+
+
 def test_saved_per_user_files_keep_ids_that_look_missing(tmp_path):
     """Users "NA" and "null" stay two users when a comparison reads a run's files; an empty metric is NaN."""
     from recexp.compare.load import Run, per_user

@@ -2,7 +2,8 @@
 
 Default row key: the model (``model=`` option), plus the strategy for models with a text encoder,
 plus every other swept axis (a Hydra group choice or a config value) that still separates runs of
-one row. Seeds are never part of the key; each row holds at most one run per seed.
+one row. Arm groups (``arm=``, ``longtail_arm=bpr_xquad``) count by the settings they make, not by their name.
+Seeds are never part of the key; each row holds at most one run per seed.
 """
 from __future__ import annotations
 
@@ -73,13 +74,18 @@ def _is_strategy_axis(axis: str) -> bool:
 def default_axes(runs: list[Run]) -> list[str]:
     """Base axes, then each varying choice or config value that splits some row (in that order)."""
     flats = [flat_config(r) for r in runs]
-    choices = sorted({k for r in runs for k in r.choices} - set(BASE_AXES))
+    choices = sorted({k for r in runs for k in r.choices if not _is_arm(k)} - set(BASE_AXES))
     leaves = sorted({k for f in flats for k in f})
     axes = list(BASE_AXES)
     for axis in choices + leaves:
         if _splits(runs, flats, axes, axis):
             axes.append(axis)
     return axes
+
+
+def _is_arm(group: str) -> bool:
+    """``arm``, ``longtail_arm`` ...: a name for a bundle of settings, which the default key shows instead."""
+    return group == "arm" or group.endswith("_arm")
 
 
 def _splits(runs: list[Run], flats: list[dict[str, str]], axes: list[str], axis: str) -> bool:
