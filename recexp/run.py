@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
 import traceback
@@ -69,6 +70,8 @@ def run(cfg: DictConfig) -> float:
             log.info("%s", _headline(record.data["segments"]))
         return record.objective
     except (Exception, KeyboardInterrupt, SystemExit) as err:  # a component's sys.exit ends the run as failed, too
+        if isinstance(err, SystemExit) and _raised_by_signal_handler(err):
+            raise  # the job is being ended (a cluster pre-emption: submitit requeues it); the record stays running
         record.finish_failed(err, traceback.format_exc())
         return _fail(err, hydra.mode)
     finally:
@@ -154,11 +157,33 @@ def _fail(err: BaseException, mode: RunMode) -> float:
     message = " ".join(message.split())
     log.error("Run failed: %s", message)
     if isinstance(err, KeyboardInterrupt) or (os.environ.get("HYDRA_FULL_ERROR") == "1" and mode != RunMode.MULTIRUN):
+        if isinstance(err, SystemExit):  # would exit with the component's own code, and Python prints no traceback
+            raise RuntimeError(message) from err
         raise err
     if mode == RunMode.MULTIRUN:
         return float("nan")
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def _raised_by_signal_handler(err: SystemExit) -> bool:
+    """True when ``err`` comes from a Python signal handler now installed (submitit's USR1 handler requeues a
+    pre-empted Slurm job, then calls sys.exit), not from the run's own code."""
+    handlers = set()
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            handlers.add(code)
+    frame = err.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code in handlers:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _headline(segments: dict[str, dict[str, float]]) -> str:

@@ -284,6 +284,39 @@ def test_a_component_that_calls_sys_exit_fails_the_run_with_one_line(app, monkey
     assert "sys.exit(0)" in (run_dir / "traceback.txt").read_text()
 
 
+def test_under_hydra_full_error_a_components_sys_exit_still_fails_the_process(app, monkeypatch):
+    """HYDRA_FULL_ERROR=1 shows the traceback, so the process must end on an error, not the component's exit code."""
+    from recexp.models.random_scores import RandomRecommender
+
+    monkeypatch.setattr(RandomRecommender, "fit", lambda self, split, ctx: sys.exit(0))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(RuntimeError, match=r"a component called sys.exit\(0\)") as raised:
+        app()
+    assert isinstance(raised.value.__cause__, SystemExit)
+
+
+def test_a_preempted_job_exits_as_its_signal_handler_says_and_stays_running(app, monkeypatch, tmp_path):
+    """submitit's USR1 handler requeues a pre-empted Slurm job and calls sys.exit(-1): that exit is the job's end,
+    not a failed run, so it passes through and the record stays ``running`` for the requeued job to rerun."""
+    import os
+    import signal
+
+    from recexp.models.random_scores import RandomRecommender
+
+    def requeue_and_exit(signum, frame):
+        sys.exit(-1)
+
+    previous = signal.signal(signal.SIGUSR1, requeue_and_exit)
+    monkeypatch.setattr(RandomRecommender, "fit", lambda self, split, ctx: os.kill(os.getpid(), signal.SIGUSR1))
+    try:
+        code, stderr, run_dir = app()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    record = json.loads((run_dir / "results.json").read_text())
+    assert code == -1 and "error: " not in stderr and record["status"] == "running"
+    assert not (run_dir / "traceback.txt").exists()
+
+
 def test_a_run_folder_held_by_a_live_process_is_left_alone(app, tmp_path):
     from recexp.locks import LOCK, _lock
 
