@@ -172,10 +172,12 @@ def test_reweight_maps_to_recboles_popularity_sampler_or_refuses():
     for name in ("MultiVAE", "RecVAE", "CDAE", "ENMF"):  # losses over each user's history row, no sampled negatives
         with pytest.raises(ConfigError, match=f"cannot be honoured by the RecBole model {name}: it trains without sampled"):
             Reweight(method="negatives").wrap(RecBoleRecommender(name))
-    with pytest.raises(ConfigError, match="the RecBole model GRU4Rec: it trains without sampled"):  # loss_type CE
-        Reweight(method="negatives").wrap(RecBoleRecommender("GRU4Rec"))
+    for name in ("GRU4Rec", "SINE"):  # loss_type CE; SINE declares pairwise input, so RecBole samples what CE ignores
+        with pytest.raises(ConfigError, match=f"the RecBole model {name}: it trains without sampled"):
+            Reweight(method="negatives").wrap(RecBoleRecommender(name))
     honoured = [RecBoleRecommender(name) for name in ("LightGCN", "NeuMF", "DMF")]  # BPR pairs, or pointwise rows labelled 0
-    for model in [*honoured, RecBoleRecommender("GRU4Rec", params={"loss_type": "BPR"})]:
+    bpr_losses = [RecBoleRecommender(name, params={"loss_type": "BPR"}) for name in ("GRU4Rec", "SINE")]
+    for model in [*honoured, *bpr_losses]:
         assert Reweight(method="negatives").wrap(model).params["train_neg_sample_args"]["distribution"] == "popularity"
     with pytest.raises(ConfigError, match="tail=reweight cannot be honoured by model fixed"):
         Reweight().wrap(Fitted([[0.0]]))
@@ -245,3 +247,21 @@ def test_recbole_popularity_negatives_count_training_interactions_only(cold_spli
     assert (pop[negatives] > 0).all()  # no item without training interactions, cold items included
     drawn_counts = np.bincount(negatives, minlength=cold_split.n_items)
     assert np.corrcoef(drawn_counts, pop)[0, 1] > 0.95  # alpha=1: in proportion to training popularity
+
+
+def test_recbole_popularity_negatives_refuse_a_user_who_trained_on_every_training_item():
+    """Drawn among training items only, such a user's negative would be redrawn for ever by RecBole's sampler."""
+    from types import SimpleNamespace
+
+    from recexp.errors import DataError
+    from recexp.models.recbole import count_training_popularity
+
+    train = SimpleNamespace(iid_field="item_id", inter_feat={"item_id": torch.tensor([1, 2, 3, 1, 3])})
+    rebuilt = []
+    sampler = SimpleNamespace(used_ids=np.array([set(), {1, 3}, {1, 2, 3}]), _build_alias_table=lambda: rebuilt.append(1))
+    with pytest.raises(DataError, match=r"among the 3 items with training interactions, and 1 user\(s\) \(RecBole ids \[2\]\)"):
+        count_training_popularity(sampler, train)
+    sampler.used_ids = sampler.used_ids[:2]
+    count_training_popularity(sampler, train)
+    assert rebuilt == [1] and sorted(sampler._get_candidates_list()) == [1, 1, 2, 3, 3]
+

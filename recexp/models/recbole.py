@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import yaml
 
-from recexp.errors import ConfigError, TrainingError
+from recexp.errors import ConfigError, DataError, TrainingError
 from recexp.evaluate import parse_metric
 from recexp.evaluate.pointwise import scores_read_off
 from recexp.interfaces import TRAIN, FitContext, Split
@@ -260,7 +260,7 @@ class RecBoleRecommender:
         """Draw training negatives with probability proportional to popularity ** ``alpha`` (``tail=reweight
         tail.method=negatives``), through RecBole's own sampler; a ConfigError for a model that samples none."""
         sampled = not self.gradient_free and not (self.sequential and self._sequential_sampling())
-        if not sampled or not reads_sampled_negatives(self.model_class):
+        if not sampled or self._loss_type() == "CE" or not reads_sampled_negatives(self.model_class):  # CE: over all items
             raise ConfigError(
                 f"tail=reweight tail.method=negatives cannot be honoured by the RecBole model {self.name}: it trains "
                 "without sampled negatives. Use tail=rerank, or a model trained with negatives (bpr, lightgcn, neumf ...)."
@@ -296,15 +296,19 @@ class RecBoleRecommender:
         return values | self.params
 
     def _sequential_sampling(self) -> dict[str, Any]:
-        """Sequential models trained with cross-entropy over all items take no negative samples."""
+        """Sequential models trained with cross-entropy over all items take no negative samples (unless they
+        declare an input type: RecBole then samples them, e.g. for SINE, whose CE loss reads none)."""
         if hasattr(self.model_class, "input_type"):
             return {}
+        return {"train_neg_sample_args": None} if self._loss_type() == "CE" else {}
+
+    def _loss_type(self) -> str | None:
+        """``loss_type`` as RecBole will read it: the override, else the model's own defaults file."""
         import recbole
 
         defaults_file = Path(recbole.__file__).parent / "properties" / "model" / f"{self.name}.yaml"
         defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.is_file() else {}
-        loss_type = self.params.get("loss_type", (defaults or {}).get("loss_type"))
-        return {"train_neg_sample_args": None} if loss_type == "CE" else {}
+        return self.params.get("loss_type", (defaults or {}).get("loss_type"))
 
     def _train(self, trainer: Any, train_data: Any, valid_data: Any, ctx: FitContext) -> int:
         """RecBole's fit; each validation logs ``train/loss`` and ``valid/<metric@k>`` at step=epoch.
@@ -492,6 +496,14 @@ def count_training_popularity(sampler: Any, train: Any) -> None:
     an item's interactions in every benchmark file, valid and test included, so the items a user is tested
     on (cold items among them) would be drawn as negatives by their future popularity."""
     items = train.inter_feat[train.iid_field].numpy()
+    pool = len(np.unique(items))
+    full = [user for user, used in enumerate(sampler.used_ids) if len(used) >= pool]
+    if full:  # RecBole's sampler would redraw such a user's negative for ever
+        raise DataError(
+            f"tail=reweight tail.method=negatives draws negatives among the {pool} items with training interactions, "
+            f"and {len(full)} user(s) (RecBole ids {full[:5]}) trained on every one of them, leaving none to draw. "
+            "Use tail.method=weight, or a dataset where no user has rated every item."
+        )
     sampler._get_candidates_list = lambda: list(items)
     sampler._build_alias_table()
 
