@@ -754,9 +754,9 @@ def test_default_rows_separate_a_model_with_a_tail_strategy_from_it_without(tmp_
 
 
 def test_default_rows_key_on_what_an_arm_sets_not_on_its_name(longtail_runs, tmp_path):
-    """``longtail_arm=bpr_xquad`` names a bundle of settings (model=bpr tail=rerank ...): keyed on the arm too,
+    """``longtail_arm=bpr_rerank`` names a bundle of settings (model=bpr tail=rerank ...): keyed on the arm too,
     the base row ``bpr`` (arm bpr) would differ from its xQuAD rows beyond the tail axes, losing the 0 points."""
-    arms = {"bpr-None": "bpr", "bpr-rerank": "bpr_xquad", "bpr-reweight": "bpr_reweight", "fusion-None": "fusion_frozen",
+    arms = {"bpr-None": "bpr", "bpr-rerank": "bpr_rerank", "bpr-reweight": "bpr_reweight", "fusion-None": "fusion_frozen",
             "fusion-augment": "fusion_frozen_augment"}
     for folder in longtail_runs.iterdir():
         hydra_yaml = folder / ".hydra" / "hydra.yaml"
@@ -770,7 +770,7 @@ def test_default_rows_key_on_what_an_arm_sets_not_on_its_name(longtail_runs, tmp
     lines = {name: list(line["value"]) for name, line in points.groupby("line", sort=False)}
     assert lines == {"bpr + rerank xquad (λ)": [0.0, 0.1, 0.3, 0.6], "bpr + reweight negatives (α)": [0.0, 0.5]}
     by_arm = run_compare([longtail_runs], tmp_path / "by_arm", metrics=["ndcg@10"], segments=["all"], row_key=["longtail_arm", "tail.lam"])
-    assert "longtail_arm=bpr_xquad, tail.lam=0.6" in {row.label for row in by_arm.rows}  # an arm is still a key when asked for
+    assert "longtail_arm=bpr_rerank, tail.lam=0.6" in {row.label for row in by_arm.rows}  # an arm is still a key when asked for
 
 
 def test_saved_per_user_files_keep_ids_that_look_missing(tmp_path):

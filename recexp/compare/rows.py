@@ -2,7 +2,7 @@
 
 Default row key: the model (``model=`` option), plus the strategy for models with a text encoder,
 plus every other swept axis (a Hydra group choice or a config value) that still separates runs of
-one row. Arm groups (``arm=``, ``longtail_arm=bpr_xquad``) count by the settings they make, not by their name.
+one row. Arm groups (``arm=``, ``longtail_arm=bpr_rerank``) count by the settings they make, not by their name.
 Seeds are never part of the key; each row holds at most one run per seed.
 """
 from __future__ import annotations
