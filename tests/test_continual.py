@@ -49,6 +49,14 @@ def test_every_stage_knows_the_past_and_nothing_of_the_future(blocks):
         assert not np.isin(future_only, test.candidates).any()  # items not yet seen are not candidates
         new = test.user_segments["new_users"]
         assert not np.isin(new, history[history["timestamp"] < blocks.parts[f"valid_{j}"]["timestamp"].min()]["user"]).any()
+        valid, ranked = blocks.stage(f"valid_{j}"), blocks.parts[f"valid_{j}"]
+        known = np.concatenate([blocks.history(f"valid_{j}")["item"], ranked["item"]])
+        test_only = np.setdiff1d(blocks.parts[f"test_{j}"]["item"].unique(), known)
+        assert len(test_only) > 0  # ml-100k has items first seen in a test half
+        assert not np.isin(test_only, valid.candidates).any()  # validation does not rank them yet
+        assert np.isin(ranked["item"], valid.candidates).all()
+        assert np.array_equal(valid.candidates, np.unique(known))
+        assert not np.isin(valid.segments["new_items"], blocks.history(f"valid_{j}")["item"]).any()
 
 
 @pytest.mark.parametrize("rule, expected", [

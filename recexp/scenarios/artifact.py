@@ -40,7 +40,7 @@ class Scenario(Protocol):
     def build(self, dataset: Dataset, seed: int) -> Split: ...
 
 
-PROTOCOLS = 2  # raise when a scenario's output changes for the same settings: stored splits are then rebuilt
+PROTOCOLS = 3  # raise when a scenario's output changes for the same settings: stored splits are then rebuilt
 
 
 def scenario_hash(dataset: Dataset, scenario: Scenario, seed: int) -> str:

@@ -3,9 +3,10 @@
 Block 0 (part ``block_0``, also the ``train`` part) is the base. Every later block ``j`` is cut in two
 by time: ``valid_j`` (first half) and ``test_j`` (second half). Stage ``valid_j`` ranks ``valid_j``
 knowing every earlier block; stage ``test_j`` ranks ``test_j`` knowing every earlier block and
-``valid_j``. Candidates at block ``j`` are the items seen by the end of it (nothing from the future).
-Segments: ``all``/``head``/``tail`` (head: popular items before block ``j``), ``new_items`` (first
-seen in block ``j``) and the user segment ``new_users`` (first seen in block ``j``).
+``valid_j``. A stage's candidates are the items seen by the end of the half it ranks (nothing from
+the future: ``valid_j`` does not rank items first seen in ``test_j``). Segments: ``all``/``head``/``tail``
+(head: popular items before block ``j``), ``new_items`` and the user segment ``new_users`` (first
+seen in block ``j``, up to the end of the ranked half).
 """
 from __future__ import annotations
 
@@ -46,12 +47,11 @@ class TimeBlocksScenario:
             if self.label_threshold is not None:
                 valid, test = labelled(valid, self.label_threshold), labelled(test, self.label_threshold)
             parts[valid_name], parts[test_name] = valid, test
-            segments, users = self._segments(dataset, blocks, j)
+            before = pd.concat(blocks[:j], ignore_index=True)
             pairs = self.label_threshold is not None
-            stages[valid_name] = Stage(tuple(known), valid_name, segments["all"], segments,
-                                       valid_name if pairs else None, users)
-            stages[test_name] = Stage((*known, valid_name), test_name, segments["all"], segments,
-                                      test_name if pairs else None, users)
+            for name, history, seen in ((valid_name, tuple(known), valid), (test_name, (*known, valid_name), block)):
+                segments, users = self._segments(dataset, before, seen)
+                stages[name] = Stage(history, name, segments["all"], segments, name if pairs else None, users)
             known += [valid_name, test_name]
         return Split(dataset=dataset, parts=parts, stages=stages, info=self._facts(blocks))
 
@@ -77,13 +77,12 @@ class TimeBlocksScenario:
             )
         return blocks
 
-    def _segments(self, dataset: Dataset, blocks: list[pd.DataFrame], j: int) -> tuple[dict, dict]:
-        """Item segments (all, head, tail, new_items) and user segments (new_users) of block ``j``."""
-        before = pd.concat(blocks[:j], ignore_index=True)
-        block = blocks[j]
-        seen = np.union1d(before["item"].unique(), block["item"].unique())
-        new_items = np.setdiff1d(block["item"].unique(), before["item"].unique())
-        new_users = np.setdiff1d(block["user"].unique(), before["user"].unique())
+    def _segments(self, dataset: Dataset, before: pd.DataFrame, current: pd.DataFrame) -> tuple[dict, dict]:
+        """Item segments (all, head, tail, new_items) and user segments (new_users) of a stage that has seen
+        ``before`` (the earlier blocks) and ``current`` (its block up to the end of the half it ranks)."""
+        seen = np.union1d(before["item"].unique(), current["item"].unique())
+        new_items = np.setdiff1d(current["item"].unique(), before["item"].unique())
+        new_users = np.setdiff1d(current["user"].unique(), before["user"].unique())
         head = head_items(before, dataset.n_items, self.head_fraction)
         return {**popularity_segments(seen, head), "new_items": new_items}, {"new_users": new_users}
 
