@@ -105,11 +105,14 @@ class Split:
         return self.stages[name]
 
     def history(self, stage: str) -> pd.DataFrame:
-        """What a model may know when scored at ``stage``: its history parts, concatenated."""
+        """What a model may know when scored at ``stage``: its history parts, concatenated (columns
+        INTER_COLUMNS, and ``label`` where a part has one: NaN in the rows of parts without)."""
         names = self.stage(stage).history
         if len(names) == 1:
             return self.parts[names[0]]
-        return pd.concat([self.parts[n][list(INTER_COLUMNS)] for n in names], ignore_index=True)
+        labelled = any("label" in self.parts[n] for n in names)
+        columns = [*INTER_COLUMNS, *(["label"] if labelled else [])]
+        return pd.concat([self.parts[n].reindex(columns=columns) for n in names], ignore_index=True)
 
     def positives(self, stage: str) -> pd.DataFrame | None:
         """The ranking targets of ``stage`` (None when it ranks nothing)."""

@@ -260,6 +260,25 @@ def test_history_table_rows_are_each_pairs_earlier_interactions(tallrec, cold_us
     assert stage.labels[person].tolist()[: len(newest)] == newest["label"].tolist()
 
 
+def test_history_labels_are_the_scenarios_when_the_model_threshold_differs(ml100k):
+    """A stage reading train + support keeps the support's labels (rating >= 3 here), not the model's rule (>= 4)."""
+    from recexp.models.histories import history_table, like_labels
+
+    split = ColdUserScenario(label_threshold=3).build(ml100k, 0)
+    support = split.parts["test_support"]
+    assert split.history("test")["label"].notna().all()
+    table = history_table(split, "test", 10, 4.0)
+    users = np.unique(support["user"].to_numpy())
+    items, labels = table.gather(torch.as_tensor(users))
+    seen = items >= 0
+    own = support.groupby("user")["label"].mean().reindex(users).to_numpy()
+    shown = (labels * seen).sum(1) / seen.sum(1)
+    assert np.allclose(shown.numpy(), own)  # every support interaction is in its row (fewer than 10 each)
+    assert (support["rating"] == 3).any() and float(labels[seen].mean()) == pytest.approx(float(support["label"].mean()))
+    mixed = pd.DataFrame({"rating": [1.0, 5.0, 5.0, np.nan], "label": [1.0, np.nan, 0.0, np.nan]})
+    assert like_labels(mixed, 4.0).tolist() == [1.0, 1.0, 0.0, 1.0]  # row by row: label, else rating, else 1
+
+
 def test_item_rate_is_the_shrunk_training_like_rate(tallrec):
     from recexp.models.user_rate import ItemRateRecommender
 

@@ -55,12 +55,17 @@ class HistoryTable:
 
 
 def like_labels(frame: pd.DataFrame, threshold: float | None) -> np.ndarray:
-    """[len(frame)] 0/1 labels: ``label``, else ``rating >= threshold``, else 1."""
-    if "label" in frame and frame["label"].notna().all():
-        return frame["label"].to_numpy(dtype=np.float32)
-    if threshold is not None and "rating" in frame and frame["rating"].notna().all():
-        return (frame["rating"].to_numpy() >= threshold).astype(np.float32)
-    return np.ones(len(frame), dtype=np.float32)
+    """[len(frame)] 0/1 labels, row by row: ``label``, else ``rating >= threshold``, else 1."""
+    out = np.ones(len(frame), dtype=np.float32)
+    if threshold is not None and "rating" in frame:
+        rating = frame["rating"].to_numpy(dtype=np.float64)
+        rated = ~np.isnan(rating)
+        out[rated] = rating[rated] >= threshold
+    if "label" in frame:
+        label = frame["label"].to_numpy(dtype=np.float64)
+        known = ~np.isnan(label)
+        out[known] = label[known]
+    return out
 
 
 def history_table(split: Split, stage: str, length: int, threshold: float | None) -> HistoryTable:
