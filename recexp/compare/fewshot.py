@@ -142,7 +142,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], reference: str, segment: s
     used = "; ".join(f"{m}: {_test_text(table, m, test, resamples)}" for m in metrics)
     lines += ["", f"Bold: best mean at each K. p: Holm-corrected p-value against `{reference}` at the same K, "
               f"over the seeds both ran (Holm over the rows of that K; {used}); † p < {alpha}. "
-              "Seconds: mean training and test-evaluation time per run.", ""]
+              "Seconds: mean training time and evaluation time (every stage: valid and test) per run.", ""]
     return "\n".join(lines)
 
 
