@@ -64,3 +64,11 @@ def test_make_bench_times_every_default_model_and_takes_a_chosen_list():
 
     assert command().endswith("--models pop,bpr,text_tower")
     assert command("BENCH_MODELS=pop").endswith("--models pop")
+
+
+def test_the_recbole_row_reads_the_median_pair_and_of_an_even_count_the_slower_middle_one():
+    from recexp.bench.recbole import median_index
+
+    assert median_index([1.02, 0.97, 1.0]) == 2
+    assert median_index([1.0, 0.9, 1.2, 1.1]) == 3  # 1.1, not 1.0: an upper-bound target is not flattered
+    assert median_index([1.3]) == 0
