@@ -2,7 +2,8 @@
 
 Peak memory per phase: on CUDA the most allocated during that phase; on CPU the peak resident set size
 during that phase where Linux lets the high-water mark be reset (``/proc/self/clear_refs``), else the
-process's peak so far when the phase ended.
+process's peak so far when the phase ended. The run's peak counts from the meter's making, so a sweep
+worker that runs one job after another reports each job's own.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class CostMeter:
         self.before = 0.0  # the run's peak before the latest phase reset the high-water mark
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        else:  # a reused sweep worker's high-water mark would otherwise carry the last job's peak
+            _reset_resident_peak()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -44,7 +47,7 @@ class CostMeter:
             self.peaks[name] = max(self.peaks.get(name, 0.0), self._peak_now())
 
     def peak_memory_mb(self) -> float:
-        """The run's peak: CUDA max allocated over every phase on GPU; the process's peak resident set size on CPU."""
+        """The run's peak since this meter was made: CUDA max allocated on GPU; the peak resident set size on CPU."""
         return max([self.before, self._peak_now(), *self.peaks.values()])
 
     def _peak_now(self) -> float:
