@@ -181,7 +181,8 @@ class Reweight:
     probability proportional to ``pop_i ** alpha`` instead of uniformly (torch models under the BPR loss, and
     RecBole models trained with sampled negatives, through RecBole's ``train_neg_sample_args.distribution:
     popularity`` over the training interactions).
-    ``alpha`` in [0, 2]; 0 is the plain model.
+    ``alpha`` in [0, 2]; 0 is uniform over the training items: the plain model for recexp's torch models,
+    while a RecBole model's own sampler also draws items no training interaction has.
     """
 
     def __init__(self, method: str = "weight", alpha: float = 0.5):

@@ -418,6 +418,28 @@ def test_tradeoff_plot_joins_each_strategys_values_from_its_base_model(longtail_
     assert len(labels) == len(set(labels)) == 7
 
 
+def test_a_strategy_run_at_strength_0_is_its_lines_0_point(longtail_runs, tmp_path):
+    """A RecBole model's α 0 (uniform over training items) is not the plain model (every item): the line
+    starts at its own α 0 run where there is one; the plain model keeps its row."""
+    for seed in (0, 1, 2):
+        folder = write_tail_run(longtail_runs, "bpr", seed, "reweight", "negatives", 0.0)
+        record = json.loads((folder / "results.json").read_text())
+        record["segments"]["all"]["ndcg@10"] += 0.005  # differs from plain bpr
+        (folder / "results.json").write_text(json.dumps(record))
+    result = run_compare([longtail_runs], tmp_path / "out", metrics=["ndcg@10", "aplt@10"], segments=["all"],
+                         row_key=LONGTAIL_KEY, reference="bpr")
+    points = pd.read_csv(result.files["tail_tradeoff_csv"], dtype={"seeds": str})
+    negatives = points[points.line == "bpr + reweight negatives (α)"]
+    assert list(negatives["value"]) == [0.0, 0.5]
+    zero = negatives.iloc[0]
+    assert zero["row"] == "bpr (tail=reweight, tail.method=negatives, tail.alpha=0.0)" and zero["tail"] == "reweight"
+    rows = {r.label: r for r in result.rows}
+    assert zero["all/ndcg@10"] == pytest.approx(np.mean([rows[zero["row"]].runs[s].metric("all", "ndcg@10") for s in (0, 1, 2)]))
+    assert "bpr" in rows  # the plain model is still a row of the table
+    xquad = points[points.line == "bpr + rerank xquad (λ)"]
+    assert xquad.iloc[0]["row"] == "bpr"  # a strategy without its own 0 run still starts at the plain model
+
+
 @pytest.mark.parametrize(
     "record, choices, expected",
     [

@@ -2,7 +2,9 @@
 α of ``tail=reweight``): the points of ``accuracy_vs_tail_exposure.{png,csv}``.
 
 A line joins the rows that differ only in the strength of one tail strategy and method (e.g. BPR with
-xQuAD at λ 0.1, 0.3, 0.6) and starts at the row of the same model without a tail strategy (λ or α 0).
+xQuAD at λ 0.1, 0.3, 0.6) and starts at its own run at strength 0 where there is one, else at the row of
+the same model without a tail strategy (λ or α 0). The two differ for RecBole models under popularity
+negatives: α 0 draws uniformly over the training items, RecBole's own sampler over every item.
 Each point is the mean over the seeds every point of its line has, so a line compares the same splits.
 Strategies without a strength (``tail=augment``) are left out.
 """
@@ -48,8 +50,8 @@ def _is_tail_axis(axis: str) -> bool:
 
 
 def lines(rows: list[Row], notes: list[str]) -> dict[str, list[tuple[float, TailSetting, Row]]]:
-    """line name -> (strength, setting, row) in order of strength, base row (no tail strategy) first;
-    only lines of two points or more."""
+    """line name -> (strength, setting, row) in order of strength, from the line's strength-0 run or else
+    its base row (no tail strategy); only lines of two points or more."""
     bases: dict[tuple, Row] = {}
     found: dict[tuple, list[tuple[float, TailSetting, Row]]] = defaultdict(list)
     for row in rows:
@@ -66,7 +68,9 @@ def lines(rows: list[Row], notes: list[str]) -> dict[str, list[tuple[float, Tail
     result = {}
     for (base, kind, method), members in found.items():
         name = f"{label(base)} + {kind} {method} ({SYMBOL[STRENGTH[kind]]})"
-        if base in bases:
+        if any(strength == 0 for strength, _, _ in members):  # the strategy ran at 0 itself
+            pass
+        elif base in bases:
             members.append((0.0, TailSetting(None, None, None), bases[base]))
         else:
             notes.append(f"tail trade-off: no run of {label(base)} without a tail strategy, so {name} has no 0 point.")
