@@ -127,3 +127,15 @@ def test_cold_user_preset_sweeps_fewshot_arms_that_score_without_a_cross_encoder
         check_binds(OmegaConf.to_container(cfg, resolve=False), f"+fewshot_arm={arm}")
         assert cfg.scenario._target_.endswith("ColdUserScenario") and cfg.trainer.valid_metric == "gauc"
         assert "lm_classifier" not in arm
+
+
+def test_each_make_targets_preset_has_its_own_wandb_group():
+    """make continual, longtail, cold-user and fewshot all sweep into a folder named runs: the folder-name default
+    would put them in one W&B group."""
+    presets = {"continual_ml100k": "+continual_arm=bpr_fine_tune", "longtail_ml100k": "+longtail_arm=bpr",
+               "longtail_ml100k_tradeoff": "+longtail_arm=bpr_reweight_alpha0", "cold_user_ml100k": "+fewshot_arm=user_rate",
+               "fewshot_tallrec": "+fewshot_arm=user_rate", "quickstart": "+arm=pop"}
+    groups = {preset: compose_with(f"experiment={preset}", arm).logger.group for preset, arm in presets.items()}
+    assert groups["longtail_ml100k_tradeoff"] == groups["longtail_ml100k"] == "longtail_ml100k"  # make longtail: one group
+    del groups["longtail_ml100k_tradeoff"]
+    assert None not in groups.values() and len(set(groups.values())) == len(groups)
