@@ -264,3 +264,11 @@ def test_bottleneck_missing_target_lists_real_names(tiny_bert):
     assert "strategy.targets.ffn='mlp.down_proj' matches no module" in message
     for name in ("query", "value", "dense", "LayerNorm"):
         assert name in message
+
+
+def test_ia3_rescales_keys_values_and_the_feed_forward_output_only(tiny_bert):
+    encoder = TextEncoder(str(tiny_bert)).adapt(strategy_from_config("ia3"))
+    scaled = sorted({name.split(".layer.0.")[1].rsplit(".ia3_l", 1)[0] for name, p in encoder.model.named_parameters()
+                     if p.requires_grad and ".layer.0." in name})
+    assert scaled == ["attention.self.key", "attention.self.value", "output.dense"]
+    assert encoder_counts(encoder)[0] == 2 * (32 + 32 + 64)  # per layer: key and value (hidden), feed-forward input
