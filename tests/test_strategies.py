@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from conftest import CONF
@@ -272,3 +273,21 @@ def test_ia3_rescales_keys_values_and_the_feed_forward_output_only(tiny_bert):
                      if p.requires_grad and ".layer.0." in name})
     assert scaled == ["attention.self.key", "attention.self.value", "output.dense"]
     assert encoder_counts(encoder)[0] == 2 * (32 + 32 + 64)  # per layer: key and value (hidden), feed-forward input
+
+
+def test_partial_refuses_an_encoder_whose_layers_need_more_than_the_cache_gives(tmp_path):
+    """MPNet's layers read a relative position bias the encoder computes once: over cached states they would
+    silently compute another function."""
+    from transformers import MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    model = MPNetModel(MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, pad_token_id=tokenizer.pad_token_id))
+    with torch.no_grad():
+        model.encoder.relative_attention_bias.weight.normal_(0, 1.0)  # a trained model's bias is far from 0
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="strategy=partial cannot run the top layers of MPNetModel"):
+        TextEncoder(str(tmp_path)).adapt(build(OmegaConf.create({"_target_": "recexp.strategies.Partial", "layers": 1})))
+    assert TextEncoder(str(tmp_path)).adapt(strategy_from_config("lora", "strategy.config.target_modules=[q,v]")).trainable

@@ -140,9 +140,29 @@ class TextEncoder(nn.Module):
         self.strategy = strategy
         self._fingerprint = None
         self._forget_lower_states()
+        if getattr(strategy, "cached_below", 0):
+            self._check_layer_cache()
         if before is not None and torch.equal(before[1], self._probe()):
             self._pristine = before[0]
         return self.train(self.training)
+
+    @torch.no_grad()
+    def _check_layer_cache(self) -> None:
+        """The trained layers over cached lower states must compute what the whole model does: layers that
+        need more than ``(hidden_states, attention_mask)`` (MPNet's relative position bias) are refused."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            tokens = TokenizedTexts(self.tokenizer, tuple(PROBE_TEXTS), self.max_length)
+            cached, whole = self.encode_rows(tokens, list(range(len(PROBE_TEXTS)))), self(PROBE_TEXTS)
+        finally:
+            self.model.train(was_training)
+        if not torch.allclose(cached, whole, rtol=1e-4, atol=1e-5):
+            raise ConfigError(
+                f"strategy=partial cannot run the top layers of {type(self.model).__name__} over cached states: they "
+                f"compute differently from the whole model (max difference {float((cached - whole).abs().max()):.2g}), "
+                "as its layers take more inputs than (hidden_states, attention_mask). Use strategy=lora or strategy=full_ft."
+            )
 
     @torch.no_grad()
     def _probe(self) -> torch.Tensor:
