@@ -17,12 +17,14 @@ layers run while training and scoring.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -39,6 +41,17 @@ from recexp.interfaces import Strategy
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls")
 PROBE_TEXTS = ["an unchanged encoder gives the same vectors", "probe"]  # checks that a strategy starts as the identity
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, back in its former mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class TokenizedTexts:
@@ -150,13 +163,9 @@ class TextEncoder(nn.Module):
     def _check_layer_cache(self) -> None:
         """The trained layers over cached lower states must compute what the whole model does: layers that
         need more than ``(hidden_states, attention_mask)`` (MPNet's relative position bias) are refused."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             tokens = TokenizedTexts(self.tokenizer, tuple(PROBE_TEXTS), self.max_length)
             cached, whole = self.encode_rows(tokens, list(range(len(PROBE_TEXTS)))), self(PROBE_TEXTS)
-        finally:
-            self.model.train(was_training)
         if not torch.allclose(cached, whole, rtol=1e-4, atol=1e-5):
             raise ConfigError(
                 f"strategy=partial cannot run the top layers of {type(self.model).__name__} over cached states: they "
@@ -166,12 +175,8 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def _probe(self) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             return self(PROBE_TEXTS)
-        finally:
-            self.model.train(was_training)
 
     def _trained_now(self) -> None:
         """Weights are about to change: the encoder is no longer the pretrained one."""
@@ -232,17 +237,12 @@ class TextEncoder(nn.Module):
         full precision whatever autocast the caller runs under); kept on ``tokens``."""
         if tokens.lower is None:
             states: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with torch.autocast(self.device.type, enabled=False):
-                    for rows in tokens.by_length(self.batch_size):
-                        ids, mask = tokens.pad(rows, self.device)
-                        output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-                        for index, row in enumerate(rows):
-                            states[row] = output.hidden_states[below][index, : len(tokens.ids[row])].clone()
-            finally:
-                self.model.train(was_training)
+            with evaluating(self.model), torch.autocast(self.device.type, enabled=False):
+                for rows in tokens.by_length(self.batch_size):
+                    ids, mask = tokens.pad(rows, self.device)
+                    output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                    for index, row in enumerate(rows):
+                        states[row] = output.hidden_states[below][index, : len(tokens.ids[row])].clone()
             tokens.lower = states
         return tokens.lower
 
@@ -268,15 +268,11 @@ class TextEncoder(nn.Module):
         cached = self._read_cache(path, len(texts))
         if cached is not None:
             return cached
-        was_training = self.training
-        self.eval()
         embeddings = torch.zeros(len(texts), self.dim, device=self.device)
-        try:
+        with evaluating(self):
             tokens = self.tokenized(texts)
             for rows in tokens.by_length(self.batch_size):
                 embeddings[rows] = self.encode_rows(tokens, rows).float()
-        finally:
-            self.train(was_training)
         if path is not None:
             self.cache_misses += 1
             _save_atomically(embeddings, path)
