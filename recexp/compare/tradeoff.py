@@ -68,11 +68,10 @@ def lines(rows: list[Row], notes: list[str]) -> dict[str, list[tuple[float, Tail
     result = {}
     for (base, kind, method), members in found.items():
         name = f"{label(base)} + {kind} {method} ({SYMBOL[STRENGTH[kind]]})"
-        if any(strength == 0 for strength, _, _ in members):  # the strategy ran at 0 itself
-            pass
-        elif base in bases:
+        own_zero = any(strength == 0 for strength, _, _ in members)  # the strategy ran at 0 itself
+        if not own_zero and base in bases:
             members.append((0.0, TailSetting(None, None, None), bases[base]))
-        else:
+        elif not own_zero:
             notes.append(f"tail trade-off: no run of {label(base)} without a tail strategy, so {name} has no 0 point.")
         members.sort(key=lambda p: (p[0], p[1].kind is not None))
         if len(members) > 1:
