@@ -14,7 +14,7 @@ def experiment(cfg: DictConfig) -> float:
     return run(cfg)
 
 
-app = hydra.main(version_base="1.3", config_path="conf", config_name="config")(experiment)
+app = hydra.main(version_base="1.3", config_path="pkg://recexp.conf", config_name="config")(experiment)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from recexp.data import AtomicDataset  # noqa: E402
 from recexp.scenarios import ColdItemScenario, RandomScenario, build_or_load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "recexp" / "conf"
+CONF = ROOT / "conf"
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,8 @@ def test_wheel_carries_the_configs_and_runs_from_an_empty_folder(tmp_path):
     wheel = next(dist.glob("recexp-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "recexp/conf/config.yaml" in names and "recexp/conf/model/text_tower.yaml" in names
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "recexp").rglob("*.py")}
+    assert modules <= set(names), f"pyproject.toml's packages leave out {sorted(modules - set(names))}"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=600)
     env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "offline"}

@@ -49,12 +49,11 @@ def bench_pipeline(device: torch.device) -> dict[str, Any]:
 
 def compose_model(name: str, overrides: list[str], out: Path):
     """(model, split) of the preset ``model=name`` with ``overrides``, seed 0, split cached under ``out``."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     from recexp.config import build
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_module(config_module="recexp.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"model={name}", "logger=none", f"cache_dir={out / 'cache'}", *overrides])
     dataset = build(cfg.dataset).load()
     split = build_or_load(dataset, build(cfg.scenario), 0, out / "cache")
