@@ -34,7 +34,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from recexp.cache import DamagedCache, model_fingerprint, shareable, sha256
+from recexp.cache import DamagedCache, model_fingerprint, sha256, shareable
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError
 from recexp.interfaces import Recommender, Split
@@ -102,7 +102,7 @@ class Augment:
                 "tail_max_new_tokens": self.max_new_tokens, "tail_items_augmented": self.items_augmented,
                 "tail_generated": self.generator.generated, "tail_cache_hits": self.generator.cache_hits}
 
-    def wrap(self, model: Recommender) -> "Augmented":
+    def wrap(self, model: Recommender) -> Augmented:
         holder = getattr(model, "module", model)
         if not isinstance(getattr(holder, "encoder", None), TextEncoder):
             name = getattr(model, "name", None) or type(holder).__name__

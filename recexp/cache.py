@@ -33,7 +33,7 @@ def model_fingerprint(prefix: bytes, tokenizer, model) -> str:
     model's config and its weights (names and bytes)."""
     digest = hashlib.sha256(prefix)
     for token, index in sorted(tokenizer.get_vocab().items()):
-        digest.update(f"{token}\t{index}\n".encode("utf-8"))
+        digest.update(f"{token}\t{index}\n".encode())
     digest.update(_tokenizer_rules(tokenizer).encode("utf-8"))
     config = getattr(model, "config", None)
     if config is not None:

@@ -12,7 +12,8 @@ import re
 import resource
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

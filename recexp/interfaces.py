@@ -6,9 +6,10 @@ Interaction frames have columns ``user``, ``item``, ``rating``, ``timestamp`` (f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -162,7 +163,7 @@ class FitContext:
         """Only the main process writes files meant once per run (records, saved models)."""
         return self.rank == 0
 
-    def with_logger(self, logger: RunLogger) -> "FitContext":
+    def with_logger(self, logger: RunLogger) -> FitContext:
         return dataclasses.replace(self, logger=logger)
 
 

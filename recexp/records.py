@@ -39,7 +39,7 @@ class RunRecord:
 
     @classmethod
     def start(cls, run_dir: Path, run_id: str, config: dict[str, Any], objective: str, persist: bool = True,
-              provenance: dict[str, Any] | None = None) -> "RunRecord":
+              provenance: dict[str, Any] | None = None) -> RunRecord:
         data = {
             "run_id": run_id,
             "status": "running",
@@ -66,7 +66,7 @@ class RunRecord:
         return record
 
     @classmethod
-    def load(cls, path: Path) -> "RunRecord":
+    def load(cls, path: Path) -> RunRecord:
         return cls(path, json.loads(path.read_text()))
 
     @property

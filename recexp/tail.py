@@ -62,7 +62,7 @@ class Rerank:
     def describe(self) -> dict[str, Any]:
         return {"tail": "rerank", "tail_method": self.method, "tail_lam": self.lam, "tail_depth": self.depth}
 
-    def wrap(self, model: Recommender) -> "Reranked":
+    def wrap(self, model: Recommender) -> Reranked:
         return Reranked(model, self)
 
 

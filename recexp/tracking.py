@@ -5,9 +5,10 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from recexp.cache import shareable
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONF, ROOT
+
 from recexp.augment import WORD, Augment, Augmented, Generator, neighbour_keywords, read_generated
 from recexp.data import AtomicDataset
 from recexp.errors import ConfigError

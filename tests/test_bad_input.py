@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
 from test_augment import save_tiny_generator
 from wandb_records import history_and_summary
@@ -251,7 +250,7 @@ def test_bad_input_is_one_clear_error(app, name, overrides, message, where):
     lines = [line for line in stderr.splitlines() if message in line]
     assert lines, f"{name}: {message!r} not in stderr:\n{stderr}"
     if where == "run":
-        assert lines[0].startswith("error: ") and len([l for l in stderr.splitlines() if l.startswith("error: ")]) == 1
+        assert lines[0].startswith("error: ") and len([line for line in stderr.splitlines() if line.startswith("error: ")]) == 1
         record = json.loads((run_dir / "results.json").read_text())
         assert record["status"] == "failed" and message in record["error"], record["error"]
     else:
@@ -278,7 +277,7 @@ def test_a_component_that_calls_sys_exit_fails_the_run_with_one_line(app, monkey
     code, stderr, run_dir = app()
     record = json.loads((run_dir / "results.json").read_text())
     assert code == 1 and "Traceback" not in stderr
-    assert [l for l in stderr.splitlines() if l.startswith("error: ")] == [
+    assert [line for line in stderr.splitlines() if line.startswith("error: ")] == [
         "error: a component called sys.exit(0) before the run ended (traceback.txt in the run dir)"]
     assert record["status"] == "failed" and record["error"] == "SystemExit: 0" and record["finished_at"]
     assert "sys.exit(0)" in (run_dir / "traceback.txt").read_text()

@@ -5,6 +5,7 @@ import os
 import subprocess
 
 from conftest import ROOT
+
 from recexp.bench.__main__ import headlines, table
 
 REPORT = {

@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_strategies import tiny_bert  # noqa: F401  (session fixture)
 
 from recexp.cache import DamagedCache
 from recexp.models.text_encoder import TextEncoder, read_embeddings
 from recexp.scenarios import ColdItemScenario, build_or_load
 from recexp.scenarios.artifact import load_split
 from recexp.strategies import Frozen
-from test_strategies import tiny_bert  # noqa: F401  (session fixture)
 
 
 def assert_same_parts(split, original) -> None:

@@ -30,8 +30,8 @@ from recexp.compare.cli import main as cli_main
 from recexp.compare.load import Run, uses_text_encoder
 from recexp.compare.plots import pareto_front
 from recexp.compare.stats import holm, wilcoxon
-from recexp.compare.tradeoff import tail_setting
 from recexp.compare.tables import TableSpec
+from recexp.compare.tradeoff import tail_setting
 from recexp.errors import RecexpError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -99,7 +99,7 @@ def three_models(tmp_path) -> Path:
     return root
 
 
-def run_compare(dirs, out: Path, **options) -> "object":
+def run_compare(dirs, out: Path, **options) -> object:
     return compare([Path(d) for d in dirs], out, Options(wandb=False, **options))
 
 
@@ -700,7 +700,7 @@ def test_paired_bootstrap_by_hand():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, (4, 50)).astype(float)
     scores = np.round(rng.normal(size=(4, 50)), 1)  # ties: mean ranks, as roc_auc_score
-    assert auc_rows(labels, scores) == pytest.approx([roc_auc_score(l, s) for l, s in zip(labels, scores)])
+    assert auc_rows(labels, scores) == pytest.approx([roc_auc_score(y, s) for y, s in zip(labels, scores)])
     y = rng.integers(0, 2, 200).astype(float)
     same = rng.normal(size=200)
     assert paired_bootstrap([Paired(y, same, same.copy())], 200)["p"] == 1.0

@@ -6,11 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import _locate
 from omegaconf import OmegaConf
-
-from conftest import CONF
 
 GROUPS = ["dataset", "scenario", "model", "task", "strategy", "tail", "trainer", "evaluator", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]

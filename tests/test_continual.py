@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT
+
 from recexp.errors import ConfigError, DataError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import FitContext
@@ -191,9 +191,9 @@ def small_blocks(ml100k):
 
 
 def text_model(name, tiny_bert, tmp_path):
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONF
     from recexp.config import build
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from recexp.errors import ConfigError, TrainingError
-from recexp.evaluate import Evaluator
+from recexp.evaluate import Evaluator, ranking
 from recexp.evaluate.metrics import (
     METRICS,
     ListContext,
@@ -22,7 +22,6 @@ from recexp.evaluate.metrics import (
     parse_metric,
     register,
 )
-from recexp.evaluate import ranking
 from recexp.evaluate.ranking import StageIndex, check_scores
 from recexp.evaluate.top import masked_largest
 from recexp.interfaces import Dataset

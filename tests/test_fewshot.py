@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from test_run import recexp
 
 from recexp.data import ml100k_dir
 from recexp.interfaces import FitContext
@@ -18,7 +19,6 @@ from recexp.models.user_rate import UserRateRecommender
 from recexp.scenarios import ColdUserScenario, TallRecScenario, build_or_load
 from recexp.scenarios.artifact import load_split
 from recexp.tracking import NullLogger
-from test_run import recexp
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +167,9 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 def zero_shot(tiny_bert, split, cache_dir):
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONF
     from recexp.config import build
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -224,9 +224,8 @@ def test_text_zero_shot_is_liked_minus_disliked_cosine(tiny_bert, tallrec, cold_
 
 
 def test_tallrec_config_reads_auc_where_there_is_no_ranking():
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONF
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["scenario=tallrec"])

@@ -8,11 +8,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT
+from hydra import compose, initialize_config_dir
 
 USER_MODEL = """# python -m recexp hydra.searchpath=[file:///path/to/my_conf] model=my_pop
 _target_: recexp.models.recbole.RecBoleRecommender

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_strategies import TEXTS, save_tiny_bert, strategy_from_config
+from test_text_models import build_model, context, ranking_metrics, small_split  # noqa: F401 (a fixture)
 
 from recexp.errors import ConfigError
 from recexp.models.objectives import ItemBatch, ItemData, Sampling
@@ -13,8 +15,6 @@ from recexp.models.text_encoder import TextEncoder
 from recexp.models.torch_recommender import frozen_encoder
 from recexp.strategies import Frozen, FullFineTune, Partial
 from recexp.train import TrainerConfig, with_defaults
-from test_strategies import TEXTS, save_tiny_bert, strategy_from_config
-from test_text_models import build_model, context, ranking_metrics, small_split  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

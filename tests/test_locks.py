@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from recexp.locks import LOCK, _lock, ancestors, claim, held
 from recexp.sweeps import PREFIX, job_folder
 

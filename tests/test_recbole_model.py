@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import FitContext, Recommender

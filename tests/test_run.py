@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 from wandb_records import history_and_summary
 
@@ -53,7 +52,8 @@ def test_record_has_every_key(cold_run):
 
 
 def test_record_is_readable_as_the_other_files_of_the_run(cold_run):
-    mode = lambda path: path.stat().st_mode & 0o777
+    def mode(path):
+        return path.stat().st_mode & 0o777
     assert mode(cold_run / "results.json") == mode(cold_run / "per_user_test.csv.gz")  # a colleague can compare it
 
 
@@ -161,7 +161,8 @@ def test_git_sha_is_recexps_own_commit_or_none(tmp_path, where, recorded):
     """A checkout records its commit; a package installed somewhere inside another repository records none."""
     import importlib.util
 
-    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
     package = tmp_path / where / "recexp"
     package.mkdir(parents=True)
     (package / "tracking.py").write_text((ROOT / "recexp" / "tracking.py").read_text())

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from recexp.bench.startup import heavy_imports, imported_modules, run_command, write_tiny_dataset
 
 NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats", "numba")

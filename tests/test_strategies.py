@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from conftest import CONF
 from recexp.config import build
 from recexp.errors import ConfigError
 from recexp.models.text_encoder import TextEncoder, default_model_path

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_evaluate import FixedScores, tiny_split
 
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
@@ -13,7 +14,6 @@ from recexp.interfaces import TaskResult
 from recexp.models.objectives import InteractionData, Sampling
 from recexp.records import RANKINGS, save_evaluation
 from recexp.tail import Rerank, Reranked, Reweight
-from test_evaluate import FixedScores, tiny_split
 
 
 class Fitted(FixedScores):
@@ -203,9 +203,9 @@ def test_wrapper_is_a_reranked_model():
 
 
 def test_the_spine_applies_the_tail_group_to_every_model_it_builds():
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONF
     from recexp.config import build
     from recexp.run import model_factory
 
@@ -226,9 +226,9 @@ def test_recbole_popularity_negatives_count_training_interactions_only(cold_spli
     """RecBole's sampler counts every benchmark file: cold items, seen only in valid and test, would be
     drawn as negatives by their future popularity."""
     from recbole.model.general_recommender.bpr import BPR
+    from test_recbole_model import ONE_EPOCH, fit
 
     from recexp.models.recbole import RecBoleRecommender
-    from test_recbole_model import ONE_EPOCH, fit
 
     drawn, loss = [], BPR.calculate_loss
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
 from conftest import CONF
+from hydra import compose, initialize_config_dir
+from test_strategies import save_tiny_bert
+
 from recexp.config import build
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
@@ -22,7 +23,6 @@ from recexp.interfaces import FitContext
 from recexp.models.torch_recommender import TorchRecommender
 from recexp.scenarios import ColdItemScenario
 from recexp.train import TrainerConfig, fit, warmup_then_decay
-from test_strategies import save_tiny_bert
 
 MODELS = ["text_tower", "fusion", "lm_classifier"]
 FAST = {  # keeps each fit to seconds on CPU

@@ -30,8 +30,9 @@ processes interleaved, against its target of 1.5 s more; and which heavy package
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from recexp.bench.evaluator import bench_evaluator
 from recexp.bench.recbole import bench_recbole

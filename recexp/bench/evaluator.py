@@ -13,7 +13,6 @@ from recexp.evaluate import Evaluator
 from recexp.interfaces import Dataset, Split
 from recexp.scenarios import ColdItemScenario, RandomScenario
 
-
 RANKING = ["recall", "precision", "hit", "mrr", "ndcg", "map"]  # the metrics RecBole's full sort also computes
 EVAL_KS = [5, 10, 20]
 EVAL_TARGET_S = 10.0  # a BookCrossing-sized evaluation, every segment, on 2 CPU cores
@@ -63,7 +62,8 @@ def recbole_full_sort(padded: torch.Tensor, split: Split, stage: str, metrics: l
     from recexp.models.recbole_compat import apply  # RecBole itself is imported here only, for the baseline
 
     apply()
-    from recbole.evaluator import Collector, Evaluator as RecBoleEvaluator
+    from recbole.evaluator import Collector
+    from recbole.evaluator import Evaluator as RecBoleEvaluator
     from recbole.trainer import Trainer
 
     def lists(frame):

@@ -91,7 +91,8 @@ def markdown(summary: pd.DataFrame, tests: pd.DataFrame, reference: str, alpha: 
                  for k in COLUMNS]
         lines.append(f"| {line['row']} | " + " | ".join(cells) + " |")
     lines += ["", f"avg next-block: mean of R[t][t+1]; BWT: mean of R[last][j] − R[j−1][j]; forgetting: mean drop of each "
-                  f"block from its best earlier value to its last. † differs from `{reference}` (paired {tests['test'].iloc[0] if len(tests) else ''} "
+                  f"block from its best earlier value to its last. † differs from `{reference}` "
+                  f"(paired {tests['test'].iloc[0] if len(tests) else ''} "
                   f"over users of the per-user next-block average, Holm-corrected p < {alpha}).", ""]
     return "\n".join(lines)
 

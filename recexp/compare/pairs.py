@@ -9,8 +9,8 @@ null, ``(1 + #{|d* - d| >= |d|}) / (B + 1)`` (Efron & Tibshirani 1993, §16.4).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,7 @@ has no per-user value: it gets a paired bootstrap over the saved test pairs (:mo
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-
 CHUNK = 16  # scores compared against the floor at once (one vector compare); a chunk with none above is skipped
 
 

@@ -17,8 +17,8 @@ Names are written ``metric@K`` for the top-K kinds and bare for pointwise ones (
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd

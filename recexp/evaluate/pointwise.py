@@ -7,7 +7,7 @@ predicted ratings; the others take any score.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -24,7 +24,6 @@ from recexp.evaluate.metrics import ExposureContext, ListContext, Metric, metric
 from recexp.evaluate.top import among, largest, mask
 from recexp.interfaces import Recommender, Split
 
-
 FULL = "_full"  # suffix naming an item segment's full-ranking view: tail -> tail_full
 
 
@@ -56,7 +55,7 @@ class StageIndex:
     targets: sp.csr_matrix  # [U, n_items] float64: the positives of `users`, for counting them per item subset
 
     @classmethod
-    def of(cls, split: Split, stage: str) -> "StageIndex":
+    def of(cls, split: Split, stage: str) -> StageIndex:
         key = ("ranking", stage)
         if key not in split.derived:
             positives = user_items(split.positives(stage), split.n_users, split.n_items)

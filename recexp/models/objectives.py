@@ -162,7 +162,8 @@ class ItemData(Dataset):
         users = self.users[rows]
         position = torch.full((self.n_items,), -1, dtype=torch.long)
         position[items] = torch.arange(len(items))
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(indices[0]))) % 2**63)  # ints hash alike in every process
+        # ints hash alike in every process
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(indices[0]))) % 2**63)
         probs = None if self.uniform else self.popularity[items]
         negatives = _negatives(users, self.keys, items, self.n_items, generator, probs, presorted=True)
         return ItemBatch(users, position[self.items[rows]], position[negatives], self.weights[rows], items)

@@ -20,7 +20,8 @@ interactions before it, liked or disliked). It is read by ``reader``:
   an MLP.
 
 With ``rate_prior`` the history's smoothed like rate, and with ``item_prior`` the target item's like rate in
-the training data, enter the logit with trained weights (starting at 1), as in ``lm_classifier``. Training is binary cross-entropy on labelled train pairs.
+the training data, enter the logit with trained weights (starting at 1), as in ``lm_classifier``. Training is binary
+cross-entropy on labelled train pairs.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class PairClassifier(nn.Module):
                 f"and reader from {', '.join(READERS)}."
             )
         if dim < 1 or history_items < 1 or not 0 <= dropout < 1:
-            raise ConfigError(f"model.module.dim and history_items must be >= 1 and dropout in [0, 1), got {dim}, {history_items}, {dropout}.")
+            raise ConfigError(f"model.module.dim and history_items must be >= 1 and dropout in [0, 1), "
+                              f"got {dim}, {history_items}, {dropout}.")
         if inputs != "ids" and encoder is None:
             raise ConfigError(f"model.module.inputs={inputs} reads item text and needs model.module.encoder.")
         self.inputs, self.reader, self.dim = inputs, reader, dim
@@ -182,7 +184,8 @@ class PairClassifier(nn.Module):
             total = target + state["liked"] + state["disliked"]
             squares = target**2 + state["liked_squares"] + state["disliked_squares"]
             pairwise = 0.5 * (total**2 - squares).sum(-1)
-            logits = self.bias + self.linear["target"](self._index(targets)).squeeze(-1) + state["liked_linear"] + state["disliked_linear"] + pairwise
+            logits = (self.bias + self.linear["target"](self._index(targets)).squeeze(-1)
+                      + state["liked_linear"] + state["disliked_linear"] + pairwise)
         elif self.reader == "gru":
             history = state["history"]
             logits = self.mlp(torch.cat([history, target, history * target], -1)).squeeze(-1)

@@ -58,8 +58,9 @@ import sys
 import threading
 import types
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -237,7 +238,7 @@ def _fill_nan(self) -> None:
                 feat[field] = feat[field].fillna(value=feat[field].mean())
             else:
                 dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
-                feat[field] = feat[field].apply(lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x)
+                feat[field] = feat[field].apply(lambda x, dtype=dtype: np.array([], dtype=dtype) if isinstance(x, float) else x)
 
 
 # --- pandas: Series.agg(len) now returns the Series' length, not each element's (token_seq fields)

@@ -23,18 +23,18 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as hf_logging
 
-from recexp.cache import DamagedCache, model_fingerprint, shareable, sha256
+from recexp.cache import DamagedCache, model_fingerprint, sha256, shareable
 from recexp.errors import ConfigError
 from recexp.interfaces import Strategy
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -27,8 +28,9 @@ from recexp.train import FitStats, TrainerConfig
 class TorchRecommender:
     distributed = True  # trains under accelerate launch / torchrun (DDP) as well as in one process
 
-    def __init__(self, module: TorchModel, trainer: TrainerConfig = TrainerConfig(), cpu_threads: int | None = None,
+    def __init__(self, module: TorchModel, trainer: TrainerConfig | None = None, cpu_threads: int | None = None,
                  lp_ft: bool = False, lp_epochs: int | None = None):
+        trainer = TrainerConfig() if trainer is None else trainer
         self.module = module
         self.trainer = trainer
         self.cpu_threads = cpu_threads  # torch CPU threads while fitting (None: the module's preference)

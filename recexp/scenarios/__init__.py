@@ -7,4 +7,5 @@ from recexp.scenarios.tallrec import TallRecScenario
 from recexp.scenarios.temporal import TemporalScenario
 from recexp.scenarios.time_blocks import TimeBlocksScenario
 
-__all__ = ["build_or_load", "ColdItemScenario", "ColdUserScenario", "RandomScenario", "TallRecScenario", "TemporalScenario", "TimeBlocksScenario"]
+__all__ = ["build_or_load", "ColdItemScenario", "ColdUserScenario", "RandomScenario", "TallRecScenario", "TemporalScenario",
+           "TimeBlocksScenario"]

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from recexp.cache import DamagedCache, discard, read_verified, shareable, sha256
+from recexp.cache import DamagedCache, discard, read_verified, sha256, shareable
 from recexp.data.atomic import read_table
 from recexp.interfaces import Dataset, Split, Stage
 

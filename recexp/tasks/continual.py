@@ -16,8 +16,9 @@ training, so each cell is a held-out result (the updates then see each later blo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -220,7 +221,7 @@ class StepLogger:
     def __init__(self, logger: Any):
         self.logger, self.offset, self.seen = logger, 0, -1
 
-    def next_update(self) -> "StepLogger":
+    def next_update(self) -> StepLogger:
         self.offset = self.seen + 1
         return self
 

@@ -2,8 +2,9 @@
 evaluate every stage in order. The protocol of classic offline evaluation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from recexp.costs import CostMeter
 from recexp.errors import ConfigError
