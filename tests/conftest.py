@@ -1,22 +1,25 @@
-"""Shared fixtures: the real ml-100k data, its split artifacts, and composed Hydra configs."""
+"""Shared fixtures: the real ml-100k data, its split artifacts, a tiny saved BERT, and one thread for tiny models.
+
+Plain helpers (paths, builders, fakes) are in ``helpers.py``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+# before helpers and recexp import transformers and wandb, which read these once
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from recexp.data import AtomicDataset  # noqa: E402
-from recexp.scenarios import ColdItemScenario, RandomScenario, build_or_load  # noqa: E402
+from helpers import save_tiny_bert
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+from recexp.data import AtomicDataset
+from recexp.scenarios import ColdItemScenario, RandomScenario, build_or_load
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +54,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def small_split(ml100k):
+    """Item cold-start on the first 100 users of ml-100k (all items keep their text), valid/test
+    interactions also labelled (rating >= 4)."""
+    inter = ml100k.inter[ml100k.inter["user"] < 100].reset_index(drop=True)
+    dataset = dataclasses.replace(ml100k, inter=inter, content_hash=ml100k.content_hash + "-100-users")
+    return ColdItemScenario(label_threshold=4).build(dataset, 2020)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT, save_tiny_generator
 
 from recexp.augment import WORD, Augment, Augmented, Generator, neighbour_keywords, read_generated
 from recexp.data import AtomicDataset
 from recexp.errors import ConfigError
 from recexp.interfaces import FitContext
-from recexp.models.text_encoder import TextEncoder, default_model_path
+from recexp.models.text_encoder import TextEncoder
 from recexp.scenarios import RandomScenario
 from recexp.scenarios.common import head_items
 from recexp.tracking import NullLogger
@@ -28,24 +28,6 @@ INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".joi
     f"u{u}\ti{(u * 7 + k * 3) % N_ITEMS}\t{1 + (u + k) % 5}\t{u * 100 + k}\n" for u in range(40) for k in range(10))
 ITEMS = "item_id:token\ttitle:token\n" + "".join(f"i{i}\t{THEMES[i % 6]} {FORMS[i % 5]}\n" for i in range(N_ITEMS))
 PROMPT = "Describe {title}:"
-
-
-def save_tiny_generator(folder: Path, seq2seq: bool = False) -> Path:
-    """A random one-layer GPT-2 (or T5) over the packaged MiniLM's WordPiece vocabulary, saved to ``folder``."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    if seq2seq:
-        model = T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=16, num_layers=1,
-                                                    num_heads=2, decoder_start_token_id=tokenizer.pad_token_id, **special))
-    else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
-                                           bos_token_id=tokenizer.cls_token_id, **special))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def write_tiny_data(folder: Path) -> Path:

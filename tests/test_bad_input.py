@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
-from test_augment import save_tiny_generator
+from helpers import ROOT, save_tiny_generator
 from wandb_records import history_and_summary
 
 BASE = ("model=random", "logger=none", "progress=false")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import ROOT
+from helpers import ROOT
 
 from recexp.bench.__main__ import headlines, table
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_strategies import tiny_bert  # noqa: F401  (session fixture)
 
 from recexp.cache import DamagedCache
 from recexp.models.text_encoder import TextEncoder, read_embeddings
@@ -117,7 +116,7 @@ EMBEDDING_DAMAGE = [truncate_mid_line, overwrite_middle, empty]
 
 
 @pytest.mark.parametrize("damage", EMBEDDING_DAMAGE, ids=lambda f: f.__name__)
-def test_damaged_embedding_file_is_named_and_recomputed_equal(damage, tiny_bert, ml100k, tmp_path, caplog):  # noqa: F811
+def test_damaged_embedding_file_is_named_and_recomputed_equal(damage, tiny_bert, ml100k, tmp_path, caplog):
     texts = ml100k.item_text[:40]
     original = TextEncoder(str(tiny_bert), cache_dir=str(tmp_path)).adapt(Frozen()).embed(texts)
     (path,) = tmp_path.glob("*.safetensors")
@@ -133,7 +132,7 @@ def test_damaged_embedding_file_is_named_and_recomputed_equal(damage, tiny_bert,
     assert torch.equal(read_embeddings(path, tuple(original.shape)), original)  # rewritten, verified
 
 
-def test_cache_entries_are_as_readable_as_any_new_file(tiny_bert, ml100k, tmp_path):  # noqa: F811
+def test_cache_entries_are_as_readable_as_any_new_file(tiny_bert, ml100k, tmp_path):
     """A shared cache_dir: entries get the umask's permissions, not the owner-only ones of a temporary file."""
     import os
 
@@ -149,7 +148,7 @@ def test_cache_entries_are_as_readable_as_any_new_file(tiny_bert, ml100k, tmp_pa
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
 
 
-def test_a_tokenizer_that_normalises_otherwise_gets_its_own_embeddings(tiny_bert, ml100k, tmp_path):  # noqa: F811
+def test_a_tokenizer_that_normalises_otherwise_gets_its_own_embeddings(tiny_bert, ml100k, tmp_path):
     """Same vocabulary and weights, but text no longer lower-cased: the cached embeddings do not apply."""
     from tokenizers import normalizers
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from helpers import CONF, ROOT, save_tiny_bert
 
 from recexp.errors import ConfigError, DataError
 from recexp.evaluate import Evaluator
@@ -191,7 +191,6 @@ def small_blocks(ml100k):
 
 
 def text_model(name, tiny_bert, tmp_path):
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
     from recexp.config import build
@@ -204,8 +203,6 @@ def text_model(name, tiny_bert, tmp_path):
 
 @pytest.mark.usefixtures("one_thread")
 def test_fusion_gives_new_items_id_rows_as_it_updates(small_blocks, tmp_path):
-    from test_strategies import save_tiny_bert
-
     make = text_model("fusion", save_tiny_bert(tmp_path / "bert"), tmp_path)
     models = []
     result = Continual(update="fine_tune").run(lambda: models.append(make()) or models[-1], small_blocks,
@@ -219,8 +216,6 @@ def test_fusion_gives_new_items_id_rows_as_it_updates(small_blocks, tmp_path):
 
 @pytest.mark.usefixtures("one_thread")
 def test_a_frozen_text_tower_scores_new_items_without_updates(small_blocks, tmp_path):
-    from test_strategies import save_tiny_bert
-
     make = text_model("text_tower", save_tiny_bert(tmp_path / "bert"), tmp_path)
     result = Continual(update="none").run(make, small_blocks, Evaluator(ks=[10], metrics=["ndcg"]), context(tmp_path))
     updates = result.sections["continual"]["updates"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT, save_tiny_bert
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no"]
@@ -57,8 +57,6 @@ def test_cpu_flag_with_several_processes_warns_that_accelerate_started_one(tmp_p
 
 def test_an_item_organised_epoch_is_shared_out_over_two_processes(cold_split, tmp_path):
     """A trained encoder's epoch over two processes: every training interaction once, the steps of one process."""
-    from test_strategies import save_tiny_bert
-
     bert = save_tiny_bert(tmp_path / "tiny-bert")
     overrides = ["model=text_tower", "strategy=lora", "scenario=cold_item", "trainer.max_epochs=1", "logger=none",
                  "progress=false", f"model.module.encoder.name_or_path={bert}"]

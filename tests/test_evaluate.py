@@ -6,9 +6,9 @@ import math
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from helpers import FixedScores, frame, tiny_split
 
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator, ranking
@@ -26,34 +26,6 @@ from recexp.evaluate.ranking import StageIndex, check_scores
 from recexp.evaluate.top import masked_largest
 from recexp.interfaces import Dataset
 from recexp.scenarios.common import holdout_split
-
-
-class FixedScores:
-    def __init__(self, scores):
-        self.scores = torch.as_tensor(scores, dtype=torch.float32)
-
-    def score(self, users, stage):
-        return self.scores[users]
-
-
-def frame(pairs, ratings=None):
-    users, items = zip(*pairs) if pairs else ((), ())
-    return pd.DataFrame({"user": users, "item": items, "rating": 1.0 if ratings is None else ratings, "timestamp": 0.0})
-
-
-def tiny_split(train, valid, test, n_users=2, n_items=6, segments=None, test_ratings=None, threshold=None):
-    dataset = Dataset(
-        name="tiny",
-        inter=frame(train + valid + test),
-        user_tokens=np.array([f"u{i}" for i in range(n_users)], dtype=object),
-        item_tokens=np.array([f"i{i}" for i in range(n_items)], dtype=object),
-    )
-    everything = np.arange(n_items)
-    segs = segments or {"all": everything, "head": np.array([0, 1]), "tail": np.arange(2, n_items)}
-    return holdout_split(
-        dataset, frame(train), frame(valid, 5.0 if threshold else None), frame(test, test_ratings),
-        {"valid": everything, "test": everything}, {"valid": segs, "test": segs}, threshold,
-    )
 
 
 def test_hand_computed_metrics():

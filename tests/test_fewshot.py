@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import CONF, recexp
 from sklearn.metrics import roc_auc_score
-from test_run import recexp
 
 from recexp.data import ml100k_dir
 from recexp.interfaces import FitContext
@@ -159,15 +159,7 @@ def test_tallrec_run_saves_scored_test_pairs(tmp_path):
     assert record["metrics"]["test"]["auc"] > 0.7
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    from test_strategies import save_tiny_bert
-
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
 def zero_shot(tiny_bert, split, cache_dir):
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
     from recexp.config import build
@@ -224,7 +216,6 @@ def test_text_zero_shot_is_liked_minus_disliked_cosine(tiny_bert, tallrec, cold_
 
 
 def test_tallrec_config_reads_auc_where_there_is_no_ranking():
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

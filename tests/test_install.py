@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 from hydra import compose, initialize_config_dir
 
 USER_MODEL = """# python -m recexp hydra.searchpath=[file:///path/to/my_conf] model=my_pop

@@ -2,12 +2,9 @@
 ``strategy=partial``, LP-FT, bf16 where it is fast, and the pretrained cache reused before training."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from test_strategies import TEXTS, save_tiny_bert, strategy_from_config
-from test_text_models import build_model, context, ranking_metrics, small_split  # noqa: F401 (a fixture)
+from helpers import TEXTS, build_model, context, ranking_metrics, strategy_from_config
 
 from recexp.errors import ConfigError
 from recexp.models.objectives import ItemBatch, ItemData, Sampling
@@ -17,11 +14,6 @@ from recexp.strategies import Frozen, FullFineTune, Partial
 from recexp.train import TrainerConfig, with_defaults
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def item_epoch(data: ItemData, items_per_batch: int) -> list[ItemBatch]:

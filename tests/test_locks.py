@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from recexp.locks import LOCK, _lock, ancestors, claim, held
 from recexp.sweeps import PREFIX, job_folder

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CONF
+from helpers import CONF, ONE_EPOCH, RecordingLogger, fit
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -24,30 +24,9 @@ from recexp.models.recbole import RecBoleRecommender, augment_train, model_class
 from recexp.train import TrainerConfig
 
 SHORT = TrainerConfig(max_epochs=2)
-ONE_EPOCH = TrainerConfig(max_epochs=1, batch_size=8192)  # few, large batches: quick on a busy CPU
 EVAL = Evaluator(ks=[10], metrics=["ndcg", "recall"])
 # small sequential settings so one epoch on ml-100k takes seconds on a CPU
 TINY_SEQ = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "embedding_size": 16, "inner_size": 32, "n_layers": 1}
-
-
-class RecordingLogger:
-    def __init__(self):
-        self.rows: list[tuple[int | None, dict]] = []
-
-    def log(self, metrics, step=None):
-        self.rows.append((step, dict(metrics)))
-
-    def summary(self, metrics):
-        pass
-
-    def finish(self, exit_code=0):
-        pass
-
-
-def fit(model: Recommender, split, run_dir: Path) -> RecordingLogger:
-    logger = RecordingLogger()
-    model.fit(split, FitContext(logger, torch.device("cpu"), run_dir, seed=2020, progress=False))
-    return logger
 
 
 def ndcg(model: Recommender, split, stage: str = "test") -> dict[str, float]:

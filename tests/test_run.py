@@ -6,26 +6,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from helpers import ROOT, recexp
 from wandb_records import history_and_summary
 
 RECORD_KEYS = {"run_id", "status", "error", "metrics", "segments", "stages", "effective", "cost", "split", "config",
                "versions", "git_sha", "provenance"}
 COST_KEYS = {"trainable_params", "total_params", "train_seconds", "eval_seconds", "peak_memory_mb", "device", "world_size"}
-
-
-def recexp(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECEXP_CACHE_DIR": str(cwd / "cache"), "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "-m", "recexp", *overrides, "progress=false"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")

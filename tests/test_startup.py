@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from recexp.bench.startup import heavy_imports, imported_modules, run_command, write_tiny_dataset
 

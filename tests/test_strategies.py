@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF
-from hydra import compose, initialize_config_dir
+from helpers import CONF, TEXTS, strategy_from_config
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertModel
 
 from recexp.config import build
 from recexp.errors import ConfigError
@@ -18,31 +16,8 @@ from recexp.strategies import Adapted, Bottleneck, Frozen, FullFineTune, Peft, m
 from recexp.train import parameter_counts
 
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
-TEXTS = ["Toy Story (1995). Genres: Animation Children's Comedy", "GoldenEye (1995). Genres: Action", "Heat"]
-
-
-def save_tiny_bert(directory: Path) -> Path:
-    """A 2-layer, 32-wide random BERT with the packaged MiniLM tokenizer, saved as a model folder."""
-    if not (directory / "config.json").is_file():
-        torch.manual_seed(0)
-        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-        BertModel(config).save_pretrained(directory)
-        AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(directory)
-    return directory
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-def strategy_from_config(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"strategy={name}", *overrides])
-    return build(cfg.strategy)
 
 
 def encoder_counts(encoder: TextEncoder) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_evaluate import FixedScores, tiny_split
+from helpers import CONF, ONE_EPOCH, FixedScores, fit, tiny_split
 
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
@@ -203,7 +203,6 @@ def test_wrapper_is_a_reranked_model():
 
 
 def test_the_spine_applies_the_tail_group_to_every_model_it_builds():
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
     from recexp.config import build
@@ -226,7 +225,6 @@ def test_recbole_popularity_negatives_count_training_interactions_only(cold_spli
     """RecBole's sampler counts every benchmark file: cold items, seen only in valid and test, would be
     drawn as negatives by their future popularity."""
     from recbole.model.general_recommender.bpr import BPR
-    from test_recbole_model import ONE_EPOCH, fit
 
     from recexp.models.recbole import RecBoleRecommender
 

@@ -7,80 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONF
+from helpers import CONF, build_model, context, ranking_metrics
 from hydra import compose, initialize_config_dir
-from test_strategies import save_tiny_bert
 
 from recexp.config import build
 from recexp.errors import ConfigError, TrainingError
-from recexp.evaluate import Evaluator
-from recexp.interfaces import FitContext
 from recexp.models.torch_recommender import TorchRecommender
-from recexp.scenarios import ColdItemScenario
 from recexp.train import TrainerConfig, fit, warmup_then_decay
 
 MODELS = ["text_tower", "fusion", "lm_classifier"]
-FAST = {  # keeps each fit to seconds on CPU
-    "text_tower": ["model.module.samples_per_epoch=512"],
-    "fusion": ["model.module.samples_per_epoch=512"],
-    "lm_classifier": ["model.module.samples_per_epoch=64", "model.module.rerank=4", "model.module.encoder.max_length=48"],
-}
-EVALUATOR = Evaluator(ks=[10], metrics=["ndcg", "auc", "gauc", "logloss", "rmse", "mae"])
-
-
-class Recorder:
-    def __init__(self):
-        self.lines: list[tuple[dict, int | None]] = []
-
-    def log(self, metrics, step=None):
-        self.lines.append((dict(metrics), step))
-
-    def summary(self, metrics):
-        pass
-
-    def finish(self, exit_code=0):
-        pass
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def small_split(ml100k):
-    """Item cold-start on the first 100 users of ml-100k (all items keep their text), valid/test
-    interactions also labelled (rating >= 4)."""
-    inter = ml100k.inter[ml100k.inter["user"] < 100].reset_index(drop=True)
-    dataset = dataclasses.replace(ml100k, inter=inter, content_hash=ml100k.content_hash + "-100-users")
-    return ColdItemScenario(label_threshold=4).build(dataset, 2020)
-
-
-def build_model(name, strategy, tiny_bert, cache_dir, *overrides, epochs=1):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[f"model={name}", f"strategy={strategy}", f"cache_dir={cache_dir}",
-                       f"model.module.encoder.name_or_path={tiny_bert}", f"trainer.max_epochs={epochs}",
-                       "progress=false", *FAST[name], *overrides],
-        )
-    return build(cfg.model, trainer=build(cfg.trainer))
-
-
-def context(tmp_path, seed=2020) -> FitContext:
-    return FitContext(logger=Recorder(), device=torch.device("cpu"), run_dir=tmp_path, seed=seed, progress=False)
-
-
-def ranking_metrics(model, split, stage="test"):
-    return EVALUATOR.evaluate(model, split, stage, segments=("all", "cold", "warm")).metrics
 
 
 @pytest.mark.parametrize("name", MODELS)
