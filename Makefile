@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_MODELS ?= pop,bpr,text_tower
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow bench clean
+.PHONY: help install run test test-fast test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ run: install ## item cold start on ml-100k: Pop, BPR, frozen text_tower and fusi
 
 test: install ## fast test suite (CPU, well under 15 minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install ## the fast suite without the tests that start processes (CLI runs, sweeps, pip, DDP): a quick local loop
+	$(PY) -m pytest -q -m 'not slow and not gpu and not subprocess' $(PYTEST_ARGS)
 
 test-slow: install ## slow end-to-end checks (published BPR range, LightGCN, real-model training)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -226,6 +226,7 @@ def test_the_tail_group_takes_the_scenarios_head_fraction():
     assert cold.tail.head_fraction == 0.3 and tallrec.tail.head_fraction == 0.2  # tallrec has no head segments
 
 
+@pytest.mark.subprocess
 @pytest.mark.usefixtures("one_thread")
 def test_a_text_tower_run_with_keyword_augmentation_records_the_counts(data, tmp_path):
     env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp_path / "cache")}

@@ -336,6 +336,7 @@ def test_a_failed_wandb_run_records_its_error(app):
     assert json.loads(summary["status"]) == "failed" and "scenario.ratios must be three" in json.loads(summary["error"])
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 from helpers import ROOT
 
 from recexp.bench.__main__ import headlines, table
@@ -42,6 +43,7 @@ def test_sections_not_run_leave_no_row():
          "<= 1.05x: yes (pairs 0.97x to 1.02x)")]
 
 
+@pytest.mark.subprocess
 def test_raw_recbole_side_writes_only_in_its_own_folder(tmp_path, monkeypatch):
     from recexp.bench.recbole import run_side
 
@@ -54,6 +56,7 @@ def test_raw_recbole_side_writes_only_in_its_own_folder(tmp_path, monkeypatch):
     assert (folder / "log_tensorboard").is_dir()
 
 
+@pytest.mark.subprocess
 def test_make_bench_times_every_default_model_and_takes_a_chosen_list():
     # as a user's shell has it: no BENCH_MODELS, and not inside another make (make test)
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_MODELS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}

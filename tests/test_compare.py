@@ -144,6 +144,7 @@ def test_ranks(values, smaller, expected):
     assert ranks(values, smaller) == expected
 
 
+@pytest.mark.subprocess  # pdflatex, where it is installed
 def test_latex_is_balanced_booktabs(three_models, tmp_path):
     result = run_compare([three_models], tmp_path / "out", reference="pop", metrics=["ndcg@10", "recall@10", "gini@10"])
     tex = result.files["latex"].read_text()
@@ -346,6 +347,7 @@ def test_duplicate_runs_of_a_seed_are_noted(three_models, tmp_path):
     assert "## Notes" in result.files["markdown"].read_text()
 
 
+@pytest.mark.subprocess
 def test_cli_reports_errors_without_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     done = subprocess.run(
@@ -471,6 +473,7 @@ def test_tradeoff_uses_the_exposure_metrics_present_and_needs_a_line(longtail_ru
 # --- a real sweep ------------------------------------------------------------------------------
 
 
+# starts python -m recexp: the tests that use it are marked subprocess
 @pytest.fixture(scope="module")
 def real_sweep(tmp_path_factory) -> Path:
     """model=random on cold_item, seeds 0 and 1, two tie seeds: 4 runs written by python -m recexp."""
@@ -491,6 +494,7 @@ def real_compare(real_sweep, tmp_path_factory):
     return compare([real_sweep], out, Options(wandb=False, metrics=["ndcg@10", "recall@10", "gini@10"]))
 
 
+@pytest.mark.subprocess
 def test_table_numbers_recompute_from_per_user_files(real_sweep, real_compare):
     table = pd.read_csv(real_compare.files["csv"]).set_index("row")
     assert list(table.index) == ["random (evaluator.tie_seed=0)", "random (evaluator.tie_seed=1)"]
@@ -509,6 +513,7 @@ def test_table_numbers_recompute_from_per_user_files(real_sweep, real_compare):
                 assert table.loc[label, f"{segment}/{metric} std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
 
 
+@pytest.mark.subprocess
 def test_pngs_are_written_and_non_empty(real_compare):
     import matplotlib.image
 
@@ -521,12 +526,14 @@ def test_pngs_are_written_and_non_empty(real_compare):
     assert not [n for n in real_compare.notes if "left out" in n]
 
 
+@pytest.mark.subprocess
 def test_paired_test_on_the_same_split(real_compare):
     sig = real_compare.significance
     ndcg = sig[(sig.metric == "ndcg@10") & (sig.segment == "cold")].iloc[0]
     assert ndcg["n_seeds"] == 2 and ndcg["n_pairs"] > 100 and not math.isnan(ndcg["p_value"])
 
 
+@pytest.mark.subprocess
 def test_summary_run_logged_to_wandb_offline(real_sweep, tmp_path):
     out = tmp_path / "out"
     compare([real_sweep], out, Options(metrics=["ndcg@10"], segments=["all"]))
@@ -548,6 +555,7 @@ def test_constant_by_construction_follows_segment_definitions(segment, metric, v
     assert constant_by_construction(segment, metric) == value
 
 
+@pytest.mark.subprocess
 def test_popularity_bias_columns_come_from_full_lists_only(real_sweep, tmp_path):
     """Restricted segments carry no APLT or ARP (inside head/tail/cold they would be constant): no such column."""
     metrics = ["ndcg@10", "aplt@10", "averagepopularity@10"]
@@ -745,6 +753,7 @@ def test_fewshot_arms_are_labelled_model_or_model_strategy(arm):
     assert uses_text_encoder(run) is text
 
 
+@pytest.mark.subprocess
 def test_fewshot_preset_runs_and_compares(tmp_path):
     """The real preset on its two quickest arms (2 K x 2 seeds), then the comparison `make fewshot` runs."""
     env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}

@@ -156,6 +156,7 @@ def test_calendar_blocks(ml100k):
     assert split.info["blocks"] == 8 and split.info["block_starts"][0] == "1997-09-20"
 
 
+@pytest.mark.subprocess
 def test_continual_run_records_a_matrix_that_its_per_user_values_reproduce(tmp_path):
     env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run(
@@ -235,6 +236,7 @@ def test_recbole_fine_tune_continues_the_same_items_across_refits(ml100k, tmp_pa
     assert tuned["matrix"][1][0] != tuned["matrix"][0][0]  # the update changed the model
 
 
+@pytest.mark.subprocess
 def test_compare_renders_the_continual_table_from_records(tmp_path):
     env = {**os.environ, "RECEXP_CACHE_DIR": str(tmp_path / "cache")}
     sweep = subprocess.run(

@@ -22,6 +22,7 @@ def launch(prefix: list[str], overrides: list[str], run_dir: Path, cache: Path) 
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+# starts python -m recexp: the tests that use it are marked subprocess
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -32,6 +33,7 @@ def one_and_two(tmp_path_factory):
     return [json.loads((tmp / name / "results.json").read_text()) for name in ("one", "two")], tmp
 
 
+@pytest.mark.subprocess
 def test_two_processes_write_one_record_and_say_so(one_and_two):
     (one, two), tmp = one_and_two
     assert one["status"] == two["status"] == "ok"
@@ -41,12 +43,14 @@ def test_two_processes_write_one_record_and_say_so(one_and_two):
     assert two["effective"]["batch_size"] == one["effective"]["batch_size"] == 512
 
 
+@pytest.mark.subprocess
 def test_two_processes_match_one_up_to_summation_order(one_and_two):
     (one, two), _ = one_and_two
     for segment in ("all", "cold", "warm"):
         assert two["segments"][segment]["ndcg@10"] == pytest.approx(one["segments"][segment]["ndcg@10"], abs=0.01)
 
 
+@pytest.mark.subprocess
 def test_cpu_flag_with_several_processes_warns_that_accelerate_started_one(tmp_path):
     done = launch([*ACCELERATE, "--cpu", "--num_processes", "2"], ["model=random", "logger=none", "progress=false"],
                   tmp_path / "run", tmp_path / "cache")
@@ -55,6 +59,7 @@ def test_cpu_flag_with_several_processes_warns_that_accelerate_started_one(tmp_p
     assert json.loads((tmp_path / "run" / "results.json").read_text())["cost"]["world_size"] == 1
 
 
+@pytest.mark.subprocess
 def test_an_item_organised_epoch_is_shared_out_over_two_processes(cold_split, tmp_path):
     """A trained encoder's epoch over two processes: every training interaction once, the steps of one process."""
     bert = save_tiny_bert(tmp_path / "tiny-bert")

@@ -148,6 +148,7 @@ def test_user_rate_reads_the_support_set(cold_user):
     assert (ranked == ranked[:, :1]).all()
 
 
+@pytest.mark.subprocess
 def test_tallrec_run_saves_scored_test_pairs(tmp_path):
     done = recexp("scenario=tallrec", "scenario.shots=256", "model=user_rate", "seed=0", "logger=none",
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -359,6 +360,7 @@ def test_lm_classifier_reads_each_samples_labelled_history(tiny_bert, tallrec):
         assert torch.logit(score).item() == pytest.approx(float(model.head.bias) + np.log(rate / (1 - rate)), abs=1e-5)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("model, floor", [("item_rate", 0.55), ("id_gru", 0.7), ("text_head", 0.7)])
 def test_fewshot_arms_run_on_tallrec(model, floor, tmp_path):
     done = recexp("scenario=tallrec", "scenario.shots=64", f"model={model}", "seed=1", "logger=none",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from helpers import CONF, ROOT
 from hydra import compose, initialize_config_dir
 
@@ -19,6 +20,7 @@ name: Pop
 """
 
 
+@pytest.mark.subprocess
 def test_wheel_carries_the_configs_and_runs_from_an_empty_folder(tmp_path):
     dist, target, empty, source = tmp_path / "dist", tmp_path / "site", tmp_path / "empty", tmp_path / "source"
     empty.mkdir()

@@ -78,6 +78,7 @@ def test_a_single_run_counts_attempts_in_its_own_folder_and_never_skips_a_finish
     assert job.skip is None and job.provenance["attempts"] == 2
 
 
+@pytest.mark.subprocess
 def test_workers_stop_when_the_launcher_dies(tmp_path):
     """launcher -> worker (watching) -> the launcher is killed -> the worker exits within a few seconds."""
     worker = ("import time, recexp.locks as l; assert l.stop_with_launcher(poll_s=0.1); "

@@ -154,6 +154,7 @@ def test_pop_counts_items_repeated_within_a_batch(tmp_path):
     assert model.item_cnt[[i1, i2], 0].tolist() == [3, 1]
 
 
+@pytest.mark.subprocess
 def test_recexp_and_the_adapter_import_neither_ray_nor_quick_start():
     code = (
         "import sys, numpy, recexp; assert 'recbole' not in sys.modules; "
@@ -208,6 +209,7 @@ def test_tensorboard_goes_beside_this_threads_run_log(tmp_path):
     assert not (tmp_path / "log_tensorboard").exists()  # the cwd (isolated) stays empty of events
 
 
+@pytest.mark.subprocess
 def test_recbole_warnings_are_ignored_and_others_kept():
     code = (
         "import warnings; from recexp.models import recbole_compat; recbole_compat.apply(); "
@@ -232,6 +234,7 @@ def test_apply_is_idempotent():
     assert trainer_module.torch.nn is torch.nn
 
 
+@pytest.mark.subprocess
 def test_sequential_models_leave_autograd_anomaly_mode_as_it_was():
     """RecBole's SINE module switches anomaly detection on at import: every autograd op then records a stack trace."""
     plain = "import torch, recbole.model.sequential_recommender; print(torch.is_anomaly_enabled())"
@@ -274,6 +277,7 @@ print(model.item_similarity.shape[0])
 """
 
 
+@pytest.mark.subprocess
 def test_scikit_learn_is_imported_when_a_recbole_metric_or_model_first_calls_it(tmp_path):
     """recbole.config and the general models import scikit-learn names at their top; a Pop run never calls them."""
     assert python(SKLEARN_ON_FIRST_CALL, str(tmp_path)).split()[-1] == "8"  # 7 items and RecBole's padding item

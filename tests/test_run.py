@@ -19,6 +19,7 @@ RECORD_KEYS = {"run_id", "status", "error", "metrics", "segments", "stages", "ef
 COST_KEYS = {"trainable_params", "total_params", "train_seconds", "eval_seconds", "peak_memory_mb", "device", "world_size"}
 
 
+# starts python -m recexp: the tests that use it are marked subprocess
 @pytest.fixture(scope="module")
 def cold_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("run")
@@ -27,6 +28,7 @@ def cold_run(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.subprocess
 def test_record_has_every_key(cold_run):
     record = json.loads((cold_run / "results.json").read_text())
     assert RECORD_KEYS <= set(record) and record["status"] == "ok" and record["error"] is None
@@ -42,6 +44,7 @@ def test_record_has_every_key(cold_run):
     assert {"host", "pid", "started", "attempts"} <= set(record["provenance"]) and record["provenance"]["attempts"] == 1
 
 
+@pytest.mark.subprocess
 def test_record_is_readable_as_the_other_files_of_the_run(cold_run):
     def mode(path):
         return path.stat().st_mode & 0o777
@@ -61,6 +64,7 @@ def test_atomic_json_takes_the_process_umask(tmp_path, umask):
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1} and list(tmp_path.iterdir()) == [tmp_path / "r.json"]
 
 
+@pytest.mark.subprocess
 def test_metrics_recompute_from_saved_files(cold_run):
     """Independent recomputation: the saved top-K lists + the split artifact give the reported NDCG."""
     record = json.loads((cold_run / "results.json").read_text())
@@ -100,6 +104,7 @@ def _user_tokens():
     return AtomicDataset(name="ml-100k").load().user_tokens
 
 
+@pytest.mark.subprocess
 def test_wandb_offline_run_recorded_config_and_results(cold_run):
     record = json.loads((cold_run / "results.json").read_text())
     _, summary, config = history_and_summary(cold_run)
@@ -109,6 +114,7 @@ def test_wandb_offline_run_recorded_config_and_results(cold_run):
     assert json.loads(config["scenario"])["_target_"].endswith("ColdItemScenario")
 
 
+@pytest.mark.subprocess
 def test_labelled_pairs_score_every_model_pointwise(tmp_path):
     """BPR has no notion of labels, yet its scores rank liked above disliked pairs: AUC and GAUC per segment."""
     done = recexp("model=bpr", "scenario=random", "scenario.label_threshold=4", "trainer.max_epochs=3", "logger=none",
@@ -123,6 +129,7 @@ def test_labelled_pairs_score_every_model_pointwise(tmp_path):
     assert {"gauc", "n_pairs", "ndcg@10"} <= set(per_user.columns)
 
 
+@pytest.mark.subprocess
 def test_multirun_shares_a_wandb_group_and_skips_finished_runs(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", "model=random", "seed=0,1", "logger=wandb", f"hydra.sweep.dir={sweep}")
@@ -147,6 +154,7 @@ def _group(run_dir: Path) -> str:
     return runs[0].run_group
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("where, recorded", [("", True), ("lib/site-packages/", False)])
 def test_git_sha_is_recexps_own_commit_or_none(tmp_path, where, recorded):
     """A checkout records its commit; a package installed somewhere inside another repository records none."""

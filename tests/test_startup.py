@@ -10,6 +10,7 @@ from helpers import ROOT
 
 from recexp.bench.startup import heavy_imports, imported_modules, run_command, write_tiny_dataset
 
+pytestmark = pytest.mark.subprocess  # each test runs python: a recexp run or an import check
 NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats", "numba")
 
 

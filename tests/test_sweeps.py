@@ -62,6 +62,7 @@ def test_launcher_presets_compose_against_the_plugin_schemas(launcher):
     assert not [w for w in caught if "ConfigStore schema" in str(w.message)]
 
 
+@pytest.mark.subprocess
 def test_two_models_two_seeds_through_joblib(tmp_path):
     done = sweep(tmp_path, "hydra/launcher=local_parallel", *TWO_MODELS, "seed=0,1", f"hydra.sweep.dir={tmp_path}/s")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -72,6 +73,7 @@ def test_two_models_two_seeds_through_joblib(tmp_path):
     assert len(found) == 4 and {r["status"] for r in found.values()} == {"ok"}
 
 
+@pytest.mark.subprocess
 def test_submitit_local_launcher_runs_jobs(tmp_path):
     done = sweep(tmp_path, "hydra/launcher=local_submitit", "model=random", "seed=0,1", f"hydra.sweep.dir={tmp_path}/s")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,6 +83,7 @@ def test_submitit_local_launcher_runs_jobs(tmp_path):
     assert (tmp_path / "s" / ".submitit").is_dir()
 
 
+@pytest.mark.subprocess
 def test_killed_sweep_resumes_without_rerunning_finished_jobs(tmp_path):
     folder, seeds = tmp_path / "s", list(range(8))
     args = command("model=random", f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={folder}", multirun=True)
@@ -105,6 +108,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_jobs(tmp_path):
     assert (done.stdout + done.stderr).count("already finished") == len(before)
 
 
+@pytest.mark.subprocess
 def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     folder = tmp_path / "s"
     args = ("model=random", "scenario=cold_item", "scenario.cold_fraction=0.2,1.5", f"hydra.sweep.dir={folder}")
@@ -126,6 +130,7 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert list(listed["status"]) == ["failed"] and "cold_fraction" in listed["error"].item()
 
 
+@pytest.mark.subprocess
 def test_extending_a_sweep_keeps_finished_records_in_override_named_folders(tmp_path):
     """A larger sweep in the same folder reuses job numbers; naming run folders by (a hash of) their
     overrides keeps every record (a ``${hydra.job.num}`` subdir would let new jobs overwrite old ones)."""
@@ -140,6 +145,7 @@ def test_extending_a_sweep_keeps_finished_records_in_override_named_folders(tmp_
     assert counts == {(str(t), str(s)): 1 for t in (0, 1) for s in (0, 1)}
 
 
+@pytest.mark.subprocess
 def test_the_same_sweep_launched_twice_at_once_runs_every_job_once(tmp_path):
     folder, args = tmp_path / "s", ("model=random", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}")
     launches = [subprocess.Popen(command(*args, multirun=True), cwd=ROOT, env=environment(tmp_path), text=True,
@@ -152,6 +158,7 @@ def test_the_same_sweep_launched_twice_at_once_runs_every_job_once(tmp_path):
     assert "".join(outputs).count("skipped") == 2  # each launch left the other's job (running or finished) alone
 
 
+@pytest.mark.subprocess
 def test_optuna_study_continues_in_its_storage(tmp_path):
     optuna = pytest.importorskip("optuna")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

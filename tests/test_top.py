@@ -79,6 +79,7 @@ def test_among_agrees_with_a_set_lookup_on_random_rows(lookup):
     assert found.tolist() == expected and found[:, 0].sum() > 20
 
 
+@pytest.mark.subprocess
 def test_a_process_loads_the_compiled_pass_only_after_ranking_enough_scores():
     code = """
 import sys, numpy as np, torch
