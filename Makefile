@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_MODELS ?= pop,bpr,text_tower
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-slow bench clean
+.PHONY: help install run lint test test-fast test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ run: install ## item cold start on ml-100k: Pop, BPR, frozen text_tower and fusi
 	$(PY) -m recexp -m experiment=quickstart hydra.sweep.dir=outputs/quickstart/runs
 	$(PY) -m recexp.compare outputs/quickstart/runs --out outputs/quickstart \
 	  --metrics ndcg@10,recall@10 --segments all,warm,cold --reference bpr --no-wandb
+
+lint: install ## ruff check over the whole tree (rules in pyproject.toml)
+	$(PY) -m ruff check .
 
 test: install ## fast test suite (CPU, well under 15 minutes)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
