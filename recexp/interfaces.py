@@ -70,13 +70,23 @@ class Stage:
         return (*self.segments, *self.user_segments)
 
 
+@dataclass(frozen=True)
+class Block:
+    """A time block after a split's base block, halved by time: each half is the ranking targets of one stage."""
+
+    valid: str  # the stage ranking the first half (early stopping while a model is updated onto this block)
+    test: str  # the stage ranking the second half
+
+
 @dataclass
 class Split:
     """A scenario's artifact: named interaction parts and the named stages evaluated on them.
 
     ``parts["train"]`` is what models fit on; ``stages`` are evaluated in order (e.g. ``valid``,
     which also drives early stopping, then ``test``). Part frames have columns INTER_COLUMNS, and
-    ``label`` (0/1) where they hold labelled pairs.
+    ``label`` (0/1) where they hold labelled pairs, and ``sample`` where rows are numbered samples.
+    A pair in a part named by ``histories`` (``scenario=tallrec``) reads its sample's own history; any
+    other pair reads its user's interactions in the stage's ``history``.
     """
 
     dataset: Dataset
@@ -85,6 +95,8 @@ class Split:
     hash: str = ""
     path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)  # scenario-specific facts (e.g. cold item ids)
+    histories: dict[str, str] = field(default_factory=dict)  # part of samples -> the part of their own histories (same ``sample``)
+    blocks: list[Block] = field(default_factory=list)  # time blocks after the base (the train part), oldest first
     # what is computed from the parts once and read often (the evaluator's per-stage index); a split is not edited
     derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 

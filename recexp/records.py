@@ -3,9 +3,10 @@
 Keys: ``run_id``, ``status`` (running / ok / failed), ``error``, ``metrics`` ({stage: {...}} for every
 stage, the ``all`` segment), ``segments`` (the final stage's metrics per segment: ``test`` in a
 holdout split), ``stages`` ({stage: {segment: {...}}}), ``valid_segments``, ``effective`` (trainer
-settings the model used), ``cost``, ``split``, ``config``, ``objective``, ``versions``, ``git_sha``,
-``started_at``, ``finished_at``, ``provenance`` (``host``, ``pid``, ``started``, ``attempts``: runs of
-this configuration in the sweep folder, this one included; ``launch``; see :mod:`recexp.locks`).
+settings the model used), ``model`` (what kind of model ran: ``text_encoder``), ``cost``, ``split``,
+``config``, ``objective``, ``versions``, ``git_sha``, ``started_at``, ``finished_at``, ``provenance``
+(``host``, ``pid``, ``started``, ``attempts``: runs of this configuration in the sweep folder, this one
+included; ``launch``; see :mod:`recexp.locks`).
 Per-user values of the final stage go to ``per_user_test.csv.gz`` and its top-K lists (internal ids)
 to ``rankings_test.npz``. Only the main process writes.
 """
@@ -73,6 +74,11 @@ class RunRecord:
     def objective(self) -> float:
         value = self.data.get("objective")
         return float("nan") if value is None else float(value)
+
+    def set_model(self, model: Any) -> None:
+        """``text_encoder``: whether ``model`` reads item text through a text encoder (its own ``encoder``, or its
+        torch module's, where ``tail=augment`` looks for it too)."""
+        self.data["model"] = {"text_encoder": getattr(getattr(model, "module", model), "encoder", None) is not None}
 
     def set_split(self, split: Split) -> None:
         self.data["split"] = {"hash": split.hash, "path": str(split.path), "counts": split.counts(), **split.info}

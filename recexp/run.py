@@ -56,7 +56,8 @@ def run(cfg: DictConfig) -> float:
         device = pick_device(cfg.device)
         check_cache_dir(cfg.cache_dir)
         tail = build(cfg.tail) if cfg.get("tail") else None
-        make_model = model_factory(cfg.model, build(cfg.trainer), tail)  # bad model, trainer or tail settings fail here
+        make_model, model = model_factory(cfg.model, build(cfg.trainer), tail)  # bad model, trainer or tail settings fail here
+        record.set_model(model)
         task, evaluator = build(cfg.task), build(cfg.evaluator)
         dataset = build(cfg.dataset).load()
         split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
@@ -83,15 +84,15 @@ def run(cfg: DictConfig) -> float:
             job.release()  # only now may another launch take this job
 
 
-def model_factory(node: DictConfig, trainer: Any, tail: Any = None) -> Callable[[], Recommender]:
-    """Builds one model now, so bad settings fail before any work; hands it out first, then fresh ones.
-    ``tail`` (``tail=rerank|reweight|augment``) wraps or adjusts each model it builds."""
+def model_factory(node: DictConfig, trainer: Any, tail: Any = None) -> tuple[Callable[[], Recommender], Recommender]:
+    """(a factory that hands out the model built now first, then fresh ones; that model): bad settings fail before
+    any work. ``tail`` (``tail=rerank|reweight|augment``) wraps or adjusts each model it builds."""
     def make() -> Recommender:
         model = build(node, trainer=trainer)
         return model if tail is None else tail.wrap(model)
 
     first = [make()]
-    return lambda: first.pop() if first else make()
+    return (lambda: first.pop() if first else make()), first[0]
 
 
 def seed_everything(seed: Any) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recexp.cache import DamagedCache
+from recexp.cache import DamagedCache, sha256
 from recexp.models.text_encoder import TextEncoder, read_embeddings
 from recexp.scenarios import ColdItemScenario, build_or_load
 from recexp.scenarios.artifact import load_split
@@ -57,6 +57,14 @@ def drop_checksum(path: Path) -> None:
     path.write_text(json.dumps(meta))
 
 
+def older_format(path: Path) -> None:
+    """split.json as format 1 wrote it: no format, histories or blocks, and a checksum that matches."""
+    meta = json.loads(path.read_text())
+    for key in ("checksum", "format", "histories", "blocks"):
+        del meta[key]
+    path.write_text(json.dumps({**meta, "checksum": sha256(json.dumps(meta, sort_keys=True).encode())}))
+
+
 SPLIT_DAMAGE = [
     ("train.inter", truncate_mid_line),
     ("test.inter", overwrite_middle),
@@ -65,6 +73,7 @@ SPLIT_DAMAGE = [
     ("split.json", empty),
     ("split.json", edit_json),
     ("split.json", drop_checksum),  # an artifact written before checksums existed
+    ("split.json", older_format),  # an artifact written before splits named their histories and blocks
 ]
 
 

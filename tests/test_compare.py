@@ -27,8 +27,9 @@ from recexp.compare import Options, compare
 from recexp.compare.aggregate import constant_by_construction, ranks
 from recexp.compare.buckets import item_buckets, ranked_items, recall_by_bucket
 from recexp.compare.cli import main as cli_main
-from recexp.compare.load import Run, uses_text_encoder
+from recexp.compare.load import Run, find_runs, uses_text_encoder
 from recexp.compare.plots import pareto_front
+from recexp.compare.rows import axis_value
 from recexp.compare.stats import holm, wilcoxon
 from recexp.compare.tables import TableSpec
 from recexp.compare.tradeoff import tail_setting
@@ -583,11 +584,21 @@ def test_columns_constant_by_construction_are_left_out_of_older_records():
 
 @pytest.mark.parametrize("arm", sorted(p.stem for p in (CONF / "arm").glob("*.yaml")))
 def test_text_models_get_their_strategy_in_the_row_label(arm):
-    """Text models nest encoder and strategy under model.module; their rows read model/strategy."""
+    """Text models nest encoder and strategy under model.module; their rows read model/strategy (so a record
+    written before it said ``model.text_encoder`` is read)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"+arm={arm}", "logger=none"])
     run = Run(Path("runs") / arm, {"config": OmegaConf.to_container(cfg, resolve=False)})
     assert uses_text_encoder(run) is arm.startswith(("text_tower", "fusion"))
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_rows_read_the_model_kind_from_the_record_not_the_config(recorded, tmp_path):
+    folder = write_run(tmp_path / "run", "m", 0, strategy=None if recorded else "lora")  # the config suggests the opposite
+    record = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps({**record, "model": {"text_encoder": recorded}}))
+    (run,) = find_runs([folder])
+    assert uses_text_encoder(run) is recorded and (axis_value(run, "strategy") is None) is not recorded
 
 
 # --- few-shot sweeps (scenario.shots = K): arms x K, paired bootstrap of pooled AUC ------------------
@@ -762,6 +773,8 @@ def test_fewshot_preset_runs_and_compares(tmp_path):
          "progress=false", "+fewshot_arm=user_rate,item_rate", "scenario.shots=16,64", "seed=0,1",
          f"hydra.sweep.dir={tmp_path / 'runs'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(path.read_text()) for path in (tmp_path / "runs").rglob("results.json")]
+    assert len(records) == 8 and all(record["model"] == {"text_encoder": False} for record in records)
     argv = [str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--metrics", "auc,gauc",
             "--row-key", "model,strategy,scenario.shots", "--reference", "user_rate", "--no-wandb", "--bootstrap", "200"]
     assert cli_main(argv) == 0

@@ -15,7 +15,7 @@ from helpers import CONF, ROOT, save_tiny_bert
 
 from recexp.errors import ConfigError, DataError
 from recexp.evaluate import Evaluator
-from recexp.interfaces import FitContext
+from recexp.interfaces import Block, FitContext
 from recexp.models.recbole import RecBoleRecommender
 from recexp.scenarios import RandomScenario, TimeBlocksScenario, build_or_load
 from recexp.tasks import Continual, Holdout
@@ -234,6 +234,36 @@ def test_recbole_fine_tune_continues_the_same_items_across_refits(ml100k, tmp_pa
     retrained = Continual(update="full_retrain").run(make, split, evaluator, context(tmp_path / "b")).sections["continual"]
     assert tuned["matrix"] == retrained["matrix"]
     assert tuned["matrix"][1][0] != tuned["matrix"][0][0]  # the update changed the model
+
+
+def renamed_blocks(split):
+    """``split`` with its later blocks' parts and stages named ``early_j`` / ``late_j``, which ``Split.blocks`` declares."""
+    new = {b.valid: b.valid.replace("valid_", "early_") for b in split.blocks} | {b.test: b.test.replace("test_", "late_")
+                                                                                 for b in split.blocks}
+
+    def rename(name):
+        return new.get(name, name)
+
+    stages = {rename(name): dataclasses.replace(stage, history=tuple(map(rename, stage.history)),
+                                                positives=rename(stage.positives), pairs=rename(stage.pairs))
+              for name, stage in split.stages.items()}
+    return dataclasses.replace(split, parts={rename(name): frame for name, frame in split.parts.items()}, stages=stages,
+                               blocks=[Block(valid=new[b.valid], test=new[b.test]) for b in split.blocks])
+
+
+def test_the_task_follows_the_blocks_the_split_names(small_blocks, tmp_path):
+    renamed, task = renamed_blocks(small_blocks), Continual(update="fine_tune", train_on_tests=False)
+    assert list(task.stages(renamed)) == ["valid", "late_1", "late_2"]
+    for b in range(3):
+        pd.testing.assert_frame_equal(block_frame(renamed, b, False), block_frame(small_blocks, b, False))
+    evaluator = Evaluator(ks=[10], metrics=["ndcg"])
+    make = lambda: RecBoleRecommender("Pop", trainer=TrainerConfig(progress=False))  # noqa: E731
+    ours = task.run(make, renamed, evaluator, context(tmp_path / "a")).sections["continual"]
+    theirs = task.run(make, small_blocks, evaluator, context(tmp_path / "b")).sections["continual"]
+    assert ours["matrix"] == theirs["matrix"]
+    assert [u["train_interactions"] for u in ours["updates"]] == [u["train_interactions"] for u in theirs["updates"]]
+    with pytest.raises(ConfigError, match="use scenario=time_blocks"):
+        task.stages(dataclasses.replace(small_blocks, blocks=[]))
 
 
 @pytest.mark.subprocess

@@ -3,6 +3,7 @@
 Bad input (K too large, a threshold leaving one class, a support set too large) is in ``test_bad_input.py``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from recexp.data import ml100k_dir
 from recexp.interfaces import FitContext
+from recexp.models.histories import history_table, item_like_rates
 from recexp.models.user_rate import UserRateRecommender
 from recexp.scenarios import ColdUserScenario, TallRecScenario, build_or_load
 from recexp.scenarios.artifact import load_split
@@ -214,6 +216,49 @@ def test_text_zero_shot_is_liked_minus_disliked_cosine(tiny_bert, tallrec, cold_
     ranked = cold.score(users, "test")
     pairs = cold.score_pairs(users, torch.zeros(4, dtype=torch.long), "test")
     np.testing.assert_allclose(ranked[:, 0].numpy(), pairs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def renamed_histories(split):
+    """``split`` with its sample-history parts under other names (``own_*``), which ``Split.histories`` declares."""
+    new = {history: f"own_{history}" for history in split.histories.values()}
+    return dataclasses.replace(
+        split,
+        parts={new.get(name, name): frame for name, frame in split.parts.items()},
+        stages={name: dataclasses.replace(stage, history=tuple(new.get(n, n) for n in stage.history))
+                for name, stage in split.stages.items()},
+        histories={part: new[history] for part, history in split.histories.items()},
+    )
+
+
+def scored_pairs(split) -> tuple[torch.Tensor, torch.Tensor, str]:
+    pairs = split.pairs("test")
+    return torch.tensor(pairs["user"].to_numpy()), torch.tensor(pairs["item"].to_numpy()), "test"
+
+
+def table_arrays(table) -> list:
+    return [table.items.numpy(), table.labels.numpy(), sorted((table.by_pair or {}).items())]
+
+
+SAMPLE_READERS = {  # what a model reads of a tallrec split, as plain values
+    "history_table_train": lambda split, bert, tmp: table_arrays(history_table(split, "train", 10, None)),
+    "history_table_test": lambda split, bert, tmp: table_arrays(history_table(split, "test", 10, None)),
+    "item_like_rates": lambda split, bert, tmp: [item_like_rates(split, 5.0)[0]],
+    "user_rate": lambda split, bert, tmp: [fitted(split).score_pairs(*scored_pairs(split)).numpy()],
+    "text_zero_shot": lambda split, bert, tmp: [zero_shot(bert, split, tmp).score_pairs(*scored_pairs(split)).numpy()],
+}
+
+
+def same(first: list, second: list) -> bool:
+    return all(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)) for a, b in zip(first, second))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("reader", SAMPLE_READERS.values(), ids=SAMPLE_READERS)
+def test_models_find_sample_histories_where_the_split_names_them(reader, tallrec, tiny_bert, tmp_path):
+    """Models follow ``Split.histories``, not part names: renamed parts read the same; undeclared ones read per user."""
+    expected = reader(tallrec, tiny_bert, tmp_path)
+    assert same(reader(renamed_histories(tallrec), tiny_bert, tmp_path), expected)
+    assert not same(reader(dataclasses.replace(tallrec, histories={}), tiny_bert, tmp_path), expected)
 
 
 def test_tallrec_config_reads_auc_where_there_is_no_ranking():

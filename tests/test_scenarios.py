@@ -10,8 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recexp.errors import ConfigError, DataError
-from recexp.interfaces import Dataset
-from recexp.scenarios import ColdItemScenario, RandomScenario, TemporalScenario, build_or_load
+from recexp.interfaces import Block, Dataset
+from recexp.scenarios import (
+    ColdItemScenario,
+    ColdUserScenario,
+    RandomScenario,
+    TallRecScenario,
+    TemporalScenario,
+    TimeBlocksScenario,
+    build_or_load,
+)
 from recexp.scenarios.artifact import load_split, scenario_hash
 from recexp.scenarios.common import ratio_counts
 
@@ -244,3 +252,26 @@ def test_a_catalogue_change_in_the_item_file_makes_a_new_split(tmp_path):
     write_atomic(folder, "c.item", "item_id:token\ttitle:token", [f"i{i}\tnew title {i}" for i in range(12)])
     retitled = AtomicDataset(name="c", path=str(folder)).load()
     assert build_or_load(retitled, RandomScenario(), 0, tmp_path / "cache").hash == first.hash  # texts: same split
+
+
+SAMPLES = {"train": "train_history", "valid": "valid_history", "test": "test_history"}
+CONCEPTS = [  # scenario, Split.histories, Split.blocks
+    (TallRecScenario(shots=64), SAMPLES, []),
+    (ColdUserScenario(), {}, []),  # support sets are per user: the stages' history parts (train + support)
+    (TimeBlocksScenario(blocks=3), {}, [Block("valid_1", "test_1"), Block("valid_2", "test_2")]),
+    (RandomScenario(), {}, []),
+]
+
+
+@pytest.mark.parametrize("scenario, histories, blocks", CONCEPTS, ids=[type(case[0]).__name__ for case in CONCEPTS])
+def test_the_split_names_its_sample_histories_and_time_blocks(scenario, histories, blocks, ml100k, tmp_path):
+    """What models and tasks read off a split, written to and read back from its artifact."""
+    split = build_or_load(ml100k, scenario, 0, tmp_path)
+    for found in (split, load_split(split.path, ml100k)):
+        assert found.histories == histories and found.blocks == blocks
+        for part, history in found.histories.items():  # every sample's history rows, under its number
+            assert set(found.parts[history]["sample"]) == set(found.parts[part]["sample"])
+        halves = [found.positives(stage) for block in found.blocks for stage in (block.valid, block.test)]
+        if halves:  # the base (train) and every later block's halves, in time order, are all interactions
+            ordered = pd.concat([found.train, *halves])
+            assert rows(ordered) == rows(ml100k.inter) and ordered["timestamp"].is_monotonic_increasing

@@ -213,9 +213,9 @@ def test_the_spine_applies_the_tail_group_to_every_model_it_builds():
         rerank = compose("config", overrides=["model=pop", "tail=rerank", "tail.method=xquad", "tail.lam=0.2"])
         reweight = compose("config", overrides=["model=pop", "tail=reweight"])
     assert plain.get("tail") is None  # tail: null in the defaults list: no tail strategy
-    make = model_factory(rerank.model, build(rerank.trainer), build(rerank.tail))
+    make, built = model_factory(rerank.model, build(rerank.trainer), build(rerank.tail))
     first, second = make(), make()
-    assert isinstance(first, Reranked) and isinstance(second, Reranked) and first is not second
+    assert isinstance(first, Reranked) and isinstance(second, Reranked) and first is built is not second
     assert first.settings.method == "xquad" and first.name == "Pop"
     with pytest.raises(ConfigError, match="cannot be honoured by the RecBole model Pop"):
         model_factory(reweight.model, build(reweight.trainer), build(reweight.tail))

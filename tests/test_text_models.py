@@ -16,7 +16,16 @@ from hydra import compose, initialize_config_dir
 
 from recexp.config import build
 from recexp.errors import ConfigError, TrainingError
+from recexp.models.pair_classifier import PairClassifier
+from recexp.models.random_scores import RandomRecommender
+from recexp.models.text_encoder import TextEncoder
+from recexp.models.text_tower import TextTower
+from recexp.models.text_zero_shot import TextZeroShotRecommender
 from recexp.models.torch_recommender import TorchRecommender
+from recexp.models.user_rate import UserRateRecommender
+from recexp.records import RunRecord
+from recexp.strategies import Frozen
+from recexp.tail import Rerank, Reranked
 from recexp.train import TrainerConfig, fit, warmup_then_decay
 
 MODELS = ["text_tower", "fusion", "lm_classifier"]
@@ -42,6 +51,25 @@ def test_contract(name, strategy, tiny_bert, small_split, tmp_path):
     logged = ctx.logger.lines[-1][0]
     assert math.isfinite(logged["train/loss"]) and 0 <= logged["valid/ndcg@10"] <= 1
     assert ranking_metrics(model, small_split)["all"]["ndcg@10"] >= 0
+
+
+MODEL_KINDS = {  # a model, given a text encoder -> whether its run record says it reads item text
+    "text_zero_shot": (lambda encoder: TextZeroShotRecommender(encoder), True),
+    "text_tower": (lambda encoder: TorchRecommender(TextTower(encoder, Frozen())), True),
+    "text_tower_reranked": (lambda encoder: Reranked(TorchRecommender(TextTower(encoder, Frozen())), Rerank()), True),
+    "text_head": (lambda encoder: TorchRecommender(PairClassifier(inputs="text", reader="mlp", encoder=encoder)), True),
+    "id_fm_given_an_encoder": (lambda encoder: TorchRecommender(PairClassifier(inputs="ids", encoder=encoder)), False),
+    "user_rate": (lambda encoder: UserRateRecommender(), False),
+    "random": (lambda encoder: RandomRecommender(), False),
+}
+
+
+@pytest.mark.parametrize("name", MODEL_KINDS)
+def test_the_run_record_says_whether_the_model_reads_text(name, tiny_bert, tmp_path):
+    make, text = MODEL_KINDS[name]
+    record = RunRecord(tmp_path / "results.json", {}, persist=False)
+    record.set_model(make(TextEncoder(str(tiny_bert))))
+    assert record.data["model"] == {"text_encoder": text}
 
 
 @pytest.mark.parametrize("name", MODELS)

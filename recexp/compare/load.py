@@ -99,9 +99,11 @@ def model_name(run: Run) -> str:
 
 
 def uses_text_encoder(run: Run) -> bool:
-    """Text models take the adaptation strategy (``strategy: ${strategy}``) or an encoder in their
-    config, or in that of the torch module they wrap (``model.module``); ``encoder: null`` (an ID-only
-    ``pair_classifier``) is none."""
+    """Whether the run's model read item text through a text encoder, as its record says (``model.text_encoder``).
+    A record written before it said so: whether the model's config, or that of the torch module it wraps
+    (``model.module``), takes a strategy or an encoder (``encoder: null``, an ID-only ``pair_classifier``, is none)."""
+    if "model" in run.data:
+        return bool(run.data["model"]["text_encoder"])
     model = run.config.get("model") or {}
     return any(node.get("strategy") is not None or node.get("encoder") is not None
                for node in (model, model.get("module") or {}))

@@ -4,11 +4,12 @@ A :class:`HistoryTable` holds, per row, the ``length`` most recent history items
 padding) and their 0/1 like labels. Where rows come from:
 
 * ``train``: one row per training interaction, whose history is the same user's ``length``
-  interactions before it in time (on a sample-based split, ``scenario=tallrec``, its sample's own
-  history instead). Training pairs never see later interactions.
-* a stage: on a sample-based stage, one row per sample (its own history); otherwise one row per
-  user, the user's most recent interactions in the stage's history parts (``cold_user``: the
-  support set), so every item scored for that user reads the same history.
+  interactions before it in time (where the split names a history part for ``train`` in
+  ``Split.histories``, as ``scenario=tallrec`` does, its sample's own history instead). Training
+  pairs never see later interactions.
+* a stage: where the split names a history part for the stage's pairs, one row per sample (its own
+  history); otherwise one row per user, the user's most recent interactions in the stage's history
+  parts (``cold_user``: the support set), so every item scored for that user reads the same history.
 
 A label is the row's ``label`` column where the split has one, else ``rating >= threshold``, else 1
 (an implicit interaction counts as liked).
@@ -22,8 +23,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from recexp.errors import DataError
 from recexp.interfaces import TRAIN, Split
-from recexp.scenarios.tallrec import history_part, sample_histories
 from recexp.train import Batch, epoch_order
 
 
@@ -66,6 +67,20 @@ def like_labels(frame: pd.DataFrame, threshold: float | None) -> np.ndarray:
         known = ~np.isnan(label)
         out[known] = label[known]
     return out
+
+
+def sample_histories(split: Split, stage: str) -> tuple[dict[tuple[int, int], int], pd.DataFrame] | None:
+    """For a stage (or ``train``) whose pairs are samples with their own histories (``Split.histories``): ({(user, item):
+    sample} of its pairs, its history rows with a ``sample`` column); None for any other."""
+    part = TRAIN if stage == TRAIN else split.stage(stage).pairs
+    if part not in split.histories:
+        return None
+    pairs = split.parts[part]
+    keys = zip(pairs["user"].to_numpy().tolist(), pairs["item"].to_numpy().tolist())
+    lookup = dict(zip(keys, pairs["sample"].to_numpy().tolist()))
+    if len(lookup) != len(pairs):
+        raise DataError(f"stage {stage!r} repeats a (user, item) pair, so a pair does not name one sample.")
+    return lookup, split.parts[split.histories[part]]
 
 
 def history_table(split: Split, stage: str, length: int, threshold: float | None) -> HistoryTable:
@@ -121,7 +136,7 @@ def item_like_rates(split: Split, prior_weight: float, threshold: float | None =
     ``prior_weight`` pseudo-interactions; the overall rate). Training data: the train pairs and, on
     sample-based splits, their histories, which come with them; with ``threshold``, a part without labels
     but with ratings is labelled as a classifier trains on it (:func:`like_labels`). Empty when nothing is labelled."""
-    frames = [split.parts[name] for name in (TRAIN, history_part(TRAIN)) if name in split.parts]
+    frames = [split.train, *([split.parts[split.histories[TRAIN]]] if TRAIN in split.histories else [])]
     found = [_item_labels(frame, threshold) for frame in frames]
     labelled = pd.concat([f for f in found if f is not None] or [pd.DataFrame(columns=["item", "label"])], ignore_index=True)
     if labelled.empty:

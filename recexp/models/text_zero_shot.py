@@ -14,8 +14,8 @@ import torch
 
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import FitContext, Split
+from recexp.models.histories import sample_histories
 from recexp.models.text_encoder import TextEncoder
-from recexp.scenarios.tallrec import sample_histories
 from recexp.strategies import Frozen
 from recexp.train import TrainerConfig
 

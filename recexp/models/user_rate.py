@@ -18,8 +18,7 @@ import torch
 
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import FitContext, Split
-from recexp.models.histories import item_like_rates
-from recexp.scenarios.tallrec import sample_histories
+from recexp.models.histories import item_like_rates, sample_histories
 from recexp.train import TrainerConfig
 
 

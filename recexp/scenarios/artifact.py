@@ -4,11 +4,13 @@ Layout of ``CACHE/splits/HASH/``: one ``PART.inter`` per named part (``train``, 
 for a holdout split; atomic files with the dataset's raw id tokens, and a ``label`` column where a
 part holds labelled pairs, and a ``sample`` column where rows are numbered samples or their
 histories, as in ``tallrec``) and ``split.json``: every stage's history, positives and pairs (part
-names), candidates and segments (raw item tokens), the sha256 of every ``PART.inter`` file, and a
-``checksum`` over all of that. Any model, or an independent checker, reads the same files.
+names), candidates and segments (raw item tokens), the split's ``histories`` and ``blocks``, the
+sha256 of every ``PART.inter`` file, and a ``checksum`` over all of that. Any model, or an independent
+checker, reads the same files.
 
 Every load verifies every checksum; a damaged artifact (truncated, overwritten or emptied file,
-unreadable ``split.json``) is reported with a warning naming the file, moved aside and rebuilt.
+unreadable ``split.json``) is reported with a warning naming the file, moved aside and rebuilt; so is an
+artifact whose ``split.json`` is of an older :data:`FORMAT` (rebuilt under the same hash, with the same parts).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import pandas as pd
 
 from recexp.cache import DamagedCache, discard, read_verified, sha256, shareable
 from recexp.data.atomic import read_table
-from recexp.interfaces import Dataset, Split, Stage
+from recexp.interfaces import Block, Dataset, Split, Stage
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class Scenario(Protocol):
 
 
 PROTOCOLS = 3  # raise when a scenario's output changes for the same settings: stored splits are then rebuilt
+FORMAT = 2  # raise when split.json records more than older artifacts hold: they are rebuilt under the same hash
 
 
 def scenario_hash(dataset: Dataset, scenario: Scenario, seed: int) -> str:
@@ -83,12 +86,15 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
             files[f"{name}.inter"] = sha256(data)
         tokens = split.dataset.item_tokens
         meta = {
+            "format": FORMAT,
             "hash": split.hash,
             "config": config,
             "counts": split.counts(),
             "info": split.info,
             "parts": list(split.parts),
             "stages": {name: _stage_json(stage, tokens, split.dataset.user_tokens) for name, stage in split.stages.items()},
+            "histories": split.histories,
+            "blocks": [dataclasses.asdict(block) for block in split.blocks],
             "files": files,
         }
         meta = json.loads(json.dumps(meta, default=str))  # what a reader will parse, checksummed as such
@@ -139,9 +145,12 @@ def inter_bytes(frame: pd.DataFrame, dataset: Dataset) -> bytes:
 def load_split(folder: Path, dataset: Dataset) -> Split:
     """Read an artifact written by :func:`build_or_load` back onto ``dataset``'s internal ids.
 
-    Raises :class:`DamagedCache` (naming the file) when any file fails its checksum.
+    Raises :class:`DamagedCache` (naming the file) when any file fails its checksum or ``split.json`` is of an older format.
     """
     meta = read_meta(folder)
+    if meta.get("format", 1) != FORMAT:
+        raise DamagedCache(f"{folder / 'split.json'} is of format {meta.get('format', 1)}, written by an older recexp "
+                           f"(this one reads format {FORMAT})")
     users = {t: i for i, t in enumerate(dataset.user_tokens)}
     items = {t: i for i, t in enumerate(dataset.item_tokens)}
 
@@ -161,7 +170,8 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
         )
         for name, spec in meta["stages"].items()
     }
-    return Split(dataset=dataset, parts=parts, stages=stages, hash=meta["hash"], path=folder, info=meta["info"])
+    return Split(dataset=dataset, parts=parts, stages=stages, hash=meta["hash"], path=folder, info=meta["info"],
+                 histories=meta["histories"], blocks=[Block(**block) for block in meta["blocks"]])
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

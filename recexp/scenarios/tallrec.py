@@ -11,9 +11,9 @@ Parts: ``train``, ``valid``, ``test`` hold one row per sample (the target intera
 ``label`` and its ``sample`` number: its index among the kept samples, 0..9999);
 ``train_history``, ``valid_history``, ``test_history`` hold each sample's 10 history interactions,
 labelled, oldest first, with the ``sample`` they belong to. Stage ``valid`` (``test``) scores the
-labelled pairs of ``valid`` (``test``) and may read only ``valid_history`` (``test_history``): a
-model finds a pair's history through the pair's ``sample`` (see :func:`sample_histories`). There
-is no full ranking (``positives`` is None).
+labelled pairs of ``valid`` (``test``) and may read only ``valid_history`` (``test_history``): the
+split's ``histories`` name each part's history part, where a model finds a pair's history through the
+pair's ``sample``. There is no full ranking (``positives`` is None).
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class TallRecScenario:
         stages = {name: Stage(history=(history_part(name),), pairs=name) for name in STAGES}
         test_labels = parts["test"]["label"].to_numpy()
         return Split(
-            dataset=dataset, parts=parts, stages=stages,
+            dataset=dataset, parts=parts, stages=stages, histories={name: history_part(name) for name in cuts},
             info={
                 "samples": n,
                 "users": users,  # distinct users among all train / valid / test samples (before shots)
@@ -107,19 +107,3 @@ def tallrec_order(inter: pd.DataFrame) -> pd.DataFrame:
     order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), rank[user]))
     return inter.iloc[order].reset_index(drop=True)
 
-
-def sample_histories(split: Split, stage: str) -> tuple[dict[tuple[int, int], int], pd.DataFrame] | None:
-    """For a sample-based stage (or ``train``): ({(user, item): sample} of its pairs, its history rows with a
-    ``sample`` column); None when ``stage``'s pairs or history carry no sample numbers."""
-    if stage == TRAIN:
-        pairs, names = split.train, [name for name in (history_part(TRAIN),) if name in split.parts]
-    else:
-        pairs, names = split.pairs(stage), split.stage(stage).history
-    parts = [split.parts[name] for name in names]
-    if pairs is None or not parts or "sample" not in pairs or not all("sample" in p for p in parts):
-        return None
-    keys = zip(pairs["user"].to_numpy().tolist(), pairs["item"].to_numpy().tolist())
-    lookup = dict(zip(keys, pairs["sample"].to_numpy().tolist()))
-    if len(lookup) != len(pairs):
-        raise DataError(f"stage {stage!r} repeats a (user, item) pair, so a pair does not name one sample.")
-    return lookup, pd.concat(parts, ignore_index=True)

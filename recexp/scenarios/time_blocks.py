@@ -6,7 +6,7 @@ knowing every earlier block; stage ``test_j`` ranks ``test_j`` knowing every ear
 ``valid_j``. A stage's candidates are the items seen by the end of the half it ranks (nothing from
 the future: ``valid_j`` does not rank items first seen in ``test_j``). Segments: ``all``/``head``/``tail``
 (head: popular items before block ``j``), ``new_items`` and the user segment ``new_users`` (first
-seen in block ``j``, up to the end of the ranked half).
+seen in block ``j``, up to the end of the ranked half). The split's ``blocks`` name each later block's two stages.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.errors import ConfigError, DataError
-from recexp.interfaces import TRAIN, Dataset, Split, Stage
+from recexp.interfaces import TRAIN, Block, Dataset, Split, Stage
 from recexp.scenarios.common import by_time, head_items, labelled, popularity_segments
 
 BASE = "block_0"
@@ -39,7 +39,7 @@ class TimeBlocksScenario:
         blocks = self._cut(ordered)
         parts: dict[str, pd.DataFrame] = {BASE: blocks[0], TRAIN: blocks[0]}
         stages: dict[str, Stage] = {}
-        known = [BASE]
+        known, later = [BASE], []
         for j, block in enumerate(blocks[1:], start=1):
             valid_name, test_name = block_parts(j)
             half = len(block) // 2
@@ -53,7 +53,8 @@ class TimeBlocksScenario:
                 segments, users = self._segments(dataset, before, seen)
                 stages[name] = Stage(history, name, segments["all"], segments, name if pairs else None, users)
             known += [valid_name, test_name]
-        return Split(dataset=dataset, parts=parts, stages=stages, info=self._facts(blocks))
+            later.append(Block(valid=valid_name, test=test_name))
+        return Split(dataset=dataset, parts=parts, stages=stages, info=self._facts(blocks), blocks=later)
 
     def _cut(self, ordered: pd.DataFrame) -> list[pd.DataFrame]:
         """Equal-count blocks (or calendar periods), each non-empty and with two halves."""

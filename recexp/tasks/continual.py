@@ -27,8 +27,7 @@ import torch
 from recexp.costs import CostMeter
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
-from recexp.interfaces import TRAIN, FitContext, Recommender, Saveable, Split, Stage, TaskResult
-from recexp.scenarios.time_blocks import BASE, block_parts
+from recexp.interfaces import TRAIN, Block, FitContext, Recommender, Saveable, Split, Stage, TaskResult
 from recexp.tasks.holdout import check_processes, effective_settings
 
 UPDATES = ("fine_tune", "replay", "full_retrain", "window", "none")
@@ -66,7 +65,7 @@ class Continual:
                 f"task.window={self.window} is larger than the {n - 1} blocks any update can see "
                 f"(scenario.blocks={n}); use task.window <= {n - 1}."
             )
-        return {"valid": split.stage(block_parts(n - 1)[0]), **{block_parts(j)[1]: split.stage(block_parts(j)[1]) for j in range(1, n)}}
+        return {"valid": split.stage(block(split, n - 1).valid), **{b.test: split.stage(b.test) for b in split.blocks}}
 
     def run(self, make_model: Callable[[], Recommender], split: Split, evaluator: Evaluator, ctx: FitContext) -> TaskResult:
         n = n_blocks(split)
@@ -88,10 +87,10 @@ class Continual:
                 elif hasattr(model, "attach"):
                     model.attach(view, ctx.device)
             with total.phase("eval"):
-                row = {block_parts(j)[1]: evaluator.evaluate(model, view, block_parts(j)[1], ctx.device) for j in range(1, t + 2)}
+                row = {b.test: evaluator.evaluate(model, view, b.test, ctx.device) for b in split.blocks[: t + 1]}
             rows.append(row)
             updates.append(update_cost(t, model, view, meter, trains))
-            logger.log_update(t, row, self.metrics)
+            logger.log_update(t, row, self.metrics, block(split, t + 1).test)
         if ctx.is_main and self.save_model and isinstance(model, Saveable):
             model.save(ctx.run_dir / "model")
         with total.phase("eval"):
@@ -119,25 +118,30 @@ class Continual:
 
 
 def n_blocks(split: Split) -> int:
-    blocks = split.info.get("blocks")
-    if not blocks or BASE not in split.parts:
+    """The split's time blocks, its base (the ``train`` part) included."""
+    if not split.blocks:
         raise ConfigError("task=continual needs a split of time blocks: use scenario=time_blocks.")
-    return int(blocks)
+    return len(split.blocks) + 1
+
+
+def block(split: Split, j: int) -> Block:
+    """Block ``j`` >= 1 of ``split`` (block 0 is its base, the ``train`` part)."""
+    return split.blocks[j - 1]
 
 
 def block_frame(split: Split, b: int, with_test: bool = True) -> pd.DataFrame:
     """The interactions of block ``b``: for b >= 1 its valid half, and its test half unless ``with_test`` is False."""
     if b == 0:
-        return split.parts[BASE]
-    valid, test = block_parts(b)
-    return pd.concat([split.parts[valid], *([split.parts[test]] if with_test else [])], ignore_index=True)
+        return split.train
+    halves = (block(split, b).valid, *([block(split, b).test] if with_test else []))
+    return pd.concat([split.positives(stage) for stage in halves], ignore_index=True)
 
 
 def update_view(split: Split, t: int, train: pd.DataFrame) -> Split:
     """The holdout-shaped split update ``t`` fits on: ``train``, early stopping on block t+1's valid
     half (stage ``valid``), and the test stages of blocks 1 .. t+1."""
-    stages = {"valid": split.stage(block_parts(t + 1)[0])}
-    stages |= {block_parts(j)[1]: split.stage(block_parts(j)[1]) for j in range(1, t + 2)}
+    stages = {"valid": split.stage(block(split, t + 1).valid)}
+    stages |= {b.test: split.stage(b.test) for b in split.blocks[: t + 1]}
     return Split(split.dataset, {**split.parts, TRAIN: train}, stages, split.hash, split.path, split.info)
 
 
@@ -151,7 +155,7 @@ def update_cost(t: int, model: Any, view: Split, meter: CostMeter, trained: bool
 
 def summarise(rows, metrics: list[str], split: Split, updates: list[dict], rule: str) -> dict[str, Any]:
     """The ``continual`` section of results.json: matrices, average next-block, BWT and forgetting."""
-    matrices = {m: matrix(rows, m, n_blocks(split)) for m in metrics}
+    matrices = {m: matrix(rows, m, [b.test for b in split.blocks]) for m in metrics}
     primary = metrics[0]
     return {
         "metric": primary,
@@ -168,15 +172,16 @@ def summarise(rows, metrics: list[str], split: Split, updates: list[dict], rule:
     }
 
 
-def matrix(rows: list[dict[str, Evaluation]], metric: str, blocks: int) -> list[list[float | None]]:
-    """R[t][j-1] = ``metric`` (segment all) after update t on block j's test half; None where not evaluated."""
+def matrix(rows: list[dict[str, Evaluation]], metric: str, tests: list[str]) -> list[list[float | None]]:
+    """R[t][j-1] = ``metric`` (segment all) after update t on block j's test half (stage ``tests[j-1]``); None where
+    not evaluated."""
     spec, k = parse_metric(metric)
     key = metric_key(spec, k)
     out = []
     for row in rows:
         cells = []
-        for j in range(1, blocks):
-            evaluation = row.get(block_parts(j)[1])
+        for test in tests:
+            evaluation = row.get(test)
             value = evaluation.metrics.get("all", {}).get(key) if evaluation is not None else None
             cells.append(None if value is None or not math.isfinite(value) else float(value))
         out.append(cells)
@@ -236,7 +241,8 @@ class StepLogger:
     def finish(self, exit_code: int = 0) -> None:
         self.logger.finish(exit_code)
 
-    def log_update(self, t: int, row: dict[str, Evaluation], metrics: list[str]) -> None:
+    def log_update(self, t: int, row: dict[str, Evaluation], metrics: list[str], next_test: str) -> None:
+        """``next_test``: the test stage of block t+1, the block after those update ``t`` has trained on."""
         values: dict[str, float] = {"update": t}
         for stage, evaluation in row.items():
             for name in metrics:
@@ -244,6 +250,6 @@ class StepLogger:
                 value = evaluation.metrics.get("all", {}).get(metric_key(spec, k))
                 if value is not None:
                     values[f"continual/{stage}/{name}"] = value
-                    if stage == block_parts(t + 1)[1]:
+                    if stage == next_test:
                         values[f"continual/next/{name}"] = value
         self.next_update().log(values)
