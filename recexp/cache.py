@@ -21,6 +21,10 @@ class DamagedCache(DataError):
     """A cached file is missing, unreadable, or does not match its recorded checksum; names the file."""
 
 
+class OutdatedCache(DamagedCache):
+    """A cached entry intact but written in an older format: rebuilt like a damaged one, without alarm."""
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

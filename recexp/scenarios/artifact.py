@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from recexp.cache import DamagedCache, discard, read_verified, sha256, shareable
+from recexp.cache import DamagedCache, OutdatedCache, discard, read_verified, sha256, shareable
 from recexp.data.atomic import read_table
 from recexp.interfaces import Block, Dataset, Split, Stage
 
@@ -65,6 +65,9 @@ def build_or_load(dataset: Dataset, scenario: Scenario, seed: int, cache_dir: st
     if folder.exists():
         try:
             return load_split(folder, dataset)
+        except OutdatedCache as err:
+            log.info("Split artifact of an older format: %s; rebuilding it.", err)
+            discard(folder)
         except DamagedCache as err:
             log.warning("Split artifact damaged: %s; rebuilding it.", err)
             discard(folder)
@@ -149,7 +152,7 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
     """
     meta = read_meta(folder)
     if meta.get("format", 1) != FORMAT:
-        raise DamagedCache(f"{folder / 'split.json'} is of format {meta.get('format', 1)}, written by an older recexp "
+        raise OutdatedCache(f"{folder / 'split.json'} is of format {meta.get('format', 1)}, written by an older recexp "
                            f"(this one reads format {FORMAT})")
     users = {t: i for i, t in enumerate(dataset.user_tokens)}
     items = {t: i for i, t in enumerate(dataset.item_tokens)}
