@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,10 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from recexp.cache import DamagedCache, model_fingerprint, sha256, shareable
+from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError
+from recexp.files import atomic_file
 from recexp.interfaces import Recommender, Split
 from recexp.models.text_encoder import TextEncoder, weight_progress_bars
 from recexp.scenarios.common import head_items
@@ -292,16 +292,8 @@ def read_generated(path: Path, prompt: str) -> str:
 
 
 def _save_atomically(path: Path, prompt: str, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump({"prompt": prompt, "text": text, "sha256": sha256(text.encode("utf-8"))}, out)
-        shareable(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as staged:
+        staged.write_text(json.dumps({"prompt": prompt, "text": text, "sha256": sha256(text.encode("utf-8"))}), encoding="utf-8")
 
 
 def neighbour_keywords(texts: list[str], items: np.ndarray, count: int, neighbours: int,

@@ -74,14 +74,6 @@ def read_verified(path: Path, expected: str | None) -> bytes:
     return data
 
 
-def shareable(path: Path) -> None:
-    """Give a temporary file or folder, before it is renamed into place, the permissions any new one of this
-    process gets: mkstemp and mkdtemp make them owner-only, which would lock others out of a shared cache."""
-    mask = os.umask(0o022)  # the only way to read the umask is to set it
-    os.umask(mask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-
-
 def discard(path: Path) -> None:
     """Move a damaged file or folder aside and delete it; another process may have done so already."""
     aside = path.with_name(f".damaged-{path.name}-{uuid.uuid4().hex[:8]}")

@@ -4,31 +4,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from recexp.cache import shareable
+from recexp.files import atomic_file
 
 PACKAGES = ("recexp", "torch", "numpy", "scipy", "pandas", "recbole", "transformers", "peft", "hydra-core", "wandb")
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON to a temporary file beside ``path``, flush it to disk and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, default=_jsonable)
-            handle.flush()
-            os.fsync(handle.fileno())
-        shareable(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as staged:
+        staged.write_text(json.dumps(payload, indent=2, default=_jsonable), encoding="utf-8")
 
 
 def _jsonable(value: Any) -> Any:

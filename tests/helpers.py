@@ -84,7 +84,7 @@ def strategy_from_config(name: str, *overrides: str):
 FAST = {  # keeps each fit to seconds on CPU
     "text_tower": ["model.module.samples_per_epoch=512"],
     "fusion": ["model.module.samples_per_epoch=512"],
-    "lm_classifier": ["model.module.samples_per_epoch=64", "model.module.rerank=4", "model.module.encoder.max_length=48"],
+    "lm_classifier": ["model.module.samples_per_epoch=64", "model.module.rerank=4", "encoder.max_length=48"],
 }
 EVALUATOR = Evaluator(ks=[10], metrics=["ndcg", "auc", "gauc", "logloss", "rmse", "mae"])
 
@@ -108,7 +108,7 @@ def build_model(name, strategy, tiny_bert, cache_dir, *overrides, epochs=1):
         cfg = compose(
             "config",
             overrides=[f"model={name}", f"strategy={strategy}", f"cache_dir={cache_dir}",
-                       f"model.module.encoder.name_or_path={tiny_bert}", f"trainer.max_epochs={epochs}",
+                       f"encoder.name_or_path={tiny_bert}", f"trainer.max_epochs={epochs}",
                        "progress=false", *FAST[name], *overrides],
         )
     return build(cfg.model, trainer=build(cfg.trainer))

@@ -11,7 +11,11 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import _locate
 from omegaconf import OmegaConf
 
-GROUPS = ["dataset", "scenario", "model", "task", "strategy", "tail", "trainer", "evaluator", "logger"]
+GROUPS = ["dataset", "scenario", "model", "task", "encoder", "strategy", "tail", "trainer", "evaluator", "logger"]
+TEXT_MODELS = {  # model -> where its resolved config holds the encoder
+    "text_tower": "module", "fusion": "module", "lm_classifier": "module", "text_head": "module", "fusion_head": "module",
+    "text_zero_shot": None,
+}
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ARMS = sorted(p.stem for p in (CONF / "arm").glob("*.yaml"))
@@ -55,6 +59,22 @@ def test_option_composes_and_binds(group, option):
         params = inspect.signature(_locate(node["_target_"])).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         assert takes_any or RUNTIME_KWARGS[group] <= set(params), f"{group}={option} cannot take {RUNTIME_KWARGS[group]}"
+
+
+def test_text_models_are_the_models_with_an_encoder():
+    with_encoder = set()
+    for path in (CONF / "model").glob("*.yaml"):
+        node = OmegaConf.to_container(compose_with(f"model={path.stem}").model, resolve=True)
+        if (node.get("module") or {}).get("encoder") or node.get("encoder"):
+            with_encoder.add(path.stem)
+    assert with_encoder == set(TEXT_MODELS)
+
+
+@pytest.mark.parametrize("model, holder", TEXT_MODELS.items())
+def test_every_text_model_reads_the_encoder_group(model, holder):
+    cfg = compose_with(f"model={model}", "encoder.max_length=32", "encoder.pooling=cls", "encoder.dtype=bf16")
+    node = cfg.model[holder] if holder else cfg.model
+    assert node.encoder == cfg.encoder and node.encoder.max_length == 32 and node.encoder.dtype == "bf16"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

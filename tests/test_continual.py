@@ -198,7 +198,7 @@ def text_model(name, tiny_bert, tmp_path):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={name}", "strategy=frozen", f"cache_dir={tmp_path}", "progress=false",
-                                           f"model.module.encoder.name_or_path={tiny_bert}", "trainer.max_epochs=1"])
+                                           f"encoder.name_or_path={tiny_bert}", "trainer.max_epochs=1"])
     return lambda: build(cfg.model, trainer=build(cfg.trainer))
 
 

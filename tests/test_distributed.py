@@ -64,7 +64,7 @@ def test_an_item_organised_epoch_is_shared_out_over_two_processes(cold_split, tm
     """A trained encoder's epoch over two processes: every training interaction once, the steps of one process."""
     bert = save_tiny_bert(tmp_path / "tiny-bert")
     overrides = ["model=text_tower", "strategy=lora", "scenario=cold_item", "trainer.max_epochs=1", "logger=none",
-                 "progress=false", f"model.module.encoder.name_or_path={bert}"]
+                 "progress=false", f"encoder.name_or_path={bert}"]
     done = launch([*ACCELERATE, "--multi_gpu", "--num_processes", "2"], overrides, tmp_path / "two", tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "results.json").read_text())

@@ -169,7 +169,7 @@ def zero_shot(tiny_bert, split, cache_dir):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["model=text_zero_shot", f"cache_dir={cache_dir}",
-                                           f"model.encoder.name_or_path={tiny_bert}"])
+                                           f"encoder.name_or_path={tiny_bert}"])
     model = build(cfg.model, trainer=build(cfg.trainer))
     model.fit(split, FitContext(NullLogger(), torch.device("cpu"), Path("."), 0, progress=False))
     return model

@@ -168,7 +168,7 @@ def test_missing_template_field_is_a_config_error():
         ("text_tower", "model.module.loss=hinge", "loss"),
         ("text_tower", "model.module.temperature=0", "temperature"),
         ("lm_classifier", "model.module.rerank=0", "rerank"),
-        ("text_tower", "model.module.encoder.pooling=max", "pooling"),
+        ("text_tower", "encoder.pooling=max", "pooling"),
     ],
 )
 def test_bad_model_settings(name, override, message, tiny_bert, tmp_path):

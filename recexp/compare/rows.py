@@ -51,8 +51,8 @@ def flat_config(run: Run) -> dict[str, str]:
 
 
 def axis_value(run: Run, axis: str, flat: dict[str, str] | None = None) -> str | None:
-    """A run's value on ``axis``; None for strategy axes of models without a text encoder."""
-    if _is_strategy_axis(axis) and not uses_text_encoder(run):
+    """A run's value on ``axis``; None for strategy and encoder axes of models without a text encoder."""
+    if _is_text_axis(axis) and not uses_text_encoder(run):
         return None
     if axis == "model":
         return model_name(run)
@@ -67,8 +67,10 @@ def axis_value(run: Run, axis: str, flat: dict[str, str] | None = None) -> str |
     return json.dumps(inner, sort_keys=True) if inner else None
 
 
-def _is_strategy_axis(axis: str) -> bool:
-    return axis == "strategy" or axis.startswith(("strategy.", "model.strategy", "model.module.strategy"))
+def _is_text_axis(axis: str) -> bool:
+    """The strategy and encoder groups, and the copies of them inside the model's config."""
+    return axis in ("strategy", "encoder") or axis.startswith(
+        ("strategy.", "encoder.", "model.strategy", "model.module.strategy", "model.encoder", "model.module.encoder"))
 
 
 def default_axes(runs: list[Run]) -> list[str]:
@@ -213,7 +215,7 @@ def _check_duplicates(row: Row, seed: Any, same: list[Run]) -> None:
     keys = sorted({k for f in flats for k in f})
     differing = [
         k for k in keys
-        if len({f.get(k) for f in flats}) > 1 and not (_is_strategy_axis(k) and not row.text_model)
+        if len({f.get(k) for f in flats}) > 1 and not (_is_text_axis(k) and not row.text_model)
     ]
     if differing:
         shown = ", ".join(f"{k} ({' vs '.join(sorted({str(f.get(k)) for f in flats}))})" for k in differing[:5])

@@ -44,6 +44,7 @@ DEFAULTS = {
     True: dict(max_epochs=2, patience=1, batch_size=16, lr=3e-4),
 }
 HEADS = ("classification", "regression")
+PAIR_TOKENS = 128  # tokens per (history, candidate) pair unless encoder.max_length is set; the history side is cut first
 NOTHING = "none"
 
 
@@ -68,7 +69,7 @@ class LMClassifier(nn.Module):
             )
         if head not in HEADS:
             raise ConfigError(f"model.module.head={head!r} is unknown; choose one of {', '.join(HEADS)}.")
-        self.encoder = encoder.adapt(strategy)
+        self.encoder = encoder.default_max_length(PAIR_TOKENS).adapt(strategy)
         self.head = nn.Linear(encoder.dim, 1)
         self.rate_weight = nn.Parameter(torch.ones(())) if rate_prior and head == "classification" else None
         self.item_weight = nn.Parameter(torch.ones(())) if item_prior and head == "classification" else None

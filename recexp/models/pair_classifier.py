@@ -69,7 +69,8 @@ class PairClassifier(nn.Module):
             raise ConfigError(f"model.module.dim and history_items must be >= 1 and dropout in [0, 1), "
                               f"got {dim}, {history_items}, {dropout}.")
         if inputs != "ids" and encoder is None:
-            raise ConfigError(f"model.module.inputs={inputs} reads item text and needs model.module.encoder.")
+            raise ConfigError(f"model.module.inputs={inputs} reads item text and needs model.module.encoder: "
+                              "set model.module.encoder='${encoder}' (as model=text_head does).")
         self.inputs, self.reader, self.dim = inputs, reader, dim
         self.history_items, self.threshold = history_items, threshold
         self.encoder = encoder.adapt(Frozen()) if encoder is not None and inputs != "ids" else None

@@ -21,8 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,12 +32,15 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
-from recexp.cache import DamagedCache, model_fingerprint, sha256, shareable
+from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.errors import ConfigError
+from recexp.files import atomic_file
 from recexp.interfaces import Strategy
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # encoder.dtype: the weights' precision
+DEFAULT_MAX_LENGTH = 64  # tokens per text where neither encoder.max_length nor the model sets one
 PROBE_TEXTS = ["an unchanged encoder gives the same vectors", "probe"]  # checks that a strategy starts as the identity
 
 
@@ -103,31 +104,34 @@ class TextEncoder(nn.Module):
         self,
         name_or_path: str | None = None,
         pooling: str = "mean",
-        max_length: int = 64,
+        max_length: int | None = None,
         batch_size: int = 64,
         cache_dir: str | None = None,
         progress: bool = True,
+        dtype: str = "fp32",
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"encoder.pooling={pooling!r} is unknown; choose one of {', '.join(POOLINGS)}.")
-        if max_length < 2 or batch_size < 1:
-            raise ConfigError(f"encoder.max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}.")
+        if (max_length is not None and max_length < 2) or batch_size < 1:
+            raise ConfigError(f"encoder.max_length must be >= 2 (or null) and batch_size >= 1, got {max_length}, {batch_size}.")
+        if dtype not in DTYPES:
+            raise ConfigError(f"encoder.dtype={dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
         path = name_or_path or default_model_path()
         weight_progress_bars(progress)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
         except (OSError, ValueError) as error:
             raise ConfigError(
                 f"Could not load encoder {path!r}: {error}\nOn an offline machine, set "
-                "model.encoder.name_or_path to a local folder holding config.json, the weights and the "
+                "encoder.name_or_path to a local folder holding config.json, the weights and the "
                 "tokenizer files (or null for the packaged all-MiniLM-L6-v2)."
             ) from error
         if self.tokenizer.pad_token is None:  # decoder-only models: pad with end-of-text (masked out)
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pooling = pooling
-        self.max_length = max_length
+        self.configured_length = max_length  # None: the model's own default (default_max_length)
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.cache_hits = 0
@@ -141,6 +145,18 @@ class TextEncoder(nn.Module):
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per text (or text pair); longer inputs are truncated."""
+        return self.configured_length or DEFAULT_MAX_LENGTH
+
+    def default_max_length(self, tokens: int) -> TextEncoder:
+        """Cut texts at ``tokens`` unless ``encoder.max_length`` says otherwise (a model whose inputs are longer
+        than one item text, such as a history and a candidate, sets its own default); returns self."""
+        if self.configured_length is None:
+            self.configured_length = tokens
+        return self
 
     @property
     def trainable(self) -> bool:
@@ -322,11 +338,11 @@ class TextEncoder(nn.Module):
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """hidden [N, L, dim], mask [N, L] -> [N, dim] (masked mean, or the first token)."""
+    """hidden [N, L, dim], mask [N, L] -> [N, dim] in fp32 whatever the encoder's dtype (masked mean, or the first token)."""
     if pooling == "cls":
-        return hidden[:, 0]
+        return hidden[:, 0].float()
     weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)).float()
 
 
 def _tensor_sha256(tensor: torch.Tensor) -> str:
@@ -351,14 +367,6 @@ def read_embeddings(path: Path, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def _save_atomically(embeddings: torch.Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(handle)
     tensor = embeddings.detach().cpu().contiguous()
-    try:
-        save_file({"embeddings": tensor}, temporary, metadata={"sha256": _tensor_sha256(tensor)})
-        shareable(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as staged:
+        save_file({"embeddings": tensor}, staged, metadata={"sha256": _tensor_sha256(tensor)})

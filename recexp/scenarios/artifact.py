@@ -27,8 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from recexp.cache import DamagedCache, OutdatedCache, discard, read_verified, sha256, shareable
+from recexp.cache import DamagedCache, OutdatedCache, discard, read_verified, sha256
 from recexp.data.atomic import read_table
+from recexp.files import shareable
 from recexp.interfaces import Block, Dataset, Split, Stage
 
 log = logging.getLogger(__name__)
