@@ -249,6 +249,11 @@ class Task(Protocol):
 class Strategy(Protocol):
     """How a pretrained encoder is adapted: frozen, fully fine-tuned, via a PEFT method, or with bottleneck adapters."""
 
+    cached_below: int
+    """0 (every strategy but partial): the whole encoder runs on every pass. Above 0 (``strategy=partial``, once
+    applied): the hidden states entering this layer are computed once per text list and cached, and the
+    strategy's ``trained_layers(encoder)`` gives the layers run over them."""
+
     def apply(self, encoder: torch.nn.Module) -> torch.nn.Module:
         """Return the encoder with exactly the weights this strategy trains left trainable."""
 
