@@ -24,11 +24,11 @@ from recexp.evaluate.metrics import (
 )
 from recexp.evaluate.ranking import StageIndex, check_scores
 from recexp.evaluate.top import masked_largest
-from recexp.interfaces import Dataset
+from recexp.interfaces import Dataset, RecommenderBase
 from recexp.scenarios.common import holdout_split
 
 
-class FixedScores:
+class FixedScores(RecommenderBase):
     def __init__(self, scores):
         self.scores = torch.as_tensor(scores, dtype=torch.float32)
 

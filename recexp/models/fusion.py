@@ -47,6 +47,9 @@ DEFAULTS = {
 
 
 class Fusion(nn.Module):
+    pointwise_output = "score"  # scores only order items
+    score_pairs = None  # pair scores are read off score()
+
     def __init__(
         self,
         encoder: TextEncoder,

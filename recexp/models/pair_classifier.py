@@ -46,6 +46,8 @@ SCORE_CHUNK = 65536  # (user, item) pairs per scoring pass
 
 class PairClassifier(nn.Module):
     pointwise_output = "probability"
+    sampling = None  # trains on labelled pairs, no sampled negatives (tail=reweight refuses it)
+    loss = "bce"
 
     def __init__(
         self,
