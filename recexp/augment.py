@@ -37,7 +37,7 @@ from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError
 from recexp.files import atomic_file
-from recexp.interfaces import Recommender, Split
+from recexp.interfaces import Recommender, RecommenderBase, Split
 from recexp.models.text_encoder import TextEncoder, weight_progress_bars
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
@@ -103,11 +103,9 @@ class Augment:
                 "tail_generated": self.generator.generated, "tail_cache_hits": self.generator.cache_hits}
 
     def wrap(self, model: Recommender) -> Augmented:
-        holder = getattr(model, "module", model)
-        if not isinstance(getattr(holder, "encoder", None), TextEncoder):
-            name = getattr(model, "name", None) or type(holder).__name__
+        if not isinstance(model.encoder, TextEncoder):
             raise ConfigError(
-                f"tail=augment extends item texts, but model {name} reads no item text. Use a text model "
+                f"tail=augment extends item texts, but model {model.name} reads no item text. Use a text model "
                 "(text_tower, fusion, lm_classifier, text_zero_shot), or tail=rerank / tail=reweight."
             )
         return Augmented(model, self)
@@ -155,25 +153,55 @@ class Augment:
             self._encoder.to("cpu")
 
 
-class Augmented:
-    """A recommender that fits, attaches and loads on the split with augmented tail texts; scoring and
-    everything else pass through to the inner model."""
+class Augmented(RecommenderBase):
+    """A recommender that fits, attaches and loads on the split with augmented tail texts; scoring and every
+    other member of the contract pass through to the inner model."""
 
     def __init__(self, inner: Recommender, settings: Augment):
         self.inner, self.settings = inner, settings
 
-    def __getattr__(self, name: str) -> Any:  # only called for names this wrapper does not define
-        if name in ("inner", "settings"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def pointwise_output(self) -> str:
+        return self.inner.pointwise_output
+
+    @property
+    def score_pairs(self) -> Any:
+        return self.inner.score_pairs
+
+    @property
+    def distributed(self) -> bool:
+        return self.inner.distributed
+
+    @property
+    def saveable(self) -> bool:
+        return self.inner.saveable
+
+    @property
+    def encoder(self) -> torch.nn.Module | None:
+        return self.inner.encoder
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return self.inner.parameter_counts()
+
+    def cost_extras(self) -> dict[str, Any]:
+        return self.inner.cost_extras()
+
+    def save(self, directory: Any) -> None:
+        self.inner.save(directory)
+
+    def reweight(self, method: str, alpha: float) -> None:
+        self.inner.reweight(method, alpha)
 
     def fit(self, split: Split, ctx: Any) -> None:
         self.inner.fit(self.settings.augment(split, ctx.device, ctx.progress), ctx)
 
     def attach(self, split: Split, device: torch.device) -> None:
-        """Score ``split`` without training on it; a model that cannot keeps its split."""
-        if hasattr(self.inner, "attach"):
-            self.inner.attach(self.settings.augment(split, device), device)
+        """Score ``split`` (its tail texts augmented) without training on it."""
+        self.inner.attach(self.settings.augment(split, device), device)
 
     def load(self, directory: Any, split: Split, device: Any = "cpu") -> None:
         self.inner.load(directory, self.settings.augment(split, torch.device(device)), device)
@@ -183,8 +211,7 @@ class Augmented:
         return self.inner.score(users, stage)
 
     def effective(self) -> dict[str, Any]:
-        inner = self.inner.effective() if hasattr(self.inner, "effective") else {}
-        return {**inner, **self.settings.describe()}
+        return {**self.inner.effective(), **self.settings.describe()}
 
 
 class Generator:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from recexp.interfaces import Split
+from recexp.interfaces import Recommender, Split
 
 
 class CostMeter:
@@ -57,7 +57,7 @@ class CostMeter:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return _resident_peak_mb()
 
-    def summary(self, model: Any, split: Split, world_size: int = 1) -> dict[str, Any]:
+    def summary(self, model: Recommender, split: Split, world_size: int = 1) -> dict[str, Any]:
         trainable, total = model.parameter_counts()
         train_seconds = self.seconds.get("train", 0.0)
         cost = {
@@ -71,8 +71,7 @@ class CostMeter:
             "world_size": world_size,  # processes that trained together
             "train_interactions": len(split.train),
         }
-        if hasattr(model, "cost_extras"):
-            cost.update(model.cost_extras())
+        cost.update(model.cost_extras())
         if "samples_per_second" not in cost and "samples_seen" in cost and train_seconds > 0:
             cost["samples_per_second"] = cost["samples_seen"] / train_seconds
         return cost

@@ -9,11 +9,16 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import torch
+
+from recexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recexp.models.objectives import Sampling
 
 INTER_COLUMNS = ("user", "item", "rating", "timestamp")
 
@@ -180,35 +185,125 @@ class FitContext:
 
 
 @runtime_checkable
-class Recommender(Protocol):
-    """Any model recexp can evaluate. Scores are raw: masking is the evaluator's job.
+class Scorer(Protocol):
+    """What the evaluator reads of a model: a :class:`Recommender`, or a :class:`TorchModel` while it trains."""
 
-    Optional, found by the evaluator when present: ``score_pairs(users, items, stage) -> [N]``
-    (otherwise read off :meth:`score`) and ``pointwise_output`` ("score", "probability" for
-    P(label = 1), or "rating" for a predicted rating; decides logloss and rmse/mae).
-    """
-
-    def fit(self, split: Split, ctx: FitContext) -> None:
-        """Train on ``split.train`` (the ``valid`` stage, when there is one, may drive early stopping)."""
+    pointwise_output: str
+    """What scores mean on labelled pairs: "score" (an order only), "probability" (P(label = 1): logloss
+    applies) or "rating" (a predicted rating: rmse and mae apply)."""
+    score_pairs: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor] | None
+    """The model's own pair scorer, ``(users [N], items [N], stage) -> [N]``; None: pair scores are read off
+    :meth:`score`."""
 
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
         """users: [B] internal ids -> [B, n_items] scores, higher is better."""
 
+
+@runtime_checkable
+class Recommender(Scorer, Protocol):
+    """Any model recexp can evaluate. Scores are raw: masking is the evaluator's job.
+
+    ``fit``, ``score`` and ``parameter_counts`` are every model's own. The other members are what tasks,
+    tails, wrappers and the cost ledger read; :class:`RecommenderBase` gives each its default, and every
+    recexp model inherits it, overriding what it does otherwise. Nothing looks a member up by name
+    (``hasattr``): a member a model lacks is an AttributeError, never a quietly different record.
+    """
+
+    name: str
+    """How messages name the model (BPR, TextTower ...)."""
+    distributed: bool
+    """Whether it trains across processes (``accelerate launch`` / ``torchrun``); tasks refuse more than one otherwise."""
+    saveable: bool
+    """Whether :meth:`save` and :meth:`load` write and read the trained model (``task.save_model``)."""
+    encoder: torch.nn.Module | None
+    """The :class:`~recexp.models.text_encoder.TextEncoder` the model reads item texts with, or None
+    (``tail=augment`` needs one)."""
+
+    def fit(self, split: Split, ctx: FitContext) -> None:
+        """Train on ``split.train`` (the ``valid`` stage, when there is one, may drive early stopping). A second
+        fit continues from the first (a continual update) where the model can."""
+
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters of everything the run trained or used."""
 
+    def attach(self, split: Split, device: torch.device) -> None:
+        """Score ``split``'s stages from now on without training on it (``task=continual task.update=none``)."""
+
+    def effective(self) -> dict[str, Any]:
+        """The trainer settings the last fit used, epochs run included (the record's ``effective``)."""
+
+    def cost_extras(self) -> dict[str, Any]:
+        """The model's own figures for the record's ``cost`` (samples_seen, artifact_bytes, cache hits ...)."""
+
+    def save(self, directory: str | Path) -> None:
+        """Write the trained model to ``directory`` (where :attr:`saveable`)."""
+
+    def load(self, directory: str | Path, split: Split, device: torch.device | str = "cpu") -> None:
+        """Read what :meth:`save` wrote into a model built from the same config, ready to score ``split``."""
+
+    def reweight(self, method: str, alpha: float) -> None:
+        """``tail=reweight``: train popularity-aware from the next fit on. ``weight``: each positive's loss times
+        ``pop_i ** -alpha``; ``negatives``: negatives drawn with probability proportional to ``pop_i ** alpha``.
+        A ConfigError where the model cannot honour ``method``."""
+
+
+class RecommenderBase:
+    """The defaults of :class:`Recommender`'s members beyond fit, score and parameter_counts (their meaning is
+    there): a model that inherits this and overrides none of them ranks items with plain scores, trains in
+    one process, saves nothing, reads no item text, keeps scoring from its last fit's split, reports no
+    settings or cost of its own, and refuses ``tail=reweight``."""
+
+    pointwise_output = "score"
+    score_pairs: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor] | None = None
+    distributed = False
+    saveable = False
+    encoder: torch.nn.Module | None = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def attach(self, split: Split, device: torch.device) -> None:
+        """Nothing: the model scores from what its last fit saw."""
+
+    def effective(self) -> dict[str, Any]:
+        return {}
+
+    def cost_extras(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, directory: str | Path) -> None:
+        raise NotImplementedError(f"{self.name} cannot be saved (its saveable is False).")
+
+    def load(self, directory: str | Path, split: Split, device: torch.device | str = "cpu") -> None:
+        raise NotImplementedError(f"{self.name} cannot be loaded (its saveable is False).")
+
+    def reweight(self, method: str, alpha: float) -> None:
+        raise ConfigError(
+            f"tail=reweight cannot be honoured by model {self.name}: it does not train on sampled positives and negatives. "
+            "Use tail=rerank, or a model with a training loss (text_tower, fusion, bpr ...)."
+        )
+
 
 @runtime_checkable
-class TorchModel(Protocol):
+class TorchModel(Scorer, Protocol):
     """A torch recommender as a plain ``nn.Module``; :class:`~recexp.models.torch_recommender.TorchRecommender`
-    fits, saves and loads it through the one training loop.
-
-    ``stale`` is raised when weights changed under cached encodings (the loop raises it after
-    restoring the best epoch); ``cpu_threads`` is the module's preferred CPU thread count (None: torch's).
+    fits, saves and loads it through the one training loop. Modules set every member below themselves
+    (a class-level default would hide a submodule such as ``encoder``).
     """
 
     stale: bool
+    """Raised when weights changed under cached encodings (the loop raises it after restoring the best epoch)."""
     cpu_threads: int | None
+    """The module's preferred CPU thread count while fitting (None: torch's)."""
+    encoder: torch.nn.Module | None
+    """Its :class:`~recexp.models.text_encoder.TextEncoder` (saved through its strategy, its trained tokens
+    counted in the cost), or None."""
+    sampling: Sampling | None
+    """How training weights positives and draws negatives (``tail=reweight`` replaces it); None: the module
+    trains on no sampled positives and negatives."""
+    loss: str
+    """Its training loss: bpr | softmax (whose negatives are the batch's other positives, not sampled) | bce | mse."""
 
     def trainer_defaults(self) -> dict[str, Any]:
         """Trainer values used where the config leaves ``None`` (max_epochs, patience, batch_size, lr ...)."""
@@ -224,16 +319,6 @@ class TorchModel(Protocol):
 
     def refresh(self) -> None:
         """Recompute weight-derived caches if ``stale`` (called before each epoch and scoring)."""
-
-    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
-        """users [B] -> [B, n_items] scores at ``stage``."""
-
-
-@runtime_checkable
-class Saveable(Protocol):
-    """A recommender that can write itself to a folder (the run dir's ``model/``) for reuse."""
-
-    def save(self, directory: str | Path) -> None: ...
 
 
 @dataclass
@@ -260,6 +345,11 @@ class Task(Protocol):
 @runtime_checkable
 class Strategy(Protocol):
     """How a pretrained encoder is adapted: frozen, fully fine-tuned, via a PEFT method, or with bottleneck adapters."""
+
+    cached_below: int
+    """0 (every strategy but partial): the whole encoder runs on every pass. Above 0 (``strategy=partial``, once
+    applied): the hidden states entering this layer are computed once per text list and cached, and the
+    strategy's ``trained_layers(encoder)`` gives the layers run over them."""
 
     def apply(self, encoder: torch.nn.Module) -> torch.nn.Module:
         """Return the encoder with exactly the weights this strategy trains left trainable."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
-from recexp.interfaces import Split, Stage, TaskResult
+from recexp.interfaces import Recommender, Split, Stage, TaskResult
 from recexp.tracking import git_sha, package_versions, write_json_atomic
 
 RESULTS = "results.json"
@@ -75,10 +75,9 @@ class RunRecord:
         value = self.data.get("objective")
         return float("nan") if value is None else float(value)
 
-    def set_model(self, model: Any) -> None:
-        """``text_encoder``: whether ``model`` reads item text through a text encoder (its own ``encoder``, or its
-        torch module's, where ``tail=augment`` looks for it too)."""
-        self.data["model"] = {"text_encoder": getattr(getattr(model, "module", model), "encoder", None) is not None}
+    def set_model(self, model: Recommender) -> None:
+        """``text_encoder``: whether ``model`` reads item text through a text encoder (its declared ``encoder``)."""
+        self.data["model"] = {"text_encoder": model.encoder is not None}
 
     def set_split(self, split: Split) -> None:
         self.data["split"] = {"hash": split.hash, "path": str(split.path), "counts": split.counts(), **split.info}

@@ -23,6 +23,8 @@ from recexp.errors import ConfigError
 class Frozen:
     """No weight of the encoder changes; models may cache its embeddings."""
 
+    cached_below = 0  # the whole encoder runs on every pass (no layer cache)
+
     def apply(self, encoder: nn.Module) -> nn.Module:
         return encoder.requires_grad_(False)
 
@@ -35,6 +37,8 @@ class Frozen:
 
 class FullFineTune:
     """Every weight of the encoder trains."""
+
+    cached_below = 0  # the whole encoder runs on every pass (no layer cache)
 
     def apply(self, encoder: nn.Module) -> nn.Module:
         return encoder.requires_grad_(True)
@@ -120,6 +124,8 @@ class Peft:
     Prompt-learning methods need ``task_type="FEATURE_EXTRACTION"``; the rest need none.
     """
 
+    cached_below = 0  # the whole encoder runs on every pass (no layer cache)
+
     def __init__(self, config: PeftConfig):
         if not isinstance(config, PeftConfig):
             raise ConfigError(
@@ -196,6 +202,8 @@ class Bottleneck:
     ``both`` (Houlsby) or ``ffn`` (Pfeiffer). In HF BERT the adapter then sits on the sublayer output
     before its dropout, residual add and LayerNorm (Houlsby's code applies it after the dropout).
     """
+
+    cached_below = 0  # the whole encoder runs on every pass (no layer cache)
 
     def __init__(
         self,

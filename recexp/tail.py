@@ -20,8 +20,7 @@ import torch
 
 from recexp.errors import ConfigError
 from recexp.evaluate.ranking import StageIndex, dense_rows
-from recexp.interfaces import Recommender, Split
-from recexp.models.objectives import Sampling
+from recexp.interfaces import Recommender, RecommenderBase, Split
 
 RERANK_METHODS = ("penalty", "xquad")
 REWEIGHT_METHODS = ("weight", "negatives")
@@ -32,10 +31,6 @@ def _number(name: str, value: Any, low: float, high: float, rule: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
         raise ConfigError(f"tail.{name}={value!r} is out of range: it must be {rule}.")
     return float(value)
-
-
-def _name(model: Any) -> str:
-    return getattr(model, "name", None) or type(getattr(model, "module", model)).__name__
 
 
 class Rerank:
@@ -66,20 +61,44 @@ class Rerank:
         return Reranked(model, self)
 
 
-class Reranked:
-    """A recommender whose ``score`` is its inner model's, re-ranked by :class:`Rerank`; everything else
-    (fit, save, cost, effective settings ...) passes through to the inner model."""
+class Reranked(RecommenderBase):
+    """A recommender whose ``score`` is its inner model's, re-ranked by :class:`Rerank`; every other member of
+    the contract (fit, save, cost, effective settings ...) passes through to the inner model."""
 
     pointwise_output = "score"  # re-ranked scores are no longer probabilities or ratings
+    score_pairs = None  # not the inner model's: the evaluator reads pairs off the re-ranked full scores
 
     def __init__(self, inner: Recommender, settings: Rerank):
         self.inner, self.settings = inner, settings
         self._split: Split | None = None
 
-    def __getattr__(self, name: str) -> Any:  # only called for names this wrapper does not define
-        if name in ("inner", "settings", "_split"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def distributed(self) -> bool:
+        return self.inner.distributed
+
+    @property
+    def saveable(self) -> bool:
+        return self.inner.saveable
+
+    @property
+    def encoder(self) -> torch.nn.Module | None:
+        return self.inner.encoder
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return self.inner.parameter_counts()
+
+    def cost_extras(self) -> dict[str, Any]:
+        return self.inner.cost_extras()
+
+    def save(self, directory: Any) -> None:
+        self.inner.save(directory)
+
+    def reweight(self, method: str, alpha: float) -> None:
+        self.inner.reweight(method, alpha)
 
     def fit(self, split: Split, ctx: Any) -> None:
         self.inner.fit(split, ctx)
@@ -94,8 +113,7 @@ class Reranked:
         self.prepare(split)
 
     def effective(self) -> dict[str, Any]:
-        inner = self.inner.effective() if hasattr(self.inner, "effective") else {}
-        return {**inner, **self.settings.describe()}
+        return {**self.inner.effective(), **self.settings.describe()}
 
     def prepare(self, split: Split) -> None:
         """Popularity (training interactions per item) and, per stage, head items and histories."""
@@ -112,8 +130,6 @@ class Reranked:
         if self.settings.method == "penalty":
             return self._penalised(scores)
         return self._xquad(scores, users, stage)
-
-    score_pairs = None  # not the inner model's: the evaluator reads pairs off the re-ranked full scores
 
     def _penalised(self, scores: torch.Tensor) -> torch.Tensor:
         finite = torch.isfinite(scores)
@@ -195,26 +211,7 @@ class Reweight:
         return {"tail": "reweight", "tail_method": self.method, "tail_alpha": self.alpha}
 
     def wrap(self, model: Recommender) -> Recommender:
-        module = getattr(model, "module", None)
-        if module is not None and hasattr(module, "sampling"):
-            if self.method == "negatives" and getattr(module, "loss", None) == "softmax":
-                raise ConfigError(
-                    f"tail=reweight tail.method=negatives cannot be honoured by model {_name(model)} with model.module.loss=softmax: "
-                    "its negatives are the other positives of the batch, not sampled ones. "
-                    "Set model.module.loss=bpr, or use tail.method=weight."
-                )
-            module.sampling = Sampling(weight_alpha=self.alpha if self.method == "weight" else 0.0,
-                                       negative_alpha=self.alpha if self.method == "negatives" else 0.0)
-            return model
-        if hasattr(model, "popularity_negatives"):  # a RecBole model
-            if self.method != "negatives":
-                raise ConfigError(
-                    f"tail=reweight tail.method={self.method} cannot be honoured by the RecBole model {model.name}: RecBole's "
-                    "losses take no per-example weights. Use tail.method=negatives (RecBole's popularity sampler) or tail=rerank."
-                )
-            model.popularity_negatives(self.alpha)
-            return model
-        raise ConfigError(
-            f"tail=reweight cannot be honoured by model {_name(model)}: it does not train on sampled positives and negatives. "
-            "Use tail=rerank, or a model with a training loss (text_tower, fusion, bpr ...)."
-        )
+        """The model itself, set to train popularity-aware (:meth:`~recexp.interfaces.Recommender.reweight`),
+        or a ConfigError where it cannot."""
+        model.reweight(self.method, self.alpha)
+        return model

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator, metric_key, parse_metric
-from recexp.interfaces import FitContext, Split
+from recexp.interfaces import FitContext, Split, TorchModel
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -395,7 +395,7 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
 
 
-def save_weights(model: nn.Module, directory: str | Path) -> int:
+def save_weights(model: TorchModel, directory: str | Path) -> int:
     """Write the trained part of ``model`` to ``directory``; returns the bytes written.
 
     ``heads.safetensors`` holds every trainable weight and persistent buffer outside
@@ -405,12 +405,12 @@ def save_weights(model: nn.Module, directory: str | Path) -> int:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(heads(model), directory / "heads.safetensors")
-    if getattr(model, "encoder", None) is not None:
+    if model.encoder is not None:
         model.encoder.save(directory / "encoder")
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
-def load_weights(model: nn.Module, directory: str | Path) -> None:
+def load_weights(model: TorchModel, directory: str | Path) -> None:
     """Read what :func:`save_weights` wrote into a model built from the same config."""
     directory = Path(directory)
     state = load_file(directory / "heads.safetensors")
@@ -421,7 +421,7 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
             "Build the model from the config it was trained with."
         )
     model.load_state_dict(state, strict=False)
-    if getattr(model, "encoder", None) is not None:
+    if model.encoder is not None:
         model.encoder.load(directory / "encoder")
     model.stale = True
 

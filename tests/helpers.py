@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 
 from recexp.config import build
 from recexp.evaluate import Evaluator
-from recexp.interfaces import Dataset, FitContext, Recommender
+from recexp.interfaces import Dataset, FitContext, Recommender, RecommenderBase
 from recexp.scenarios.common import holdout_split
 from recexp.train import TrainerConfig
 
@@ -149,7 +149,7 @@ def fit(model: Recommender, split, run_dir: Path) -> RecordingLogger:
 
 # --- hand-made splits and scores for the evaluator
 
-class FixedScores:
+class FixedScores(RecommenderBase):
     def __init__(self, scores):
         self.scores = torch.as_tensor(scores, dtype=torch.float32)
 

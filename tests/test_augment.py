@@ -15,7 +15,7 @@ from helpers import CONF, ROOT, save_tiny_generator
 from recexp.augment import WORD, Augment, Augmented, Generator, neighbour_keywords, read_generated
 from recexp.data import AtomicDataset
 from recexp.errors import ConfigError
-from recexp.interfaces import FitContext
+from recexp.interfaces import FitContext, RecommenderBase
 from recexp.models.text_encoder import TextEncoder
 from recexp.scenarios import RandomScenario
 from recexp.scenarios.common import head_items
@@ -64,7 +64,7 @@ def encoder() -> TextEncoder:
     return TextEncoder()
 
 
-class Reader:
+class Reader(RecommenderBase):
     """A text model stand-in that keeps the split it was fitted, attached or loaded on."""
 
     name = "reader"

@@ -110,6 +110,7 @@ def test_validation_under_two_processes_is_the_one_process_value(ml100k, key):
 
     class Scores(nn.Module):
         pointwise_output = "rating" if key in ("rmse", "mae") else "probability"
+        score_pairs = None
         table = torch.rand(ml100k.n_users, ml100k.n_items, generator=torch.Generator().manual_seed(0)) * (
             5 if key in ("rmse", "mae") else 1)
 

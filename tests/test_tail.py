@@ -12,6 +12,7 @@ from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import TaskResult
 from recexp.models.objectives import InteractionData, Sampling
+from recexp.models.torch_recommender import TorchRecommender
 from recexp.records import RANKINGS, save_evaluation
 from recexp.tail import Rerank, Reranked, Reweight
 
@@ -110,7 +111,7 @@ def test_rerank_wraps_any_model_and_passes_the_rest_through(random_split):
     assert inner.fits == 1 and model.name == "fixed" and model.cost_extras() == {"artifact_bytes": 7}
     assert model.effective() == {"epochs_run": 3, "tail": "rerank", "tail_method": "penalty", "tail_lam": 1.0,
                                  "tail_depth": 100}
-    assert model.score_pairs is None and not hasattr(model, "save")  # the inner model has neither
+    assert model.score_pairs is None and not model.saveable  # the inner model has neither
     evaluator = Evaluator(ks=[10], metrics=["ndcg", "recall", "aplt"])
     base = evaluator.evaluate(inner, random_split, "test").metrics
     for method, lam in (("penalty", 1.0), ("xquad", 0.5)):
@@ -146,17 +147,22 @@ def test_reweight_weights_positives_and_draws_negatives_by_popularity(random_spl
     assert pop[popular.numpy()].mean() > 2 * pop[negatives.numpy()].mean()
 
 
-class TorchLike:
-    class module:  # noqa: N801 - stands for a torch model's module
-        sampling = Sampling()
+class Sampled(torch.nn.Module):
+    """What tail=reweight reads of a torch model's module: its sampling and its loss."""
+
+    def __init__(self, loss="bpr"):
+        super().__init__()
+        self.encoder, self.sampling, self.loss = None, Sampling(), loss
 
 
 def test_reweight_sets_the_sampling_of_a_torch_model():
-    model = TorchLike()
+    model = TorchRecommender(Sampled())
     assert Reweight(method="weight", alpha=0.7).wrap(model) is model
     assert model.module.sampling == Sampling(weight_alpha=0.7, negative_alpha=0.0)
     Reweight(method="negatives", alpha=1.0).wrap(model)
     assert model.module.sampling == Sampling(weight_alpha=0.0, negative_alpha=1.0)
+    with pytest.raises(ConfigError, match="cannot be honoured by model Sampled with model.module.loss=softmax"):
+        Reweight(method="negatives").wrap(TorchRecommender(Sampled(loss="softmax")))
 
 
 def test_reweight_maps_to_recboles_popularity_sampler_or_refuses():

@@ -242,11 +242,13 @@ class Batches(torch.utils.data.Dataset):
 class Toy(torch.nn.Module):
     """One score per item; the loss pulls item 0 up. ``poison`` makes the loss NaN."""
 
+    pointwise_output, score_pairs, sampling, loss = "score", None, None, "toy"
+
     def __init__(self, n_items, poison=False):
         super().__init__()
         self.bias = torch.nn.Parameter(torch.zeros(n_items))
         self.poison = poison
-        self.stale, self.cpu_threads, self.threads_seen = False, None, []
+        self.stale, self.cpu_threads, self.threads_seen, self.encoder = False, None, [], None
 
     def trainer_defaults(self):
         return dict(max_epochs=1, patience=1, batch_size=8, lr=0.1)

@@ -16,7 +16,7 @@ from recexp.errors import ConfigError
 from recexp.evaluate.metrics import METRICS, higher_is_better, metric_key, parse_metric
 from recexp.evaluate.pointwise import evaluate_pairs, raw_pairs
 from recexp.evaluate.ranking import FULL, rank_stage
-from recexp.interfaces import Recommender, Split
+from recexp.interfaces import Scorer, Split
 
 __all__ = ["Evaluation", "Evaluator", "METRICS", "higher_is_better", "metric_key", "parse_metric"]
 
@@ -60,7 +60,7 @@ class Evaluator:
 
     def evaluate(
         self,
-        model: Recommender,
+        model: Scorer,
         split: Split,
         stage: str,
         device: torch.device | str = "cpu",
@@ -90,7 +90,7 @@ class Evaluator:
         evaluation.pairs = raw_pairs(scored, split)
         return evaluation
 
-    def value(self, model: Recommender, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:
+    def value(self, model: Scorer, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:
         """One metric (``ndcg@10``, ``auc`` ...) on the ``all`` segment of ``stage``: what early stopping reads."""
         metric, k = parse_metric(key)
         single = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=self.batch_size, tie_seed=self.tie_seed)

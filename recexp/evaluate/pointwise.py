@@ -1,7 +1,7 @@
 """Pointwise evaluation of one stage: the model scores each labelled (user, item) pair, per segment.
 
-Scores come from the model's own ``score_pairs(users, items, stage)`` when it has one, else they
-are read off its full-ranking ``score``. The model's ``pointwise_output`` ("score" by default,
+Scores come from the model's own ``score_pairs(users, items, stage)`` where that is not None, else
+they are read off its full-ranking ``score``. The model's ``pointwise_output`` ("score" by default,
 "probability" or "rating") decides which metrics apply: logloss needs probabilities, rmse/mae
 predicted ratings; the others take any score.
 """
@@ -15,14 +15,14 @@ import torch
 
 from recexp.evaluate.metrics import Metric
 from recexp.evaluate.ranking import check_scores
-from recexp.interfaces import Recommender, Split
+from recexp.interfaces import Scorer, Split
 
 
 def pair_scores(
-    model: Recommender, users: np.ndarray, items: np.ndarray, stage: str, device: torch.device, batch_size: int
+    model: Scorer, users: np.ndarray, items: np.ndarray, stage: str, device: torch.device, batch_size: int
 ) -> np.ndarray:
     """users [N], items [N] -> [N] float64 scores of ``model`` at ``stage``."""
-    scorer = getattr(model, "score_pairs", None)
+    scorer = model.score_pairs
     if scorer is not None:
         size = batch_size * 64
         parts = [
@@ -56,7 +56,7 @@ def scores_read_off(
 
 
 def evaluate_pairs(
-    model: Recommender,
+    model: Scorer,
     split: Split,
     stage: str,
     segments: tuple[str, ...],
@@ -70,7 +70,7 @@ def evaluate_pairs(
 
     ``shard=(rank, world)`` keeps the pairs of users with ``user % world == rank``.
     """
-    output = getattr(model, "pointwise_output", "score")
+    output = model.pointwise_output
     usable = [m for m in metrics if m.needs is None or m.needs == output]
     pairs = split.pairs(stage)
     if shard is not None and pairs is not None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from recexp.errors import TrainingError
 from recexp.evaluate.metrics import ExposureContext, ListContext, Metric, metric_key
 from recexp.evaluate.top import among, largest, mask
-from recexp.interfaces import Recommender, Split
+from recexp.interfaces import RecommenderBase, Scorer, Split
 
 FULL = "_full"  # suffix naming an item segment's full-ranking view: tail -> tail_full
 
@@ -70,7 +70,7 @@ class StageIndex:
 
 
 def rank_stage(
-    model: Recommender,
+    model: Scorer,
     split: Split,
     stage: str,
     segments: tuple[str, ...],
@@ -163,7 +163,7 @@ def exposure_context(head: np.ndarray, candidates: np.ndarray, positives: sp.csr
     return ExposureContext(is_head=is_head, positives=pos, rankable=groups.sum(0)[None, :] - seen)
 
 
-def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
+def check_scores(scores: torch.Tensor, model: Scorer, stage: str) -> None:
     """A TrainingError when scores [B, n_items] hold NaN or +inf, or a user has no finite score at all:
     such a model diverged, and ranking its scores would give quiet nonsense."""
     if scores.dim() == 2 and scores.shape[-1] and bool(scores.amax(dim=-1).isfinite().all()):
@@ -173,10 +173,11 @@ def check_scores(scores: torch.Tensor, model: Recommender, stage: str) -> None:
     _refuse_non_finite(broken, empty, model, stage)
 
 
-def _refuse_non_finite(broken: int, empty: int, model: Recommender, stage: str) -> None:
+def _refuse_non_finite(broken: int, empty: int, model: Scorer, stage: str) -> None:
     if broken or empty:
+        name = model.name if isinstance(model, RecommenderBase) else type(model).__name__  # a TorchModel while it trains
         raise TrainingError(
-            f"{getattr(model, 'name', None) or type(getattr(model, 'module', model)).__name__} gave non-finite scores at stage {stage!r} "
+            f"{name} gave non-finite scores at stage {stage!r} "
             f"({broken} NaN/+inf, {empty} users without a finite score): training diverged. Lower trainer.lr, "
             "or set trainer.mixed_precision=no."
         )

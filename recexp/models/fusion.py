@@ -47,6 +47,9 @@ DEFAULTS = {
 
 
 class Fusion(nn.Module):
+    pointwise_output = "score"  # scores only order items
+    score_pairs = None  # pair scores are read off score()
+
     def __init__(
         self,
         encoder: TextEncoder,
@@ -72,6 +75,7 @@ class Fusion(nn.Module):
         self.samples_per_epoch = check_samples(samples_per_epoch)
         self.sampling = Sampling()  # popularity-aware weights and negatives (tail=reweight sets them)
         self.stale = True
+        self.item_id: nn.Embedding | None = None  # the ID tables, sized by the first split prepared
 
     @property
     def cpu_threads(self) -> int | None:
@@ -85,7 +89,7 @@ class Fusion(nn.Module):
         self.split = split
         self.texts = item_texts(split)
         self.tokens = self.encoder.tokenized(self.texts)
-        if not hasattr(self, "item_id"):
+        if self.item_id is None:
             width = 2 * self.dim if self.combine == "concat" else self.dim
             self.item_id = nn.Embedding(split.n_items, self.dim)
             self.user_id = nn.Embedding(split.n_users, width)

@@ -49,6 +49,8 @@ NOTHING = "none"
 
 
 class LMClassifier(nn.Module):
+    sampling = None  # trains on rated pairs, no sampled negatives (tail=reweight refuses it)
+
     def __init__(
         self,
         encoder: TextEncoder,
@@ -76,6 +78,7 @@ class LMClassifier(nn.Module):
         self.threshold, self.history_items, self.rerank, self.kind = threshold, history_items, rerank, head
         self.samples_per_epoch = samples_per_epoch
         self.pointwise_output = "probability" if head == "classification" else "rating"
+        self.loss = "bce" if head == "classification" else "mse"
         self.cpu_threads = None
         self.stale = False
         self._pooled: dict[tuple[str, int, int], torch.Tensor] = {}  # frozen encoder: (table, row, item) -> pooled

@@ -46,6 +46,8 @@ SCORE_CHUNK = 65536  # (user, item) pairs per scoring pass
 
 class PairClassifier(nn.Module):
     pointwise_output = "probability"
+    sampling = None  # trains on labelled pairs, no sampled negatives (tail=reweight refuses it)
+    loss = "bce"
 
     def __init__(
         self,
@@ -79,6 +81,7 @@ class PairClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.cpu_threads = 1  # small tables and heads train fastest on one CPU thread
         self.stale = False
+        self.fields: nn.ModuleDict | None = None  # the learned tables and layers, sized by the first split prepared
 
     def trainer_defaults(self) -> dict:
         return dict(max_epochs=50, patience=5, batch_size=16, lr=3e-3, weight_decay=1e-4)
@@ -94,7 +97,7 @@ class PairClassifier(nn.Module):
             name: history_table(split, name, self.history_items, self.threshold) for name in (TRAIN, *split.stages)
         }
         self.register_buffer("item_logits", item_prior_logits(split, self.threshold), persistent=False)
-        if not hasattr(self, "fields"):
+        if self.fields is None:
             self._build(split)
         if self.encoder is not None:
             text = self.encoder.embed(item_texts(split)).float()

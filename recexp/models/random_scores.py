@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 
 from recexp.errors import ConfigError
-from recexp.interfaces import FitContext, Split
+from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.train import TrainerConfig
 
 
-class RandomRecommender:
+class RandomRecommender(RecommenderBase):
     """Scores are a fixed seeded random draw per (user, item); nothing is trained."""
 
     def __init__(self, trainer: TrainerConfig | None = None):

@@ -30,7 +30,7 @@ import yaml
 from recexp.errors import ConfigError, DataError, TrainingError
 from recexp.evaluate import parse_metric
 from recexp.evaluate.pointwise import scores_read_off
-from recexp.interfaces import TRAIN, FitContext, Split
+from recexp.interfaces import TRAIN, FitContext, RecommenderBase, Split
 from recexp.models import recbole_compat
 from recexp.train import TrainerConfig, torch_threads
 
@@ -139,7 +139,7 @@ def _without_optimizer(trainer: type) -> type:
     return NoOptimizerTrainer
 
 
-class RecBoleRecommender:
+class RecBoleRecommender(RecommenderBase):
     """Any RecBole general or sequential model (``name`` is its class, e.g. ``BPR``, ``SASRec``).
 
     A second ``fit`` continues from the weights of the first (continual updates); a fresh instance
@@ -163,7 +163,6 @@ class RecBoleRecommender:
 
         self.cpu_threads = cpu_threads
         self.model_class = model_class(name)
-        self.name = self.model_class.__name__
         self.params = dict(params or {})
         self.trainer = trainer or TrainerConfig()
         self.trainer_values = trainer_values(self.trainer, self.name)
@@ -175,6 +174,10 @@ class RecBoleRecommender:
         self._stages: tuple[str, ...] = ()
 
     # --- Recommender
+
+    @property
+    def name(self) -> str:
+        return self.model_class.__name__
 
     def fit(self, split: Split, ctx: FitContext) -> None:
         from recbole.data import create_dataset, data_preparation
@@ -256,6 +259,15 @@ class RecBoleRecommender:
             return 0, 0
         params = list(self._model.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def reweight(self, method: str, alpha: float) -> None:
+        """``tail=reweight``: popularity negatives only (RecBole's losses take no per-example weights)."""
+        if method != "negatives":
+            raise ConfigError(
+                f"tail=reweight tail.method={method} cannot be honoured by the RecBole model {self.name}: RecBole's "
+                "losses take no per-example weights. Use tail.method=negatives (RecBole's popularity sampler) or tail=rerank."
+            )
+        self.popularity_negatives(alpha)
 
     def popularity_negatives(self, alpha: float) -> None:
         """Draw training negatives with probability proportional to popularity ** ``alpha`` (``tail=reweight

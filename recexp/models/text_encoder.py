@@ -169,7 +169,7 @@ class TextEncoder(nn.Module):
         self.strategy = strategy
         self._fingerprint = None
         self._forget_lower_states()
-        if getattr(strategy, "cached_below", 0):
+        if strategy.cached_below:
             self._check_layer_cache()
         if before is not None and torch.equal(before[1], self._probe()):
             self._pristine = before[0]
@@ -240,7 +240,7 @@ class TextEncoder(nn.Module):
         if torch.is_grad_enabled() and self.trainable:
             self._trained_now()
             self.tokens_trained += int(mask.sum())
-        below = getattr(self.strategy, "cached_below", 0)
+        below = self.strategy.cached_below if self.strategy is not None else 0  # None: not adapted yet
         if below:
             hidden = self._top_layers(self._lower_states(tokens, below), rows, mask)
         else:

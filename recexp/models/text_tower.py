@@ -44,6 +44,9 @@ DEFAULTS = {
 
 
 class TextTower(nn.Module):
+    pointwise_output = "score"  # scores only order items
+    score_pairs = None  # pair scores are read off score()
+
     def __init__(
         self,
         encoder: TextEncoder,

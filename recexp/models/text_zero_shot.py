@@ -13,14 +13,14 @@ import pandas as pd
 import torch
 
 from recexp.errors import ConfigError, DataError
-from recexp.interfaces import FitContext, Split
+from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.histories import sample_histories
 from recexp.models.text_encoder import TextEncoder
 from recexp.strategies import Frozen
 from recexp.train import TrainerConfig
 
 
-class TextZeroShotRecommender:
+class TextZeroShotRecommender(RecommenderBase):
     """Liked-minus-disliked cosine similarity over frozen item-text embeddings."""
 
     def __init__(self, encoder: TextEncoder, trainer: TrainerConfig | None = None):

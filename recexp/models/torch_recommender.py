@@ -21,12 +21,14 @@ import torch
 
 from recexp import train
 from recexp.errors import ConfigError
-from recexp.interfaces import FitContext, Split, TorchModel
+from recexp.interfaces import FitContext, RecommenderBase, Split, TorchModel
+from recexp.models.objectives import Sampling
 from recexp.train import FitStats, TrainerConfig
 
 
-class TorchRecommender:
+class TorchRecommender(RecommenderBase):
     distributed = True  # trains under accelerate launch / torchrun (DDP) as well as in one process
+    saveable = True  # save() writes the trained weights (and the strategy's part of the encoder)
 
     def __init__(self, module: TorchModel, trainer: TrainerConfig | None = None, cpu_threads: int | None = None,
                  lp_ft: bool = False, lp_epochs: int | None = None):
@@ -34,7 +36,7 @@ class TorchRecommender:
         self.module = module
         self.trainer = trainer
         self.cpu_threads = cpu_threads  # torch CPU threads while fitting (None: the module's preference)
-        if lp_ft and not getattr(getattr(module, "encoder", None), "trainable", False):
+        if lp_ft and not (module.encoder is not None and module.encoder.trainable):
             raise ConfigError("model.lp_ft=true needs an encoder that trains: pick a strategy other than frozen.")
         self.lp_ft = lp_ft
         # the probing phase of lp_ft: the module's frozen-encoder defaults, capped at lp_epochs
@@ -44,17 +46,25 @@ class TorchRecommender:
         self.artifact_bytes = 0
 
     @property
+    def name(self) -> str:
+        return type(self.module).__name__
+
+    @property
     def pointwise_output(self) -> str:
-        return getattr(self.module, "pointwise_output", "score")
+        return self.module.pointwise_output
 
     @property
     def score_pairs(self) -> Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor] | None:
-        """The module's own pair scorer (users [N], items [N], stage -> [N]), if it has one."""
-        return getattr(self.module, "score_pairs", None)
+        """The module's own pair scorer (users [N], items [N], stage -> [N]), or None."""
+        return self.module.score_pairs
+
+    @property
+    def encoder(self) -> torch.nn.Module | None:
+        return self.module.encoder
 
     def fit(self, split: Split, ctx: FitContext) -> None:
         self.module.prepare(split, ctx.device)
-        if getattr(self.module, "encoder", None) is not None:
+        if self.module.encoder is not None:
             self.module.encoder.tokens_trained = 0  # this fit's
         offset = 0
         if self.lp_ft:
@@ -83,7 +93,7 @@ class TorchRecommender:
         return train.parameter_counts(self.module)
 
     def cost_extras(self) -> dict[str, Any]:
-        encoder = getattr(self.module, "encoder", None)
+        encoder = self.module.encoder
         extras = {**self.stats.cost(), "artifact_bytes": self.artifact_bytes}
         if encoder is not None:
             extras.update(encoder.cache_stats())
@@ -100,6 +110,20 @@ class TorchRecommender:
         used.pop("progress", None)
         probe = {"lp_ft": True, "lp_epochs_run": self.probe_stats.epochs} if self.lp_ft else {}
         return {**used, "epochs_run": self.stats.epochs, "best_epoch": self.stats.best_epoch, **probe}
+
+    def reweight(self, method: str, alpha: float) -> None:
+        """``tail=reweight`` through the module's :class:`~recexp.models.objectives.Sampling`; refused for a module
+        without one, and for negatives under the softmax loss."""
+        if self.module.sampling is None:
+            super().reweight(method, alpha)
+        if method == "negatives" and self.module.loss == "softmax":
+            raise ConfigError(
+                f"tail=reweight tail.method=negatives cannot be honoured by model {self.name} with model.module.loss=softmax: "
+                "its negatives are the other positives of the batch, not sampled ones. "
+                "Set model.module.loss=bpr, or use tail.method=weight."
+            )
+        self.module.sampling = Sampling(weight_alpha=alpha if method == "weight" else 0.0,
+                                        negative_alpha=alpha if method == "negatives" else 0.0)
 
     def save(self, directory: str | Path) -> None:
         self.artifact_bytes = train.save_weights(self.module, directory)

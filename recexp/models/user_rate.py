@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 
 from recexp.errors import ConfigError, DataError
-from recexp.interfaces import FitContext, Split
+from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.histories import item_like_rates, sample_histories
 from recexp.train import TrainerConfig
 
 
-class UserRateRecommender:
+class UserRateRecommender(RecommenderBase):
     """score(user, item) = mean ``label`` of the user's (or the sample's) history; nothing is trained."""
 
     pointwise_output = "probability"
@@ -91,7 +91,7 @@ class UserRateRecommender:
         return 0, 0
 
 
-class ItemRateRecommender:
+class ItemRateRecommender(RecommenderBase):
     """``model=item_rate``: score(user, item) = the item's like rate in the training data, shrunk towards the
     overall rate by ``prior_weight`` pseudo-interactions; no text, no user. Training data: the labelled
     train pairs and, on sample-based splits (``scenario=tallrec``), their histories, which come with them."""

@@ -27,8 +27,8 @@ import torch
 from recexp.costs import CostMeter
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
-from recexp.interfaces import TRAIN, Block, FitContext, Recommender, Saveable, Split, Stage, TaskResult
-from recexp.tasks.holdout import check_processes, effective_settings
+from recexp.interfaces import TRAIN, Block, FitContext, Recommender, Split, Stage, TaskResult
+from recexp.tasks.holdout import check_processes
 
 UPDATES = ("fine_tune", "replay", "full_retrain", "window", "none")
 PER_USER = "per_user_continual.csv.gz"
@@ -84,14 +84,14 @@ class Continual:
             with total.phase("train"), meter.phase("train"):
                 if trains:
                     model.fit(view, ctx.with_logger(logger.next_update()))
-                elif hasattr(model, "attach"):
+                else:
                     model.attach(view, ctx.device)
             with total.phase("eval"):
                 row = {b.test: evaluator.evaluate(model, view, b.test, ctx.device) for b in split.blocks[: t + 1]}
             rows.append(row)
             updates.append(update_cost(t, model, view, meter, trains))
             logger.log_update(t, row, self.metrics, block(split, t + 1).test)
-        if ctx.is_main and self.save_model and isinstance(model, Saveable):
+        if ctx.is_main and self.save_model and model.saveable:
             model.save(ctx.run_dir / "model")
         with total.phase("eval"):
             last = {"valid": evaluator.evaluate(model, view, "valid", ctx.device), **rows[-1]}
@@ -100,7 +100,7 @@ class Continual:
         section = summarise(rows, self.metrics, split, updates, self.update) | {"train_on_tests": self.train_on_tests}
         cost = {**total.summary(model, view, ctx.world_size), "updates": updates,
                 "train_interactions": sum(u["train_interactions"] for u in updates)}
-        return TaskResult(last, cost, effective_settings(model), {"continual": section})
+        return TaskResult(last, cost, model.effective(), {"continual": section})
 
     def train_frame(self, split: Split, t: int, seed: int) -> pd.DataFrame:
         """What update ``t`` trains on, by the update rule."""
@@ -146,8 +146,10 @@ def update_view(split: Split, t: int, train: pd.DataFrame) -> Split:
 
 
 def update_cost(t: int, model: Any, view: Split, meter: CostMeter, trained: bool) -> dict[str, Any]:
+    """Update ``t``'s figures. samples_seen: the model's own count, else one pass over the update's interactions
+    (none for a model with nothing to train: a baseline that only counts or reads)."""
     trainable, _ = model.parameter_counts()
-    seen = model.cost_extras().get("samples_seen", len(view.train)) if trained and hasattr(model, "cost_extras") else 0
+    seen = model.cost_extras().get("samples_seen", len(view.train) if trainable else 0) if trained else 0
     return {"update": t, "trained": trained, "train_seconds": meter.seconds.get("train", 0.0),
             "trainable_params": int(trainable), "samples_seen": int(seen) if trained else 0,
             "train_interactions": len(view.train) if trained else 0}

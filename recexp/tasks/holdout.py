@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from recexp.costs import CostMeter
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
-from recexp.interfaces import FitContext, Recommender, Saveable, Split, Stage, TaskResult
+from recexp.interfaces import FitContext, Recommender, Split, Stage, TaskResult
 
 
 @dataclass(frozen=True)
@@ -32,22 +31,17 @@ class Holdout:
             model.fit(split, ctx)
         evaluations = {}
         if ctx.is_main:  # other processes only helped to train
-            if self.save_model and isinstance(model, Saveable):
+            if self.save_model and model.saveable:
                 model.save(ctx.run_dir / "model")
             with meter.phase("eval"):
                 evaluations = {s: evaluator.evaluate(model, split, s, ctx.device, progress=ctx.progress) for s in split.stages}
-        return TaskResult(evaluations, meter.summary(model, split, ctx.world_size), effective_settings(model))
+        return TaskResult(evaluations, meter.summary(model, split, ctx.world_size), model.effective())
 
 
 def check_processes(model: Recommender, ctx: FitContext) -> None:
     """Only models on the shared loop train across processes; refuse the rest before any work."""
-    if ctx.world_size > 1 and not getattr(model, "distributed", False):
+    if ctx.world_size > 1 and not model.distributed:
         raise ConfigError(
             f"{type(model).__name__} trains in one process, but this run has {ctx.world_size}. "
             "Launch it with plain `python -m recexp` (multi-process launches are for the text models)."
         )
-
-
-def effective_settings(model: Any) -> dict[str, Any]:
-    """The trainer settings the model reports it used (empty for models without training)."""
-    return model.effective() if hasattr(model, "effective") else {}
