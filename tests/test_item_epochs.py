@@ -152,7 +152,7 @@ def test_a_second_fit_gets_its_own_precision(tiny_bert, small_split, tmp_path):
 
 def test_a_bf16_default_falls_back_where_it_is_slow(monkeypatch):
     config = TrainerConfig()
-    monkeypatch.setattr("recexp.train.bf16_supported", lambda device: False)
+    monkeypatch.setattr("recexp.train.settings.bf16_supported", lambda device: False)
     assert with_defaults(config, torch.device("cpu"), mixed_precision="bf16").mixed_precision == "no"
     explicit = TrainerConfig(mixed_precision="bf16")
     assert with_defaults(explicit, torch.device("cpu")).mixed_precision == "bf16"  # asked for: kept

@@ -302,10 +302,10 @@ def test_every_optimizer_step_sees_a_whole_gradient(accum, small_split, tmp_path
 @pytest.mark.parametrize("keep_start", [False, True])
 def test_a_failed_first_validation_is_beaten_by_the_next_number(keep_start, small_split, tmp_path, monkeypatch):
     """A NaN first check (e.g. no valid user had a positive yet) must not stand as the best for ever."""
-    import recexp.train
+    import recexp.train.loop
 
     script = iter([float("nan"), float("nan"), 0.3, 0.2, 0.1, 0.1])
-    monkeypatch.setattr(recexp.train, "validate", lambda *args: next(script))
+    monkeypatch.setattr(recexp.train.loop, "validate", lambda *args: next(script))
     config = TrainerConfig(max_epochs=4, patience=2, batch_size=8, lr=0.1, warmup_ratio=0.0, weight_decay=0.0,
                            grad_accum=1, mixed_precision="no", progress=False)
     if not keep_start:

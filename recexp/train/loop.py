@@ -1,153 +1,30 @@
-"""Training settings shared by every model, and the one training loop for recexp's torch models.
+"""The one training loop for recexp's torch models.
 
 :func:`fit` reads top to bottom: optimiser and schedule, the model and data prepared by
 ``accelerate`` (one process, or DDP under ``accelerate launch``), then per epoch one pass of
 micro-batches (:func:`train_epoch`), a validation metric for early stopping (users sharded over the
 processes, sums reduced), and a log line. A model supplies ``forward(batch) -> loss`` and a torch
-``Dataset`` of batches. The only module importing ``accelerate``.
+``Dataset`` of batches.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.state import AcceleratorState
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from recexp.errors import ConfigError, TrainingError
-from recexp.evaluate import Evaluator, metric_key, parse_metric
-from recexp.interfaces import FitContext, Split, TorchModel
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    """Flat training settings; ``None`` means "the model's own default". Values are checked on creation."""
-
-    max_epochs: int | None = None  # cap on training epochs
-    patience: int | None = None  # validation checks without improvement before stopping
-    valid_metric: str = "ndcg@10"  # early-stopping metric on the valid stage (all segment), e.g. ndcg@10 or auc
-    batch_size: int | None = None  # training batch size, over all processes together
-    lr: float | None = None  # peak learning rate
-    weight_decay: float | None = None  # AdamW weight decay (torch models: 0)
-    warmup_ratio: float | None = None  # share of optimiser steps with linear warm-up (torch models: 0.1)
-    grad_accum: int | None = None  # micro-batches per optimiser step (torch models: 1)
-    mixed_precision: str | None = None  # no | bf16 | fp16 (torch models: bf16 on CUDA, no elsewhere)
-    progress: bool = True  # tqdm progress bars
-
-    def __post_init__(self):
-        check_trainer(self)
-        # one spelling (NDCG@10, " ndcg@10", ndcg@010 -> ndcg@10): logs and per-user columns use it
-        object.__setattr__(self, "valid_metric", metric_key(*parse_metric(self.valid_metric)))
-
-    def pick(self, name: str, default: Any) -> Any:
-        """``self.<name>`` unless it is None, else ``default``."""
-        value = getattr(self, name)
-        return default if value is None else value
-
-    def explicit(self) -> dict[str, Any]:
-        """The settings given a value (not left to the model), by name."""
-        skip = {"progress", "valid_metric"}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip and getattr(self, f.name) is not None}
-
-
-_INT_RULES = {"max_epochs": 1, "patience": 1, "batch_size": 1, "grad_accum": 1}  # name -> minimum
-
-
-def check_trainer(config: TrainerConfig) -> None:
-    """A ConfigError naming key, value and rule for the first setting that cannot work."""
-    for name, low in _INT_RULES.items():
-        value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ConfigError(f"trainer.{name}={value!r} is not allowed: it must be an integer >= {low}.")
-    rules = {
-        "lr": lambda v: v > 0 and math.isfinite(v),
-        "weight_decay": lambda v: v >= 0 and math.isfinite(v),
-        "warmup_ratio": lambda v: 0 <= v < 1,
-    }
-    texts = {"lr": "a finite number > 0", "weight_decay": "a finite number >= 0", "warmup_ratio": "a number in [0, 1)"}
-    for name, ok in rules.items():
-        value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
-            raise ConfigError(f"trainer.{name}={value!r} is not allowed: it must be {texts[name]}.")
-    if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(
-            f"trainer.mixed_precision={config.mixed_precision!r} is not allowed: choose {', '.join(MIXED_PRECISION)} "
-            "(or null for bf16 on CUDA, no elsewhere)."
-        )
-    try:
-        parse_metric(config.valid_metric)
-    except ConfigError as err:
-        raise ConfigError(f"trainer.valid_metric={config.valid_metric!r}: {err}") from None
-
-
-TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1)
-
-
-def with_defaults(config: TrainerConfig, device: torch.device, **defaults: Any) -> TrainerConfig:
-    """``config`` with every ``None`` replaced: the model's ``defaults``, then the loop's own. A default
-    of bf16 (the loop's on CUDA, or a model's) becomes ``no`` where ``device`` has no fast bf16."""
-    merged = {**TORCH_DEFAULTS, "mixed_precision": "bf16" if device.type == "cuda" else "no", **defaults}
-    if merged["mixed_precision"] == "bf16" and not bf16_supported(device):
-        merged["mixed_precision"] = "no"
-    return dataclasses.replace(config, **{name: config.pick(name, value) for name, value in merged.items()})
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """True on a CUDA device with native bf16 (compute capability 8 or more), or a CPU with bf16
-    instructions (AVX512-BF16 or AMX, read from /proc/cpuinfo; elsewhere False)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    return device.type == "cpu" and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def process_state() -> PartialState:
-    """accelerate's view of this process; several processes on a CPU-only machine talk over gloo."""
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def process_info() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless started by ``accelerate launch`` / ``torchrun``."""
-    state = process_state()
-    return state.process_index, state.num_processes
-
-
-def single_cpu_launch() -> bool:
-    """True when ``accelerate launch --cpu --num_processes N`` (N > 1) started this run as one process:
-    accelerate starts several CPU processes only through MPI (``--mpirun_hostfile``)."""
-    env = os.environ
-    return env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env
-
-
-def default_device() -> torch.device:
-    """This process's accelerator (its own GPU under multi-GPU launches), else the CPU."""
-    return process_state().device
-
+from recexp.errors import TrainingError
+from recexp.evaluate import Evaluator, parse_metric
+from recexp.interfaces import FitContext, Split
+from recexp.train.devices import Accelerator, make_accelerator, release
+from recexp.train.settings import TrainerConfig
+from recexp.train.weights import snapshot, trainable
 
 Batch = tuple[torch.Tensor, ...]  # a micro-batch; its first tensor has one row per training example
 
@@ -248,14 +125,6 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
     return stats
 
 
-def release(accelerator: Accelerator, wrapped: nn.Module) -> None:
-    """Undo accelerate's preparation of the model (its autocast forward and its "prepared" mark): a
-    prepared model is returned as it is by a later ``prepare``, so a second fit (lp_ft's, a continual
-    update) would otherwise run without its own precision or DDP wrapper."""
-    model = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
-    model.__dict__.pop("_is_accelerate_prepared", None)
-
-
 def train_epoch(model, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats) -> float:
     """One pass over ``loader`` with gradient accumulation; returns the mean loss per example (this process)."""
     model.train()
@@ -297,34 +166,11 @@ def validate(model: nn.Module, split: Split, evaluator: Evaluator, key: str, acc
     return float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
 
 
-def make_accelerator(device: torch.device, config: TrainerConfig) -> Accelerator:
-    """An ``Accelerator`` on ``device`` with the run's precision and accumulation.
-
-    accelerate keeps one process-wide state; a later run in the same process that asks for another
-    precision starts it afresh (accelerate offers no public way to change it).
-    """
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, config.mixed_precision):
-        AcceleratorState._reset_state()
-    return Accelerator(
-        cpu=device.type == "cpu",
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.grad_accum,
-    )
-
-
 def _better(value: float, best: float, higher: bool) -> bool:
     """Whether ``value`` improves on ``best``; any number improves on a NaN best (a first check that failed)."""
     if math.isnan(best):
         return not math.isnan(value)
     return value > best if higher else value < best
-
-
-def trainable(model: nn.Module) -> list[nn.Parameter]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError(f"{type(model).__name__} has no trainable weights; nothing to fit.")
-    return params
 
 
 def warmup_then_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -337,18 +183,6 @@ def warmup_then_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` intra-op CPU threads, restoring the previous setting (None: unchanged)."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_finite(loss: torch.Tensor, epoch: int, index: int, config: TrainerConfig) -> None:
@@ -379,60 +213,7 @@ def check_weights(model: nn.Module, start_norm: float, epoch: int, config: Train
         )
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the trainable weights, by state-dict name."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def epoch_order(n: int, seed: int, epoch: int, limit: int | None = None) -> torch.Tensor:
     """A seeded permutation of ``range(n)`` for ``epoch`` [min(n, limit)]."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     return order[:limit] if limit else order
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
-
-
-def save_weights(model: TorchModel, directory: str | Path) -> int:
-    """Write the trained part of ``model`` to ``directory``; returns the bytes written.
-
-    ``heads.safetensors`` holds every trainable weight and persistent buffer outside
-    ``model.encoder``; the encoder's strategy, where there is an encoder, writes its own part under
-    ``encoder/`` (PEFT adapter, full weights, or nothing).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(heads(model), directory / "heads.safetensors")
-    if model.encoder is not None:
-        model.encoder.save(directory / "encoder")
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
-
-
-def load_weights(model: TorchModel, directory: str | Path) -> None:
-    """Read what :func:`save_weights` wrote into a model built from the same config."""
-    directory = Path(directory)
-    state = load_file(directory / "heads.safetensors")
-    expected = set(heads(model))
-    if set(state) != expected:
-        raise ConfigError(
-            f"{directory} does not fit this model: weights {sorted(set(state) ^ expected)[:5]} differ. "
-            "Build the model from the config it was trained with."
-        )
-    model.load_state_dict(state, strict=False)
-    if model.encoder is not None:
-        model.encoder.load(directory / "encoder")
-    model.stale = True
-
-
-def heads(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable weights and persistent buffers outside ``model.encoder``, contiguous CPU copies by name."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    persistent = set(model.state_dict())
-    buffers = {name: b for name, b in model.named_buffers() if name in persistent}
-    return {
-        name: t.detach().cpu().contiguous()
-        for name, t in {**params, **buffers}.items()
-        if not name.startswith("encoder.")
-    }
