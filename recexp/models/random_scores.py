@@ -3,19 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, RecommenderBase, Split
-from recexp.train import TrainerConfig
+from recexp.train import TrainerConfig, refuse_training
 
 
 class RandomRecommender(RecommenderBase):
     """Scores are a fixed seeded random draw per (user, item); nothing is trained."""
 
     def __init__(self, trainer: TrainerConfig | None = None):
-        given = trainer.explicit() if trainer else {}
-        if given:
-            name, value = next(iter(given.items()))
-            raise ConfigError(f"trainer.{name}={value} has no effect on model=random, which trains nothing; remove it.")
+        refuse_training(trainer, "random")
         self._scores: torch.Tensor | None = None
 
     def fit(self, split: Split, ctx: FitContext) -> None:

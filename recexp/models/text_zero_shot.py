@@ -17,17 +17,14 @@ from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.histories import sample_histories
 from recexp.models.text_encoder import TextEncoder
 from recexp.strategies import Frozen
-from recexp.train import TrainerConfig
+from recexp.train import TrainerConfig, refuse_training
 
 
 class TextZeroShotRecommender(RecommenderBase):
     """Liked-minus-disliked cosine similarity over frozen item-text embeddings."""
 
     def __init__(self, encoder: TextEncoder, trainer: TrainerConfig | None = None):
-        given = trainer.explicit() if trainer else {}
-        if given:
-            name, value = next(iter(given.items()))
-            raise ConfigError(f"trainer.{name}={value} has no effect on model=text_zero_shot, which trains nothing; remove it.")
+        refuse_training(trainer, "text_zero_shot")
         self.encoder = encoder.adapt(Frozen())
         self._split: Split | None = None
         self._items: torch.Tensor | None = None  # [n_items, dim] unit vectors

@@ -19,7 +19,7 @@ import torch
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.histories import item_like_rates, sample_histories
-from recexp.train import TrainerConfig
+from recexp.train import TrainerConfig, refuse_training
 
 
 class UserRateRecommender(RecommenderBase):
@@ -28,10 +28,7 @@ class UserRateRecommender(RecommenderBase):
     pointwise_output = "probability"
 
     def __init__(self, trainer: TrainerConfig | None = None):
-        given = trainer.explicit() if trainer else {}
-        if given:
-            name, value = next(iter(given.items()))
-            raise ConfigError(f"trainer.{name}={value} has no effect on model=user_rate, which trains nothing; remove it.")
+        refuse_training(trainer, "user_rate")
         self._split: Split | None = None
         self._prior = 0.5
         self._rates: dict[str, tuple[str, dict, np.ndarray | dict]] = {}
@@ -99,10 +96,7 @@ class ItemRateRecommender(RecommenderBase):
     pointwise_output = "probability"
 
     def __init__(self, prior_weight: float = 5.0, trainer: TrainerConfig | None = None):
-        given = trainer.explicit() if trainer else {}
-        if given:
-            name, value = next(iter(given.items()))
-            raise ConfigError(f"trainer.{name}={value} has no effect on model=item_rate, which trains nothing; remove it.")
+        refuse_training(trainer, "item_rate")
         if isinstance(prior_weight, bool) or not isinstance(prior_weight, (int, float)) or prior_weight < 0:
             raise ConfigError(f"model.prior_weight={prior_weight!r} must be a number >= 0 (pseudo-interactions at the overall rate).")
         self.prior_weight = float(prior_weight)
