@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.data.text import render_texts, template_fields
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, check_int, check_number
 from recexp.files import atomic_file
 from recexp.interfaces import Recommender, RecommenderBase, Split
 from recexp.models.text_encoder import TextEncoder, weight_progress_bars
@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 METHODS = ("generate", "keywords")
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 SIMILARITY_ROWS = 1024  # tail items compared with every item at once (bounds memory at rows x n_items)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"tail.{name}={value!r} is out of range: it must be an integer >= 1.")
-    return value
 
 
 class Augment:
@@ -76,11 +70,11 @@ class Augment:
     ):
         if method not in METHODS:
             raise ConfigError(f"tail.method={method!r} is unknown for tail=augment; choose one of {', '.join(METHODS)}.")
-        if isinstance(head_fraction, bool) or not isinstance(head_fraction, (int, float)) or not 0 < head_fraction < 1:
-            raise ConfigError(f"tail.head_fraction={head_fraction!r} is out of range: it must lie in (0, 1).")
-        self.method, self.prompt, self.head_fraction = method, prompt, float(head_fraction)
-        self.max_new_tokens, self.batch_size = _count("max_new_tokens", max_new_tokens), _count("batch_size", batch_size)
-        self.keywords, self.neighbours = _count("keywords", keywords), _count("neighbours", neighbours)
+        self.method, self.prompt = method, prompt
+        self.head_fraction = check_number("tail.head_fraction", head_fraction, above=0, below=1)
+        self.max_new_tokens = check_int("tail.max_new_tokens", max_new_tokens, 1)
+        self.batch_size = check_int("tail.batch_size", batch_size, 1)
+        self.keywords, self.neighbours = check_int("tail.keywords", keywords, 1), check_int("tail.neighbours", neighbours, 1)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
         self.generator_name = generator

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recexp.config import build, check_complete, config_id, record_config
-from recexp.errors import ConfigError, RecexpError
+from recexp.errors import ConfigError, RecexpError, check_int
 from recexp.interfaces import FitContext, Recommender
 from recexp.locks import Claim, claim, stop_with_launcher
 from recexp.records import RunRecord, check_objective, save_evaluation
@@ -96,8 +96,7 @@ def model_factory(node: DictConfig, trainer: Any, tail: Any = None) -> tuple[Cal
 
 
 def seed_everything(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed={seed!r} is not allowed: it must be an integer in [0, 2**32).")
+    check_int("seed", seed, 0, below=2**32, rule="an integer in [0, 2**32)")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -17,7 +17,7 @@ from peft import PeftConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, check_int, check_number
 
 
 class Frozen:
@@ -60,9 +60,8 @@ class Partial:
     """
 
     def __init__(self, layers: int = 2, layers_path: str = "encoder.layer"):
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ConfigError(f"strategy.layers={layers!r} is not allowed; train an integer >= 1 of the top layers.")
-        self.layers, self.layers_path = layers, layers_path
+        self.layers = check_int("strategy.layers", layers, 1, rule="an integer >= 1 (the top layers to train)")
+        self.layers_path = layers_path
         self.cached_below = 0  # index of the first trained layer, set by apply
 
     def stack(self, encoder: nn.Module) -> nn.ModuleList:
@@ -214,8 +213,7 @@ class Bottleneck:
         train_layer_norm: bool = False,
         init_scale: float = 0.0,
     ):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"strategy.size={size!r} is not allowed; the bottleneck width must be an integer >= 1.")
+        check_int("strategy.size", size, 1, rule="an integer >= 1 (the bottleneck width)")
         if nonlinearity not in NONLINEARITIES:
             raise ConfigError(
                 f"strategy.nonlinearity={nonlinearity!r} is unknown; choose one of {', '.join(NONLINEARITIES)}."
@@ -226,8 +224,7 @@ class Bottleneck:
         missing = [sublayer for sublayer in PER_LAYER[per_layer] if sublayer not in targets]
         if missing:
             raise ConfigError(f"strategy.per_layer={per_layer} needs strategy.targets.{missing[0]}, a module-name suffix.")
-        if not init_scale >= 0:
-            raise ConfigError(f"strategy.init_scale={init_scale!r} is not allowed; it must be >= 0 (0: starts as identity).")
+        check_number("strategy.init_scale", init_scale, low=0, rule="a number >= 0 (0: starts as identity)")
         self.settings = dict(size=size, nonlinearity=nonlinearity, per_layer=per_layer, targets=targets,
                              train_layer_norm=bool(train_layer_norm))
         self.init_scale = init_scale

@@ -11,26 +11,19 @@ Both are applied once per built model by :func:`recexp.run.model_factory` (``tai
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, check_int, check_number
 from recexp.evaluate.ranking import StageIndex, dense_rows
 from recexp.interfaces import Recommender, RecommenderBase, Split
 
 RERANK_METHODS = ("penalty", "xquad")
 REWEIGHT_METHODS = ("weight", "negatives")
 MAX_ALPHA = 2.0  # popularity exponents beyond this make one item's weight swamp the rest
-
-
-def _number(name: str, value: Any, low: float, high: float, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"tail.{name}={value!r} is out of range: it must be {rule}.")
-    return float(value)
 
 
 class Rerank:
@@ -49,10 +42,8 @@ class Rerank:
         if method not in RERANK_METHODS:
             raise ConfigError(f"tail.method={method!r} is unknown for tail=rerank; choose one of {', '.join(RERANK_METHODS)}.")
         high, rule = (1.0, "a number in [0, 1] for xquad") if method == "xquad" else (1e6, "a number >= 0 for penalty")
-        self.method, self.lam = method, _number("lam", lam, 0.0, high, rule)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ConfigError(f"tail.depth={depth!r} is out of range: it must be an integer >= 1.")
-        self.depth = depth
+        self.method, self.lam = method, check_number("tail.lam", lam, low=0, high=high, rule=rule)
+        self.depth = check_int("tail.depth", depth, 1)
 
     def describe(self) -> dict[str, Any]:
         return {"tail": "rerank", "tail_method": self.method, "tail_lam": self.lam, "tail_depth": self.depth}
@@ -205,7 +196,7 @@ class Reweight:
         if method not in REWEIGHT_METHODS:
             raise ConfigError(f"tail.method={method!r} is unknown for tail=reweight; choose one of {', '.join(REWEIGHT_METHODS)}.")
         self.method = method
-        self.alpha = _number("alpha", alpha, 0.0, MAX_ALPHA, f"a number in [0, {MAX_ALPHA:g}]")
+        self.alpha = check_number("tail.alpha", alpha, low=0, high=MAX_ALPHA, rule=f"a number in [0, {MAX_ALPHA:g}]")
 
     def describe(self) -> dict[str, Any]:
         return {"tail": "reweight", "tail_method": self.method, "tail_alpha": self.alpha}

@@ -188,12 +188,12 @@ def test_keywords_add_neighbour_words_to_tail_items_only_and_are_deterministic(s
 
 @pytest.mark.parametrize("settings, message", [
     (dict(method="paraphrase"), r"tail.method='paraphrase' is unknown for tail=augment; choose one of generate, keywords"),
-    (dict(keywords=0), r"tail.keywords=0 is out of range: it must be an integer >= 1"),
-    (dict(neighbours=0), r"tail.neighbours=0 is out of range"),
-    (dict(max_new_tokens=0), r"tail.max_new_tokens=0 is out of range"),
-    (dict(batch_size=0), r"tail.batch_size=0 is out of range"),
-    (dict(keywords=2.5), r"tail.keywords=2.5 is out of range"),
-    (dict(head_fraction=1), r"tail.head_fraction=1 is out of range: it must lie in \(0, 1\)"),
+    (dict(keywords=0), r"tail.keywords=0 is not allowed: it must be an integer >= 1"),
+    (dict(neighbours=0), r"tail.neighbours=0 is not allowed"),
+    (dict(max_new_tokens=0), r"tail.max_new_tokens=0 is not allowed"),
+    (dict(batch_size=0), r"tail.batch_size=0 is not allowed"),
+    (dict(keywords=2.5), r"tail.keywords=2.5 is not allowed"),
+    (dict(head_fraction=1), r"tail.head_fraction=1 is not allowed: it must be a number in \(0, 1\)"),
     (dict(method="generate"), r"tail.method=generate needs tail.generator"),
     (dict(method="generate", generator="/no/such/generator"),
      r"Could not load tail.generator '/no/such/generator'(.|\n)*point tail.generator at a local folder"),

@@ -18,6 +18,8 @@ import torch
 from helpers import ROOT, save_tiny_generator
 from wandb_records import history_and_summary
 
+from recexp.errors import ConfigError, check_int, check_number
+
 BASE = ("model=random", "logger=none", "progress=false")
 ROWS = [(f"u{u}", f"i{(u * 7 + k) % 30}", str(1 + (u + k) % 5), str(u * 100 + k)) for u in range(40) for k in range(10)]
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
@@ -124,14 +126,14 @@ CASES = [
     ("ratios_negative", ["scenario.ratios=[-0.1,0.6,0.5]"], "scenario.ratios must be three non-negative numbers", "run"),
     ("ratios_text", ["scenario.ratios=abc"], "scenario.ratios must be three non-negative numbers", "run"),
     ("ratios_empty_valid", ["scenario.ratios=[1.0,0.0,0.0]"], "left the valid split empty", "run"),
-    ("head_fraction_zero", ["scenario.head_fraction=0"], "scenario.head_fraction must lie in (0, 1)", "run"),
-    ("head_fraction_above_one", ["scenario.head_fraction=1.5"], "scenario.head_fraction must lie in (0, 1)", "run"),
-    ("cold_fraction_zero", ["scenario=cold_item", "scenario.cold_fraction=0"], "scenario.cold_fraction must lie in (0, 1)", "run"),
-    ("cold_fraction_above_one", ["scenario=cold_item", "scenario.cold_fraction=1.5"], "scenario.cold_fraction must lie", "run"),
-    ("cold_fraction_text", ["scenario=cold_item", "scenario.cold_fraction=abc"], "scenario.cold_fraction must lie", "run"),
-    ("cold_valid_share_one", ["scenario=cold_item", "scenario.cold_valid_share=1"], "scenario.cold_valid_share must lie", "run"),
+    ("head_fraction_zero", ["scenario.head_fraction=0"], "scenario.head_fraction=0 is not allowed: it must be a number in (0, 1)", "run"),
+    ("head_fraction_above_one", ["scenario.head_fraction=1.5"], "scenario.head_fraction=1.5 is not allowed", "run"),
+    ("cold_fraction_zero", ["scenario=cold_item", "scenario.cold_fraction=0"], "scenario.cold_fraction=0 is not allowed: it must be a number in (0, 1)", "run"),
+    ("cold_fraction_above_one", ["scenario=cold_item", "scenario.cold_fraction=1.5"], "scenario.cold_fraction=1.5 is not allowed", "run"),
+    ("cold_fraction_text", ["scenario=cold_item", "scenario.cold_fraction=abc"], "scenario.cold_fraction='abc' is not allowed", "run"),
+    ("cold_valid_share_one", ["scenario=cold_item", "scenario.cold_valid_share=1"], "scenario.cold_valid_share=1 is not allowed", "run"),
     ("cold_items_too_few", [*atomic("tiny", "scenario=cold_item", "scenario.cold_fraction=0.01")], "both need at least one", "run"),
-    ("label_threshold_text", ["scenario.label_threshold=abc"], "scenario.label_threshold='abc' must be a rating", "run"),
+    ("label_threshold_text", ["scenario.label_threshold=abc"], "scenario.label_threshold='abc' is not allowed: it must be a rating", "run"),
     # evaluator
     ("ks_empty", ["evaluator.ks=[]"], "evaluator.ks must be a list of positive integers", "run"),
     ("ks_zero", ["evaluator.ks=[0]"], "evaluator.ks must be a list of positive integers", "run"),
@@ -139,9 +141,9 @@ CASES = [
     ("ks_null", ["evaluator.ks=null"], "evaluator.ks must be a list of positive integers", "run"),
     ("metrics_unknown", ["evaluator.metrics=[nosuch]"], "Unknown evaluator metrics ['nosuch']", "run"),
     ("metrics_empty", ["evaluator.metrics=[]"], "evaluator.metrics is empty", "run"),
-    ("eval_batch_size_zero", ["evaluator.batch_size=0"], "evaluator.batch_size must be an integer >= 1", "run"),
-    ("eval_batch_size_text", ["evaluator.batch_size=abc"], "evaluator.batch_size must be an integer >= 1", "run"),
-    ("tie_seed_text", ["evaluator.tie_seed=abc"], "evaluator.tie_seed must be an integer >= 0", "run"),
+    ("eval_batch_size_zero", ["evaluator.batch_size=0"], "evaluator.batch_size=0 is not allowed: it must be an integer >= 1", "run"),
+    ("eval_batch_size_text", ["evaluator.batch_size=abc"], "evaluator.batch_size='abc' is not allowed: it must be an integer >= 1", "run"),
+    ("tie_seed_text", ["evaluator.tie_seed=abc"], "evaluator.tie_seed='abc' is not allowed: it must be an integer >= 0", "run"),
     # trainer
     ("trainer_on_untrained_model", ["trainer.max_epochs=3"], "has no effect on model=random", "run"),
     ("bpr_batch_size_zero", ["model=bpr", "trainer.batch_size=0"], "trainer.batch_size=0", "run"),
@@ -192,7 +194,7 @@ CASES = [
     ("tallrec_like_above_one_class", ["scenario=tallrec", "scenario.like_above=5"], "scenario.like_above=5 labels every", "run"),
     ("user_rate_refuses_training", ["model=user_rate", "scenario=tallrec", "trainer.max_epochs=3"], "trainer.max_epochs=3 has no effect on model=user_rate", "run"),
     ("item_rate_refuses_training", ["model=item_rate", "trainer.lr=0.1"], "trainer.lr=0.1 has no effect on model=item_rate", "run"),
-    ("item_rate_prior_negative", ["model=item_rate", "model.prior_weight=-1"], "model.prior_weight=-1 must be a number >= 0", "run"),
+    ("item_rate_prior_negative", ["model=item_rate", "model.prior_weight=-1"], "model.prior_weight=-1 is not allowed: it must be a number >= 0", "run"),
     ("pair_classifier_reader_unknown", ["model=pair_classifier", "model.module.reader=nosuch"], "reader='nosuch'", "run"),
     ("pair_classifier_text_without_encoder", ["model=pair_classifier", "model.module.inputs=text"], "needs model.module.encoder", "run"),
     ("pair_classifier_one_class", ["model=id_fm", "scenario=cold_user", "scenario.label_threshold=null", "model.module.threshold=0"],
@@ -203,9 +205,9 @@ CASES = [
     # tail=augment
     ("augment_model_without_text", ["model=bpr", "tail=augment"], "tail=augment extends item texts, but model BPR reads no item text", "run"),
     ("augment_method_unknown", [*AUGMENT, "tail.method=paraphrase"], "tail.method='paraphrase' is unknown for tail=augment", "run"),
-    ("augment_keywords_zero", [*AUGMENT, "tail.keywords=0"], "tail.keywords=0 is out of range", "run"),
-    ("augment_neighbours_zero", [*AUGMENT, "tail.neighbours=0"], "tail.neighbours=0 is out of range", "run"),
-    ("augment_max_new_tokens_zero", [*GENERATE, "tail.max_new_tokens=0"], "tail.max_new_tokens=0 is out of range", "run"),
+    ("augment_keywords_zero", [*AUGMENT, "tail.keywords=0"], "tail.keywords=0 is not allowed", "run"),
+    ("augment_neighbours_zero", [*AUGMENT, "tail.neighbours=0"], "tail.neighbours=0 is not allowed", "run"),
+    ("augment_max_new_tokens_zero", [*GENERATE, "tail.max_new_tokens=0"], "tail.max_new_tokens=0 is not allowed", "run"),
     ("augment_generate_without_generator", [*AUGMENT, "tail.method=generate"], "tail.method=generate needs tail.generator", "run"),
     ("augment_generator_missing", [*AUGMENT, "tail.method=generate", "tail.generator={data}/no_model"],
      "point tail.generator at a local folder holding config.json", "run"),
@@ -350,3 +352,19 @@ def test_bad_input_through_the_command_line(tmp_path, overrides, message):
     done = subprocess.run([sys.executable, "-m", "recexp", *BASE, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("check, message", [
+    (lambda: check_int("k", True, 1), "k=True is not allowed: it must be an integer >= 1."),
+    (lambda: check_int("k", 2.0, 1), "k=2.0 is not allowed: it must be an integer >= 1."),
+    (lambda: check_int("seed", 2**32, 0, below=2**32), "seed=4294967296 is not allowed: it must be an integer in [0, 4294967296)."),
+    (lambda: check_number("x", False), "x=False is not allowed: it must be a finite number."),
+    (lambda: check_number("x", float("inf"), low=0), "x=inf is not allowed: it must be a finite number >= 0."),
+    (lambda: check_number("x", 0, above=0), "x=0 is not allowed: it must be a finite number > 0."),
+    (lambda: check_number("x", 1, low=0, below=1), "x=1 is not allowed: it must be a number in [0, 1)."),
+    (lambda: check_number("x", "a", rule="a rating"), "x='a' is not allowed: it must be a rating."),
+])
+def test_typed_setting_checks_name_key_value_and_rule(check, message):
+    with pytest.raises(ConfigError) as error:
+        check()
+    assert str(error.value) == message

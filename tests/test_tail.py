@@ -190,12 +190,12 @@ def test_reweight_maps_to_recboles_popularity_sampler_or_refuses():
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: Rerank(lam=-0.1), r"tail.lam=-0.1 is out of range: it must be a number >= 0 for penalty"),
-    (lambda: Rerank(method="xquad", lam=1.5), r"tail.lam=1.5 is out of range: it must be a number in \[0, 1\] for xquad"),
+    (lambda: Rerank(lam=-0.1), r"tail.lam=-0.1 is not allowed: it must be a number >= 0 for penalty"),
+    (lambda: Rerank(method="xquad", lam=1.5), r"tail.lam=1.5 is not allowed: it must be a number in \[0, 1\] for xquad"),
     (lambda: Rerank(method="mmr"), r"tail.method='mmr' is unknown for tail=rerank"),
-    (lambda: Rerank(depth=0), r"tail.depth=0 is out of range"),
-    (lambda: Reweight(alpha=3), r"tail.alpha=3 is out of range: it must be a number in \[0, 2\]"),
-    (lambda: Reweight(alpha="high"), r"tail.alpha='high' is out of range"),
+    (lambda: Rerank(depth=0), r"tail.depth=0 is not allowed: it must be an integer >= 1"),
+    (lambda: Reweight(alpha=3), r"tail.alpha=3 is not allowed: it must be a number in \[0, 2\]"),
+    (lambda: Reweight(alpha="high"), r"tail.alpha='high' is not allowed"),
     (lambda: Reweight(method="ips"), r"tail.method='ips' is unknown for tail=reweight"),
     (lambda: Evaluator(tail_view="partial"), r"evaluator.tail_view='partial' is unknown"),
 ])

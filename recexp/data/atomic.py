@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.data.text import render_texts
-from recexp.errors import ConfigError, DataError
+from recexp.errors import ConfigError, DataError, check_number
 from recexp.interfaces import INTER_COLUMNS, Dataset
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,7 @@ def resolve_duplicates(
 
 
 def _rated_at_least(frame: pd.DataFrame, path: Path, rating_field: str | None, threshold: float) -> np.ndarray:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ConfigError(f"dataset.positive_threshold={threshold!r} must be a number (a rating) or null.")
+    check_number("dataset.positive_threshold", threshold, rule="a number (a rating) or null")
     if not rating_field or rating_field not in frame.columns:
         raise ConfigError(
             f"dataset.positive_threshold={threshold} needs ratings, but {path} has no {rating_field!r} column; "

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, check_int, is_int
 from recexp.evaluate.metrics import METRICS, higher_is_better, metric_key, parse_metric
 from recexp.evaluate.pointwise import evaluate_pairs, raw_pairs
 from recexp.evaluate.ranking import FULL, rank_stage
@@ -42,17 +42,15 @@ class Evaluator:
 
     def __post_init__(self):
         ks = [self.ks] if isinstance(self.ks, int) else _as_list(self.ks)
-        if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+        if not ks or any(not is_int(k) or k < 1 for k in ks):
             raise ConfigError(f"evaluator.ks must be a list of positive integers such as [10,20], got {self.ks}.")
         metrics = [self.metrics] if isinstance(self.metrics, str) else _as_list(self.metrics)
         unknown = sorted({str(m) for m in metrics} - set(METRICS))
         if unknown or not metrics:
             what = f"Unknown evaluator metrics {unknown}" if unknown else "evaluator.metrics is empty"
             raise ConfigError(f"{what}; choose from {', '.join(METRICS)}.")
-        for name in ("batch_size", "tie_seed"):
-            value, low = getattr(self, name), 1 if name == "batch_size" else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"evaluator.{name} must be an integer >= {low}, got {value!r}.")
+        check_int("evaluator.batch_size", self.batch_size, 1)
+        check_int("evaluator.tie_seed", self.tie_seed, 0)
         if self.tail_view not in TAIL_VIEWS:
             raise ConfigError(f"evaluator.tail_view={self.tail_view!r} is unknown; choose one of {', '.join(TAIL_VIEWS)}.")
         object.__setattr__(self, "ks", ks)

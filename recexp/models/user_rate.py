@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recexp.errors import ConfigError, DataError
+from recexp.errors import ConfigError, DataError, check_number
 from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.histories import item_like_rates, sample_histories
 from recexp.train import TrainerConfig, refuse_training
@@ -97,9 +97,8 @@ class ItemRateRecommender(RecommenderBase):
 
     def __init__(self, prior_weight: float = 5.0, trainer: TrainerConfig | None = None):
         refuse_training(trainer, "item_rate")
-        if isinstance(prior_weight, bool) or not isinstance(prior_weight, (int, float)) or prior_weight < 0:
-            raise ConfigError(f"model.prior_weight={prior_weight!r} must be a number >= 0 (pseudo-interactions at the overall rate).")
-        self.prior_weight = float(prior_weight)
+        self.prior_weight = check_number("model.prior_weight", prior_weight, low=0,
+                                         rule="a number >= 0 (pseudo-interactions at the overall rate)")
         self._rates: np.ndarray | None = None
 
     def fit(self, split: Split, ctx: FitContext) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recexp.errors import ConfigError, DataError
+from recexp.errors import ConfigError, DataError, check_int
 from recexp.interfaces import TRAIN, Dataset, Split, Stage
 from recexp.scenarios.common import (
     by_time,
@@ -43,8 +43,7 @@ class ColdUserScenario:
 
     def build(self, dataset: Dataset, seed: int) -> Split:
         fractions = check_ratios(self.fractions)
-        if isinstance(self.support, bool) or not isinstance(self.support, int) or self.support < 0:
-            raise ConfigError(f"scenario.support={self.support!r} must be an integer >= 0 (interactions per cold user).")
+        check_int("scenario.support", self.support, 0, rule="an integer >= 0 (interactions per cold user)")
         inter = dataset.inter
         by_time(inter, "cold_user")  # support sets are each user's first interactions in time
         rng = np.random.default_rng(seed)

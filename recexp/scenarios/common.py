@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from recexp.errors import ConfigError, DataError
+from recexp.errors import ConfigError, DataError, check_int, check_number, is_number
 from recexp.interfaces import TRAIN, Dataset, Split, Stage
 
 
 def check_ratios(ratios: list[float]) -> list[float]:
     numbers = list(ratios) if isinstance(ratios, Sequence) and not isinstance(ratios, str) else []
-    numbers = numbers if all(_is_number(r) for r in numbers) else []
+    numbers = numbers if all(is_number(r) for r in numbers) else []
     if len(numbers) != 3 or any(r < 0 for r in numbers) or not math.isclose(sum(numbers), 1.0, abs_tol=1e-6):
         raise ConfigError(f"scenario.ratios must be three non-negative numbers summing to 1 (e.g. [0.8,0.1,0.1]), got {ratios}.")
     return [float(r) for r in numbers]
@@ -21,25 +21,18 @@ def check_ratios(ratios: list[float]) -> list[float]:
 
 def check_fraction(name: str, value: float) -> float:
     """``value`` if it is a number in (0, 1), else a ConfigError naming ``scenario.<name>``."""
-    if not _is_number(value) or not 0 < value < 1:
-        raise ConfigError(f"scenario.{name} must lie in (0, 1), got {value!r}.")
-    return float(value)
+    return check_number(f"scenario.{name}", value, above=0, below=1)
 
 
 def check_shots(shots: object, available: int, what: str) -> int:
     """``scenario.shots`` as a count of training samples, at most ``available`` (a ConfigError otherwise)."""
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ConfigError(f"scenario.shots={shots!r} must be a positive integer (training samples) or null (all).")
+    check_int("scenario.shots", shots, 1, rule="a positive integer (training samples) or null (all)")
     if shots > available:
         raise ConfigError(
             f"scenario.shots={shots} asks for more training samples than there are: {available} {what}. "
             f"Use scenario.shots <= {available}, or null for all of them."
         )
     return shots
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ratio_counts(total: int, ratios: list[float]) -> list[int]:
@@ -108,8 +101,7 @@ def require_nonempty(scenario: str, **frames: pd.DataFrame) -> None:
 
 def labelled(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """``frame`` with ``label`` = 1.0 where rating >= ``threshold``, else 0.0 (a DataError without ratings)."""
-    if not _is_number(threshold):
-        raise ConfigError(f"scenario.label_threshold={threshold!r} must be a rating (a number such as 4) or null.")
+    check_number("scenario.label_threshold", threshold, rule="a rating (a number such as 4) or null")
     if frame["rating"].isna().any():
         raise DataError(
             f"scenario.label_threshold={threshold} labels pairs by rating, but {int(frame['rating'].isna().sum())} "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recexp.errors import ConfigError, DataError
+from recexp.errors import ConfigError, DataError, check_int
 from recexp.interfaces import TRAIN, Dataset, Split, Stage
 from recexp.scenarios.common import check_shots
 
@@ -42,10 +42,8 @@ class TallRecScenario:
     like_above: float = 3  # label 1 when rating > this (TALLRec: 3, so 4 and 5 stars are liked)
 
     def build(self, dataset: Dataset, seed: int) -> Split:
-        for name in ("history", "samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"scenario.{name}={value!r} must be a positive integer.")
+        check_int("scenario.history", self.history, 1)
+        check_int("scenario.samples", self.samples, 1)
         ordered = tallrec_order(dataset.inter)
         ordered["label"] = (ordered["rating"] > self.like_above).astype(np.float64)
         position = ordered.groupby("user", sort=False).cumcount().to_numpy()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recexp.errors import ConfigError, DataError
+from recexp.errors import ConfigError, DataError, check_int
 from recexp.interfaces import TRAIN, Block, Dataset, Split, Stage
 from recexp.scenarios.common import by_time, head_items, labelled, popularity_segments
 
@@ -67,8 +67,7 @@ class TimeBlocksScenario:
             starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
             cuts = [*starts, len(ordered)]
         else:
-            if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 2:
-                raise ConfigError(f"scenario.blocks={self.blocks!r} is not allowed: it must be an integer >= 2 (a base and one more).")
+            check_int("scenario.blocks", self.blocks, 2, rule="an integer >= 2 (a base and one more)")
             cuts = [round(i * len(ordered) / self.blocks) for i in range(self.blocks + 1)]
         blocks = [ordered.iloc[a:b].reset_index(drop=True) for a, b in zip(cuts[:-1], cuts[1:])]
         if len(blocks) < 2 or min(len(b) for b in blocks) < 2:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from recexp.costs import CostMeter
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, check_int, check_number
 from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
 from recexp.interfaces import TRAIN, Block, FitContext, Recommender, Split, Stage, TaskResult
 from recexp.tasks.holdout import check_processes
@@ -46,10 +46,8 @@ class Continual:
     def __post_init__(self):
         if self.update not in UPDATES:
             raise ConfigError(f"task.update={self.update!r} is unknown; choose one of {', '.join(UPDATES)}.")
-        if isinstance(self.replay_ratio, bool) or not 0 <= self.replay_ratio <= 1:
-            raise ConfigError(f"task.replay_ratio={self.replay_ratio!r} is not allowed: it must lie in [0, 1].")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ConfigError(f"task.window={self.window!r} is not allowed: it must be an integer >= 1.")
+        check_number("task.replay_ratio", self.replay_ratio, low=0, high=1)
+        check_int("task.window", self.window, 1)
         if not isinstance(self.train_on_tests, bool):
             raise ConfigError(f"task.train_on_tests={self.train_on_tests!r} is not allowed: it must be true or false.")
         if not self.metrics:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from recexp.errors import ConfigError
+from recexp.errors import ConfigError, check_int, check_number
 from recexp.evaluate import metric_key, parse_metric
 from recexp.train.devices import bf16_supported
 
@@ -47,24 +46,17 @@ class TrainerConfig:
 
 
 _INT_RULES = {"max_epochs": 1, "patience": 1, "batch_size": 1, "grad_accum": 1}  # name -> minimum
+_NUMBER_RULES = {"lr": dict(above=0), "weight_decay": dict(low=0), "warmup_ratio": dict(low=0, below=1)}  # name -> bounds
 
 
 def check_trainer(config: TrainerConfig) -> None:
     """A ConfigError naming key, value and rule for the first setting that cannot work."""
     for name, low in _INT_RULES.items():
-        value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ConfigError(f"trainer.{name}={value!r} is not allowed: it must be an integer >= {low}.")
-    rules = {
-        "lr": lambda v: v > 0 and math.isfinite(v),
-        "weight_decay": lambda v: v >= 0 and math.isfinite(v),
-        "warmup_ratio": lambda v: 0 <= v < 1,
-    }
-    texts = {"lr": "a finite number > 0", "weight_decay": "a finite number >= 0", "warmup_ratio": "a number in [0, 1)"}
-    for name, ok in rules.items():
-        value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
-            raise ConfigError(f"trainer.{name}={value!r} is not allowed: it must be {texts[name]}.")
+        if getattr(config, name) is not None:
+            check_int(f"trainer.{name}", getattr(config, name), low)
+    for name, bounds in _NUMBER_RULES.items():
+        if getattr(config, name) is not None:
+            check_number(f"trainer.{name}", getattr(config, name), **bounds)
     if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(
             f"trainer.mixed_precision={config.mixed_precision!r} is not allowed: choose {', '.join(MIXED_PRECISION)} "
