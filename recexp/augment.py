@@ -37,10 +37,11 @@ from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError, check_int, check_number
 from recexp.files import atomic_file
-from recexp.interfaces import Recommender, RecommenderBase, Split
+from recexp.interfaces import Recommender, Split
 from recexp.models.text_encoder import TextEncoder, weight_progress_bars
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
+from recexp.tail import Wrapped
 
 log = logging.getLogger(__name__)
 METHODS = ("generate", "keywords")
@@ -147,48 +148,9 @@ class Augment:
             self._encoder.to("cpu")
 
 
-class Augmented(RecommenderBase):
+class Augmented(Wrapped):
     """A recommender that fits, attaches and loads on the split with augmented tail texts; scoring and every
     other member of the contract pass through to the inner model."""
-
-    def __init__(self, inner: Recommender, settings: Augment):
-        self.inner, self.settings = inner, settings
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def pointwise_output(self) -> str:
-        return self.inner.pointwise_output
-
-    @property
-    def score_pairs(self) -> Any:
-        return self.inner.score_pairs
-
-    @property
-    def distributed(self) -> bool:
-        return self.inner.distributed
-
-    @property
-    def saveable(self) -> bool:
-        return self.inner.saveable
-
-    @property
-    def encoder(self) -> torch.nn.Module | None:
-        return self.inner.encoder
-
-    def parameter_counts(self) -> tuple[int, int]:
-        return self.inner.parameter_counts()
-
-    def cost_extras(self) -> dict[str, Any]:
-        return self.inner.cost_extras()
-
-    def save(self, directory: Any) -> None:
-        self.inner.save(directory)
-
-    def reweight(self, method: str, alpha: float) -> None:
-        self.inner.reweight(method, alpha)
 
     def fit(self, split: Split, ctx: Any) -> None:
         self.inner.fit(self.settings.augment(split, ctx.device, ctx.progress), ctx)
@@ -199,13 +161,6 @@ class Augmented(RecommenderBase):
 
     def load(self, directory: Any, split: Split, device: Any = "cpu") -> None:
         self.inner.load(directory, self.settings.augment(split, torch.device(device)), device)
-
-    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
-        """users [B] -> [B, n_items], the inner model's scores."""
-        return self.inner.score(users, stage)
-
-    def effective(self) -> dict[str, Any]:
-        return {**self.inner.effective(), **self.settings.describe()}
 
 
 class Generator:

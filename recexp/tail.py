@@ -7,7 +7,8 @@
   through RecBole's own sampler).
 
 Both are applied once per built model by :func:`recexp.run.model_factory` (``tail.wrap(model)``), as is
-``tail=augment`` (:mod:`recexp.augment`).
+``tail=augment`` (:mod:`recexp.augment`). The wrappers those tails return (:class:`Reranked`, augment's
+``Augmented``) pass the model contract through :class:`Wrapped`.
 """
 from __future__ import annotations
 
@@ -52,20 +53,25 @@ class Rerank:
         return Reranked(model, self)
 
 
-class Reranked(RecommenderBase):
-    """A recommender whose ``score`` is its inner model's, re-ranked by :class:`Rerank`; every other member of
-    the contract (fit, save, cost, effective settings ...) passes through to the inner model."""
+class Wrapped(RecommenderBase):
+    """A tail's wrapper around a built recommender: every member of the contract passes through to ``inner``,
+    each named here (no ``__getattr__``), and :meth:`effective` adds the tail's ``settings.describe()``.
+    A wrapper overrides only what its tail changes."""
 
-    pointwise_output = "score"  # re-ranked scores are no longer probabilities or ratings
-    score_pairs = None  # not the inner model's: the evaluator reads pairs off the re-ranked full scores
-
-    def __init__(self, inner: Recommender, settings: Rerank):
+    def __init__(self, inner: Recommender, settings: Any):
         self.inner, self.settings = inner, settings
-        self._split: Split | None = None
 
     @property
     def name(self) -> str:
         return self.inner.name
+
+    @property
+    def pointwise_output(self) -> str:
+        return self.inner.pointwise_output
+
+    @property
+    def score_pairs(self) -> Any:
+        return self.inner.score_pairs
 
     @property
     def distributed(self) -> bool:
@@ -79,8 +85,21 @@ class Reranked(RecommenderBase):
     def encoder(self) -> torch.nn.Module | None:
         return self.inner.encoder
 
+    def fit(self, split: Split, ctx: Any) -> None:
+        self.inner.fit(split, ctx)
+
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items], the inner model's scores."""
+        return self.inner.score(users, stage)
+
     def parameter_counts(self) -> tuple[int, int]:
         return self.inner.parameter_counts()
+
+    def attach(self, split: Split, device: torch.device) -> None:
+        self.inner.attach(split, device)
+
+    def effective(self) -> dict[str, Any]:
+        return {**self.inner.effective(), **self.settings.describe()}
 
     def cost_extras(self) -> dict[str, Any]:
         return self.inner.cost_extras()
@@ -88,8 +107,23 @@ class Reranked(RecommenderBase):
     def save(self, directory: Any) -> None:
         self.inner.save(directory)
 
+    def load(self, directory: Any, split: Split, device: Any = "cpu") -> None:
+        self.inner.load(directory, split, device)
+
     def reweight(self, method: str, alpha: float) -> None:
         self.inner.reweight(method, alpha)
+
+
+class Reranked(Wrapped):
+    """A recommender whose ``score`` is its inner model's, re-ranked by :class:`Rerank`; every other member of
+    the contract (fit, save, cost, effective settings ...) passes through to the inner model."""
+
+    pointwise_output = "score"  # re-ranked scores are no longer probabilities or ratings
+    score_pairs = None  # not the inner model's: the evaluator reads pairs off the re-ranked full scores
+
+    def __init__(self, inner: Recommender, settings: Rerank):
+        super().__init__(inner, settings)
+        self._split: Split | None = None
 
     def fit(self, split: Split, ctx: Any) -> None:
         self.inner.fit(split, ctx)
@@ -102,9 +136,6 @@ class Reranked(RecommenderBase):
     def load(self, directory: Any, split: Split, device: Any = "cpu") -> None:
         self.inner.load(directory, split, device)
         self.prepare(split)
-
-    def effective(self) -> dict[str, Any]:
-        return {**self.inner.effective(), **self.settings.describe()}
 
     def prepare(self, split: Split) -> None:
         """Popularity (training interactions per item) and, per stage, head items and histories."""
