@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split
-from recexp.models.text_encoder import TextEncoder, TokenizedTexts
+from recexp.models.text.encoder import TextEncoder, TokenizedTexts
 from recexp.train import Batch, epoch_order
 
 LOSSES = ("softmax", "bpr")  # in-batch sampled softmax, or BPR with one uniform negative per positive

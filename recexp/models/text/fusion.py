@@ -35,7 +35,7 @@ from recexp.models.objectives import (
     preferred_cpu_threads,
     train_data,
 )
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.text.encoder import TextEncoder
 from recexp.train import Batch
 
 COMBINES = ("concat", "sum", "gate")

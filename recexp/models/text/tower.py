@@ -33,7 +33,7 @@ from recexp.models.objectives import (
     stage_histories,
     train_data,
 )
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.text.encoder import TextEncoder
 from recexp.train import Batch
 
 # Trainer defaults: (frozen encoder: batch = interactions, trainable encoder: batch = items per step).

@@ -6,8 +6,8 @@ file, and reloads the best checkpoint. ``score`` asks the trained model for full
 reorders them into recexp item ids; ``score_pairs`` asks it for single (user, item) scores.
 Everything RecBole writes (data files, checkpoints, its log, tensorboard events) stays under
 ``run_dir/recbole``; the cwd and the root logger are left alone. This is the only module, with
-:mod:`recexp.models.recbole_compat`, that imports recbole; it does so inside its functions, after
-:func:`recbole_compat.apply` (some repairs must be in place before RecBole's modules are first imported).
+:mod:`recexp.models.recbole.compat`, that imports recbole; it does so inside its functions, after
+:func:`compat.apply` (some repairs must be in place before RecBole's modules are first imported).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from recexp.errors import ConfigError, DataError, TrainingError
 from recexp.evaluate import parse_metric
 from recexp.evaluate.pointwise import scores_read_off
 from recexp.interfaces import TRAIN, FitContext, RecommenderBase, Split
-from recexp.models import recbole_compat
+from recexp.models.recbole import compat
 from recexp.train import TrainerConfig, torch_threads
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from recbole.model.abstract_recommender import AbstractRecommender
 
 log = logging.getLogger(__name__)
-RECBOLE_LOG = logging.getLogger(recbole_compat.LOGGER)  # where RecBole's modules log once repaired
+RECBOLE_LOG = logging.getLogger(compat.LOGGER)  # where RecBole's modules log once repaired
 DATASET = "recexp"  # RecBole dataset name: files are recexp.{train,valid}.inter, recexp.item, recexp.user
 VALID = "valid"  # the stage whose positives RecBole early-stops on
 PREDICT_ROWS = 1 << 18  # (user, item) pairs per predict() call
@@ -65,7 +65,7 @@ _PACKAGES = ("general_recommender", "sequential_recommender")
 
 def available_models() -> dict[str, dict[str, type]]:
     """RecBole's model classes by name, per package: ``{"general": {...}, "sequential": {...}}``."""
-    recbole_compat.apply()
+    compat.apply()
     from recbole.model.abstract_recommender import AbstractRecommender
 
     models = {}
@@ -158,7 +158,7 @@ class RecBoleRecommender(RecommenderBase):
         trainer: TrainerConfig | None = None,
         cpu_threads: int | None = 1,  # torch threads while fitting on CPU (None: torch's default)
     ):
-        recbole_compat.apply()
+        compat.apply()
         from recbole.utils import ModelType  # once repaired
 
         self.cpu_threads = cpu_threads
@@ -625,7 +625,7 @@ def _run_log(path: Path) -> Iterator[None]:
 
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(recbole_compat.ThreadFilter())
+    handler.addFilter(compat.ThreadFilter())
     handler.addFilter(RemoveColorFilter())
     RECBOLE_LOG.addHandler(handler)
     try:
