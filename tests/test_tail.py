@@ -258,7 +258,7 @@ def test_recbole_popularity_negatives_refuse_a_user_who_trained_on_every_trainin
     from types import SimpleNamespace
 
     from recexp.errors import DataError
-    from recexp.models.recbole.adapter import count_training_popularity
+    from recexp.models.recbole.negatives import count_training_popularity
 
     train = SimpleNamespace(iid_field="item_id", inter_feat={"item_id": torch.tensor([1, 2, 3, 1, 3])})
     rebuilt = []
