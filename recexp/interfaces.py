@@ -18,7 +18,7 @@ import torch
 from recexp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from recexp.models.objectives import Sampling
+    from recexp.models.sampling import Sampling
 
 INTER_COLUMNS = ("user", "item", "rating", "timestamp")
 

@@ -11,7 +11,7 @@ from helpers import CONF, ONE_EPOCH, FixedScores, fit, tiny_split
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import TaskResult
-from recexp.models.objectives import InteractionData, Sampling
+from recexp.models.sampling import InteractionData, Sampling
 from recexp.models.torch_recommender import TorchRecommender
 from recexp.records import RANKINGS, save_evaluation
 from recexp.tail import Rerank, Reranked, Reweight

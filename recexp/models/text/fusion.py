@@ -22,20 +22,11 @@ from torch import nn
 
 from recexp.errors import ConfigError
 from recexp.interfaces import Split, Strategy
-from recexp.models.objectives import (
-    ItemBatch,
-    Sampling,
-    bpr,
-    check_loss,
-    check_samples,
-    encode_items,
-    in_batch_softmax,
-    item_batch_loss,
-    item_texts,
-    preferred_cpu_threads,
-    train_data,
-)
+from recexp.models.losses import bpr, check_loss, in_batch_softmax, item_batch_loss
+from recexp.models.sampling import ItemBatch, Sampling
 from recexp.models.text.encoder import TextEncoder
+from recexp.models.text.items import encode_items, item_texts
+from recexp.models.text.training import check_samples, preferred_cpu_threads, train_data
 from recexp.train import Batch
 
 COMBINES = ("concat", "sum", "gate")

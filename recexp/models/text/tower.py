@@ -8,7 +8,7 @@ H(u) is the user's history for the stage (train when validating, train + valid w
 While training, the positive item is left out of its own user's mean. The history side always reads
 a table of item encodings without gradient: computed once (and cached on disk) when the encoder is
 frozen, refreshed once per epoch (and reused by validation) when it trains. A trained encoder
-takes item-organised epochs (:class:`~recexp.models.objectives.ItemData`): each step encodes a set
+takes item-organised epochs (:class:`~recexp.models.sampling.ItemData`): each step encodes a set
 of items once, with gradient, and scores every training interaction and negative that refers to them.
 """
 from __future__ import annotations
@@ -19,21 +19,12 @@ from torch import nn
 
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split, Strategy
-from recexp.models.objectives import (
-    ItemBatch,
-    Sampling,
-    bpr,
-    check_loss,
-    check_samples,
-    encode_items,
-    in_batch_softmax,
-    item_batch_loss,
-    item_texts,
-    preferred_cpu_threads,
-    stage_histories,
-    train_data,
-)
+from recexp.models.histories import stage_histories
+from recexp.models.losses import bpr, check_loss, in_batch_softmax, item_batch_loss
+from recexp.models.sampling import ItemBatch, Sampling
 from recexp.models.text.encoder import TextEncoder
+from recexp.models.text.items import encode_items, item_texts
+from recexp.models.text.training import check_samples, preferred_cpu_threads, train_data
 from recexp.train import Batch
 
 # Trainer defaults: (frozen encoder: batch = interactions, trainable encoder: batch = items per step).
