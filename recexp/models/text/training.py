@@ -1,5 +1,5 @@
 """How the text models over item encodings (text_tower, fusion) train: their epochs (items while the encoder
-trains, else interactions) and their CPU threads."""
+trains, else interactions) their trainer defaults and their CPU threads."""
 from __future__ import annotations
 
 from torch.utils.data import Dataset
@@ -7,6 +7,9 @@ from torch.utils.data import Dataset
 from recexp.errors import ConfigError
 from recexp.interfaces import Split
 from recexp.models.sampling import InteractionData, ItemData
+
+# Trainer defaults while the encoder trains (batch = items per step); each model sets its own over a frozen one.
+TRAINED_ENCODER = dict(max_epochs=10, patience=2, batch_size=64, lr=1e-3, mixed_precision="bf16")
 
 
 def check_samples(given: int | None) -> int | None:
