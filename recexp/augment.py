@@ -38,7 +38,7 @@ from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError, check_int, check_number
 from recexp.files import atomic_file
 from recexp.interfaces import Recommender, Split
-from recexp.models.text_encoder import TextEncoder, weight_progress_bars
+from recexp.models.text.encoder import TextEncoder, weight_progress_bars
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
 from recexp.tail import Wrapped

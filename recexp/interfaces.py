@@ -18,7 +18,7 @@ import torch
 from recexp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from recexp.models.objectives import Sampling
+    from recexp.models.sampling import Sampling
 
 INTER_COLUMNS = ("user", "item", "rating", "timestamp")
 
@@ -216,7 +216,7 @@ class Recommender(Scorer, Protocol):
     saveable: bool
     """Whether :meth:`save` and :meth:`load` write and read the trained model (``task.save_model``)."""
     encoder: torch.nn.Module | None
-    """The :class:`~recexp.models.text_encoder.TextEncoder` the model reads item texts with, or None
+    """The :class:`~recexp.models.text.encoder.TextEncoder` the model reads item texts with, or None
     (``tail=augment`` needs one)."""
 
     def fit(self, split: Split, ctx: FitContext) -> None:
@@ -297,7 +297,7 @@ class TorchModel(Scorer, Protocol):
     cpu_threads: int | None
     """The module's preferred CPU thread count while fitting (None: torch's)."""
     encoder: torch.nn.Module | None
-    """Its :class:`~recexp.models.text_encoder.TextEncoder` (saved through its strategy, its trained tokens
+    """Its :class:`~recexp.models.text.encoder.TextEncoder` (saved through its strategy, its trained tokens
     counted in the cost), or None."""
     sampling: Sampling | None
     """How training weights positives and draws negatives (``tail=reweight`` replaces it); None: the module

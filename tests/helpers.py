@@ -43,7 +43,7 @@ def save_tiny_bert(directory: Path) -> Path:
     """A 2-layer, 32-wide random BERT with the packaged MiniLM tokenizer, saved as a model folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from recexp.models.text_encoder import default_model_path
+    from recexp.models.text.encoder import default_model_path
 
     if not (directory / "config.json").is_file():
         torch.manual_seed(0)
@@ -57,7 +57,7 @@ def save_tiny_generator(folder: Path, seq2seq: bool = False) -> Path:
     """A random one-layer GPT-2 (or T5) over the packaged MiniLM's WordPiece vocabulary, saved to ``folder``."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
-    from recexp.models.text_encoder import default_model_path
+    from recexp.models.text.encoder import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, tie_word_embeddings=False)

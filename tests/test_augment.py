@@ -16,7 +16,7 @@ from recexp.augment import WORD, Augment, Augmented, Generator, neighbour_keywor
 from recexp.data import AtomicDataset
 from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, RecommenderBase
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.text.encoder import TextEncoder
 from recexp.scenarios import RandomScenario
 from recexp.scenarios.common import head_items
 from recexp.tracking import NullLogger

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recexp.cache import DamagedCache, sha256
-from recexp.models.text_encoder import TextEncoder, read_embeddings
+from recexp.models.text.encoder import TextEncoder, read_embeddings
 from recexp.scenarios import ColdItemScenario, build_or_load
 from recexp.scenarios.artifact import load_split
 from recexp.strategies import Frozen

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from recexp.errors import ConfigError
-from recexp.models.text_encoder import DEFAULT_MAX_LENGTH, TextEncoder
+from recexp.models.text.encoder import DEFAULT_MAX_LENGTH, TextEncoder
 
 TEXTS = ["Toy Story (1995). Genres: Animation Children's Comedy", "Heat (1995). Genres: Action Crime Thriller"]
 

@@ -239,7 +239,7 @@ def test_unknown_metric_is_a_config_error():
 
 @pytest.fixture(scope="module")
 def recbole_metrics():
-    from recexp.models.recbole_compat import apply
+    from recexp.models.recbole.compat import apply
 
     apply()
     from recbole.evaluator import metrics

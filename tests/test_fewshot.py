@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from recexp.data import ml100k_dir
 from recexp.interfaces import FitContext
 from recexp.models.histories import history_table, item_like_rates
-from recexp.models.user_rate import UserRateRecommender
+from recexp.models.pairs.like_rates import UserRateRecommender
 from recexp.scenarios import ColdUserScenario, TallRecScenario, build_or_load
 from recexp.scenarios.artifact import load_split
 from recexp.tracking import NullLogger
@@ -316,7 +316,7 @@ def test_history_labels_are_the_scenarios_when_the_model_threshold_differs(ml100
 
 
 def test_item_rate_is_the_shrunk_training_like_rate(tallrec):
-    from recexp.models.user_rate import ItemRateRecommender
+    from recexp.models.pairs.like_rates import ItemRateRecommender
 
     model = ItemRateRecommender(prior_weight=5)
     model.fit(tallrec, None)
@@ -330,7 +330,7 @@ def test_item_rate_is_the_shrunk_training_like_rate(tallrec):
 
 
 def pair_model(split, **settings):
-    from recexp.models.pair_classifier import PairClassifier
+    from recexp.models.pairs.classifier import PairClassifier
 
     model = PairClassifier(**settings)
     model.prepare(split, torch.device("cpu"))
@@ -385,8 +385,8 @@ def test_pair_classifier_starts_from_the_like_rates(tallrec):
 
 @pytest.mark.usefixtures("one_thread")
 def test_lm_classifier_reads_each_samples_labelled_history(tiny_bert, tallrec):
-    from recexp.models.lm_classifier import LMClassifier
-    from recexp.models.text_encoder import TextEncoder
+    from recexp.models.text.encoder import TextEncoder
+    from recexp.models.text.lm_classifier import LMClassifier
     from recexp.strategies import Frozen
 
     model = LMClassifier(TextEncoder(str(tiny_bert), max_length=32), Frozen(), item_prior=False)

@@ -7,8 +7,8 @@ import torch
 from helpers import TEXTS, build_model, context, ranking_metrics, strategy_from_config
 
 from recexp.errors import ConfigError
-from recexp.models.objectives import ItemBatch, ItemData, Sampling
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.sampling import ItemBatch, ItemData, Sampling
+from recexp.models.text.encoder import TextEncoder
 from recexp.models.torch_recommender import frozen_encoder
 from recexp.strategies import Frozen, FullFineTune, Partial
 from recexp.train import TrainerConfig, with_defaults

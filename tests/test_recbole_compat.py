@@ -1,4 +1,4 @@
-"""Each RecBole repair in recexp.models.recbole_compat, exercised on RecBole's own code paths."""
+"""Each RecBole repair in recexp.models.recbole.compat, exercised on RecBole's own code paths."""
 from __future__ import annotations
 
 import importlib
@@ -14,9 +14,9 @@ import pytest
 import scipy.sparse
 import torch
 
-from recexp.models import recbole_compat
+from recexp.models.recbole import compat
 
-recbole_compat.apply()
+compat.apply()
 ROOT = Path(__file__).resolve().parent.parent
 
 from recbole.config import Config  # noqa: E402
@@ -166,9 +166,9 @@ def test_recexp_and_the_adapter_import_neither_ray_nor_quick_start():
 
 
 def test_recbole_logs_to_its_own_logger_not_the_root(tmp_path):
-    recbole_logger = logging.getLogger(recbole_compat.LOGGER)
+    recbole_logger = logging.getLogger(compat.LOGGER)
     assert recbole_logger.level == logging.INFO and not recbole_logger.propagate
-    for name in recbole_compat._LOGGER_USERS:
+    for name in compat._LOGGER_USERS:
         assert importlib.import_module(name).getLogger() is recbole_logger, name
     root, level = logging.getLogger(), logging.getLogger().level
     assert root is logging.root  # logging itself is untouched
@@ -187,12 +187,12 @@ def test_recbole_logs_to_its_own_logger_not_the_root(tmp_path):
 
 
 def test_tensorboard_goes_beside_this_threads_run_log(tmp_path):
-    logger = logging.getLogger(recbole_compat.LOGGER)
+    logger = logging.getLogger(compat.LOGGER)
     handlers = []
     for run, thread in (("other", threading.get_ident() + 1), ("mine", threading.get_ident())):
         (tmp_path / run).mkdir()
         handler = logging.FileHandler(tmp_path / run / "recbole.log")
-        only = recbole_compat.ThreadFilter()
+        only = compat.ThreadFilter()
         only.thread = thread
         handler.addFilter(only)
         logger.addHandler(handler)
@@ -212,7 +212,7 @@ def test_tensorboard_goes_beside_this_threads_run_log(tmp_path):
 @pytest.mark.subprocess
 def test_recbole_warnings_are_ignored_and_others_kept():
     code = (
-        "import warnings; from recexp.models import recbole_compat; recbole_compat.apply(); "
+        "import warnings; from recexp.models.recbole import compat; compat.apply(); "
         "warnings.warn_explicit('from recbole', UserWarning, 'dataset.py', 1, module='recbole.data.dataset.dataset'); "
         "warnings.warn_explicit('from elsewhere', UserWarning, 'other.py', 1, module='recexp.other')"
     )
@@ -224,12 +224,12 @@ def test_apply_is_idempotent():
     import recbole.trainer.trainer as trainer_module
 
     shadow = trainer_module.torch
-    recbole_compat.apply()
-    recbole_compat._APPLIED = False
+    compat.apply()
+    compat._APPLIED = False
     try:
-        recbole_compat.apply()
+        compat.apply()
     finally:
-        recbole_compat._APPLIED = True
+        compat._APPLIED = True
     assert trainer_module.torch is shadow
     assert trainer_module.torch.nn is torch.nn
 
@@ -239,7 +239,7 @@ def test_sequential_models_leave_autograd_anomaly_mode_as_it_was():
     """RecBole's SINE module switches anomaly detection on at import: every autograd op then records a stack trace."""
     plain = "import torch, recbole.model.sequential_recommender; print(torch.is_anomaly_enabled())"
     repaired = (
-        "import torch; from recexp.models import recbole_compat; recbole_compat.apply(); "
+        "import torch; from recexp.models.recbole import compat; compat.apply(); "
         "from recbole.utils import get_model; get_model('SINE'); print(torch.is_anomaly_enabled())"
     )
     assert python(plain).split()[-1] == "True"  # the RecBole bug this repair is for
@@ -256,8 +256,8 @@ def python(code: str, *args: str) -> str:
 SKLEARN_ON_FIRST_CALL = """
 import sys, warnings
 from pathlib import Path
-from recexp.models import recbole_compat
-recbole_compat.apply()
+from recexp.models.recbole import compat
+compat.apply()
 from recbole.config import Config
 from recbole.data import create_dataset
 from recbole.evaluator import metrics

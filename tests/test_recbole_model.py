@@ -20,7 +20,9 @@ from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import FitContext, Recommender
 from recexp.models.random_scores import RandomRecommender
-from recexp.models.recbole import RecBoleRecommender, augment_train, model_class, with_history, write_benchmark
+from recexp.models.recbole import RecBoleRecommender
+from recexp.models.recbole.config import model_class
+from recexp.models.recbole.files import augment_train, with_history, write_benchmark
 from recexp.train import TrainerConfig
 
 SHORT = TrainerConfig(max_epochs=2)

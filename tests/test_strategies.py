@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, BertModel
 
 from recexp.config import build
 from recexp.errors import ConfigError
-from recexp.models.text_encoder import TextEncoder, default_model_path
+from recexp.models.text.encoder import TextEncoder, default_model_path
 from recexp.strategies import Adapted, Bottleneck, Frozen, FullFineTune, Peft, module_names
 from recexp.train import parameter_counts
 

@@ -11,7 +11,7 @@ from helpers import CONF, ONE_EPOCH, FixedScores, fit, tiny_split
 from recexp.errors import ConfigError
 from recexp.evaluate import Evaluator
 from recexp.interfaces import TaskResult
-from recexp.models.objectives import InteractionData, Sampling
+from recexp.models.sampling import InteractionData, Sampling
 from recexp.models.torch_recommender import TorchRecommender
 from recexp.records import RANKINGS, save_evaluation
 from recexp.tail import Rerank, Reranked, Reweight
@@ -258,7 +258,7 @@ def test_recbole_popularity_negatives_refuse_a_user_who_trained_on_every_trainin
     from types import SimpleNamespace
 
     from recexp.errors import DataError
-    from recexp.models.recbole import count_training_popularity
+    from recexp.models.recbole.negatives import count_training_popularity
 
     train = SimpleNamespace(iid_field="item_id", inter_feat={"item_id": torch.tensor([1, 2, 3, 1, 3])})
     rebuilt = []

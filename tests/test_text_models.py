@@ -16,13 +16,13 @@ from hydra import compose, initialize_config_dir
 
 from recexp.config import build
 from recexp.errors import ConfigError, TrainingError
-from recexp.models.pair_classifier import PairClassifier
+from recexp.models.pairs.classifier import PairClassifier
+from recexp.models.pairs.like_rates import UserRateRecommender
 from recexp.models.random_scores import RandomRecommender
-from recexp.models.text_encoder import TextEncoder
-from recexp.models.text_tower import TextTower
-from recexp.models.text_zero_shot import TextZeroShotRecommender
+from recexp.models.text.encoder import TextEncoder
+from recexp.models.text.tower import TextTower
+from recexp.models.text.zero_shot import TextZeroShotRecommender
 from recexp.models.torch_recommender import TorchRecommender
-from recexp.models.user_rate import UserRateRecommender
 from recexp.records import RunRecord
 from recexp.strategies import Frozen
 from recexp.tail import Rerank, Reranked

@@ -59,7 +59,7 @@ def recbole_full_sort(padded: torch.Tensor, split: Split, stage: str, metrics: l
     its per-user history and positive lists (built once, as its data loader does), batches collated as its
     ``FullSortEvalDataLoader`` does, ``Trainer._full_sort_batch_eval``, ``Collector`` and ``Evaluator``.
     Returns (a callable running one evaluation -> (metrics, top-K lists if asked), the number of users)."""
-    from recexp.models.recbole_compat import apply  # RecBole itself is imported here only, for the baseline
+    from recexp.models.recbole.compat import apply  # RecBole itself is imported here only, for the baseline
 
     apply()
     from recbole.evaluator import Collector

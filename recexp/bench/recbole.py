@@ -80,8 +80,8 @@ def raw_config(folder: Path, epochs: int) -> dict[str, Any]:
 
 def raw_epochs(folder: Path, cache: Path, epochs: int) -> list[float]:
     """End-of-epoch times of raw RecBole (its quick_start steps, repaired to run on today's stack)."""
-    from recexp.models.recbole import DATASET, write_benchmark
-    from recexp.models.recbole_compat import apply
+    from recexp.models.recbole.compat import apply
+    from recexp.models.recbole.files import DATASET, write_benchmark
 
     write_benchmark(_split(cache), folder / DATASET)
     apply()

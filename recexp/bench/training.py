@@ -54,7 +54,7 @@ def bare_epoch(split: Split, texts: list[str], seed: int, precision: str, lr: fl
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer
 
-    from recexp.models.text_encoder import default_model_path
+    from recexp.models.text.encoder import default_model_path
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())

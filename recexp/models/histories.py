@@ -1,4 +1,5 @@
-"""The labelled history each scored pair is read with, for models that classify (history, target) pairs.
+"""The histories models read: each stage's 0/1 user x item matrix (:func:`stage_histories`), and the labelled
+history each scored pair is read with, for models that classify (history, target) pairs.
 
 A :class:`HistoryTable` holds, per row, the ``length`` most recent history items (newest first, -1
 padding) and their 0/1 like labels. Where rows come from:
@@ -193,3 +194,17 @@ class LabelledPairs(Dataset):
     def __getitems__(self, indices: list[int]) -> Batch:
         picked = self.order[torch.as_tensor(indices)]
         return self.rows[picked], self.items[picked], self.targets[picked]
+
+
+def history_matrix(frame: pd.DataFrame, n_users: int, n_items: int, device: torch.device) -> torch.Tensor:
+    """[n_users, n_items] sparse 0/1 matrix of each user's items in ``frame``."""
+    frame = frame.drop_duplicates(["user", "item"])
+    index = torch.tensor(frame[["user", "item"]].to_numpy().T, dtype=torch.long)
+    values = torch.ones(index.shape[1])
+    return torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=True).coalesce().to(device)
+
+
+def stage_histories(split: Split, device: torch.device) -> dict[str, torch.Tensor]:
+    """``train`` and every stage name -> its history matrix (:func:`history_matrix`)."""
+    frames = {TRAIN: split.train, **{stage: split.history(stage) for stage in split.stages}}
+    return {name: history_matrix(frame, split.n_users, split.n_items, device) for name, frame in frames.items()}

@@ -22,7 +22,7 @@ import torch
 from recexp import train
 from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, RecommenderBase, Split, TorchModel
-from recexp.models.objectives import Sampling
+from recexp.models.sampling import Sampling
 from recexp.train import FitStats, TrainerConfig
 
 
@@ -112,7 +112,7 @@ class TorchRecommender(RecommenderBase):
         return {**used, "epochs_run": self.stats.epochs, "best_epoch": self.stats.best_epoch, **probe}
 
     def reweight(self, method: str, alpha: float) -> None:
-        """``tail=reweight`` through the module's :class:`~recexp.models.objectives.Sampling`; refused for a module
+        """``tail=reweight`` through the module's :class:`~recexp.models.sampling.Sampling`; refused for a module
         without one, and for negatives under the softmax loss."""
         if self.module.sampling is None:
             super().reweight(method, alpha)

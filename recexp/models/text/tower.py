@@ -8,7 +8,7 @@ H(u) is the user's history for the stage (train when validating, train + valid w
 While training, the positive item is left out of its own user's mean. The history side always reads
 a table of item encodings without gradient: computed once (and cached on disk) when the encoder is
 frozen, refreshed once per epoch (and reused by validation) when it trains. A trained encoder
-takes item-organised epochs (:class:`~recexp.models.objectives.ItemData`): each step encodes a set
+takes item-organised epochs (:class:`~recexp.models.sampling.ItemData`): each step encodes a set
 of items once, with gradient, and scores every training interaction and negative that refers to them.
 """
 from __future__ import annotations
@@ -19,28 +19,15 @@ from torch import nn
 
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split, Strategy
-from recexp.models.objectives import (
-    ItemBatch,
-    Sampling,
-    bpr,
-    check_loss,
-    check_samples,
-    encode_items,
-    in_batch_softmax,
-    item_batch_loss,
-    item_texts,
-    preferred_cpu_threads,
-    stage_histories,
-    train_data,
-)
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.histories import stage_histories
+from recexp.models.losses import batch_loss, check_loss
+from recexp.models.sampling import ItemBatch, Sampling
+from recexp.models.text.encoder import TextEncoder
+from recexp.models.text.items import encode_items, item_texts
+from recexp.models.text.training import TRAINED_ENCODER, check_samples, preferred_cpu_threads, train_data
 from recexp.train import Batch
 
-# Trainer defaults: (frozen encoder: batch = interactions, trainable encoder: batch = items per step).
-DEFAULTS = {
-    False: dict(max_epochs=30, patience=3, batch_size=512, lr=1e-3),
-    True: dict(max_epochs=10, patience=2, batch_size=64, lr=1e-3, mixed_precision="bf16"),
-}
+FROZEN_ENCODER = dict(max_epochs=30, patience=3, batch_size=512, lr=1e-3)  # trainer defaults; batch = interactions
 
 
 class TextTower(nn.Module):
@@ -76,7 +63,7 @@ class TextTower(nn.Module):
         return preferred_cpu_threads(self.encoder.trainable)
 
     def trainer_defaults(self) -> dict:
-        return DEFAULTS[self.encoder.trainable]
+        return TRAINED_ENCODER if self.encoder.trainable else FROZEN_ENCODER
 
     # --- data held for scoring: texts, history matrices, encodings without gradient
 
@@ -129,17 +116,7 @@ class TextTower(nn.Module):
     def forward(self, batch: Batch | ItemBatch) -> torch.Tensor:
         """(users [B], items [B], negatives [B], weights [B]) or an :class:`ItemBatch` -> scalar loss."""
         self.stale = self.encoder.trainable
-        if isinstance(batch, ItemBatch):
-            batch = ItemBatch(*(t.to(self.item_proj.weight.device) for t in batch))
-            query = self._train_query(batch.users, batch.items[batch.positives])
-            return item_batch_loss(self.loss, query, self._items(batch.items), batch, self.temperature)
-        users, items, negatives, weights = (t.to(self.item_proj.weight.device) for t in batch)
-        query = self._train_query(users, items)
-        if self.loss == "bpr":
-            vectors = self._items(torch.cat([items, negatives]))
-            pos, neg = vectors[: len(items)], vectors[len(items) :]
-            return bpr((query * pos).sum(1) / self.temperature, (query * neg).sum(1) / self.temperature, weights)
-        return in_batch_softmax(query @ self._items(items).T / self.temperature, items, weights)
+        return batch_loss(self.loss, batch, self.item_proj.weight.device, self._train_query, self._items, self.temperature)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from recexp.errors import ConfigError, DataError
 from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.histories import sample_histories
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.text.encoder import TextEncoder
 from recexp.strategies import Frozen
 from recexp.train import TrainerConfig, refuse_training
 

@@ -22,28 +22,15 @@ from torch import nn
 
 from recexp.errors import ConfigError
 from recexp.interfaces import Split, Strategy
-from recexp.models.objectives import (
-    ItemBatch,
-    Sampling,
-    bpr,
-    check_loss,
-    check_samples,
-    encode_items,
-    in_batch_softmax,
-    item_batch_loss,
-    item_texts,
-    preferred_cpu_threads,
-    train_data,
-)
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.losses import batch_loss, check_loss
+from recexp.models.sampling import ItemBatch, Sampling
+from recexp.models.text.encoder import TextEncoder
+from recexp.models.text.items import encode_items, item_texts
+from recexp.models.text.training import TRAINED_ENCODER, check_samples, preferred_cpu_threads, train_data
 from recexp.train import Batch
 
 COMBINES = ("concat", "sum", "gate")
-# Trainer defaults: (frozen encoder: batch = interactions, trainable encoder: batch = items per step).
-DEFAULTS = {
-    False: dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3),
-    True: dict(max_epochs=10, patience=2, batch_size=64, lr=1e-3, mixed_precision="bf16"),
-}
+FROZEN_ENCODER = dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3)  # trainer defaults; batch = interactions
 
 
 class Fusion(nn.Module):
@@ -82,7 +69,7 @@ class Fusion(nn.Module):
         return preferred_cpu_threads(self.encoder.trainable)
 
     def trainer_defaults(self) -> dict:
-        return DEFAULTS[self.encoder.trainable]
+        return TRAINED_ENCODER if self.encoder.trainable else FROZEN_ENCODER
 
     def prepare(self, split: Split, device: torch.device) -> None:
         """Size the ID tables for ``split`` (once: a later split continues them)."""
@@ -132,16 +119,7 @@ class Fusion(nn.Module):
     def forward(self, batch: Batch | ItemBatch) -> torch.Tensor:
         """(users [B], items [B], negatives [B], weights [B]) or an :class:`ItemBatch` -> scalar loss."""
         self.stale = self.encoder.trainable
-        if isinstance(batch, ItemBatch):
-            batch = ItemBatch(*(t.to(self.has_id.device) for t in batch))
-            return item_batch_loss(self.loss, self.user_id(batch.users), self._items(batch.items), batch)
-        users, items, negatives, weights = (t.to(self.has_id.device) for t in batch)
-        query = self.user_id(users)
-        if self.loss == "bpr":
-            vectors = self._items(torch.cat([items, negatives]))
-            pos, neg = vectors[: len(items)], vectors[len(items) :]
-            return bpr((query * pos).sum(1), (query * neg).sum(1), weights)
-        return in_batch_softmax(query @ self._items(items).T, items, weights)
+        return batch_loss(self.loss, batch, self.has_id.device, lambda users, positives: self.user_id(users), self._items)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:

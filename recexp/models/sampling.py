@@ -1,54 +1,15 @@
-"""Implicit-feedback objectives shared by the text tower and the fusion model, and their batches."""
+"""How the implicit-feedback models draw their training examples: popularity-aware settings, and epochs of
+shuffled interactions or of items, each interaction with a negative."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from recexp.errors import ConfigError
-from recexp.interfaces import TRAIN, Split
-from recexp.models.text_encoder import TextEncoder, TokenizedTexts
+from recexp.interfaces import Split
 from recexp.train import Batch, epoch_order
-
-LOSSES = ("softmax", "bpr")  # in-batch sampled softmax, or BPR with one uniform negative per positive
-
-
-def check_loss(loss: str) -> str:
-    if loss not in LOSSES:
-        raise ConfigError(f"model.loss={loss!r} is unknown; choose one of {', '.join(LOSSES)}.")
-    return loss
-
-
-def in_batch_softmax(logits: torch.Tensor, items: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [B, B] (row: example, column: the positive item of each example), items [B] (weights [B]) -> scalar.
-
-    Each example's own positive is its target; the other positives in the batch are its negatives,
-    except copies of its own item, which are masked out.
-    """
-    duplicate = (items[:, None] == items[None, :]) & ~torch.eye(len(items), dtype=torch.bool, device=items.device)
-    target = torch.arange(len(items), device=logits.device)
-    losses = F.cross_entropy(logits.masked_fill(duplicate, float("-inf")), target, reduction="none")
-    return (losses * weights).mean() if weights is not None else losses.mean()
-
-
-def item_batch_loss(loss: str, query: torch.Tensor, vectors: torch.Tensor, batch, temperature: float = 1.0) -> torch.Tensor:
-    """query [N, d] per interaction, vectors [C, d] of ``batch.items`` -> scalar loss of an :class:`ItemBatch`:
-    BPR against each interaction's negative, or a softmax over the C items (the positive is the target)."""
-    if loss == "bpr":
-        scores = lambda positions: (query * vectors[positions]).sum(1) / temperature  # noqa: E731
-        return bpr(scores(batch.positives), scores(batch.negatives), batch.weights)
-    losses = F.cross_entropy(query @ vectors.T / temperature, batch.positives, reduction="none")
-    return (losses * batch.weights).mean()
-
-
-def bpr(positive: torch.Tensor, negative: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """positive [B], negative [B] scores (weights [B], mean 1 over the data) -> scalar ``-mean w log sigmoid(pos - neg)``."""
-    losses = -F.logsigmoid(positive - negative)
-    return (losses * weights).mean() if weights is not None else losses.mean()
 
 
 @dataclass(frozen=True)
@@ -187,52 +148,3 @@ def _negatives(users, positive_keys, pool, n_items, generator, probs=None, round
             break
         negatives[clash] = draw(int(clash.sum()))
     return negatives
-
-
-def history_matrix(frame: pd.DataFrame, n_users: int, n_items: int, device: torch.device) -> torch.Tensor:
-    """[n_users, n_items] sparse 0/1 matrix of each user's items in ``frame``."""
-    frame = frame.drop_duplicates(["user", "item"])
-    index = torch.tensor(frame[["user", "item"]].to_numpy().T, dtype=torch.long)
-    values = torch.ones(index.shape[1])
-    return torch.sparse_coo_tensor(index, values, (n_users, n_items), check_invariants=True).coalesce().to(device)
-
-
-def stage_histories(split: Split, device: torch.device) -> dict[str, torch.Tensor]:
-    """``train`` and every stage name -> its history matrix (:func:`history_matrix`)."""
-    frames = {TRAIN: split.train, **{stage: split.history(stage) for stage in split.stages}}
-    return {name: history_matrix(frame, split.n_users, split.n_items, device) for name, frame in frames.items()}
-
-
-def encode_items(encoder: TextEncoder, tokens: TokenizedTexts, items: torch.Tensor) -> torch.Tensor:
-    """items [n] -> unit encodings [n, enc] with gradient, each distinct item encoded once."""
-    unique, inverse = items.unique(return_inverse=True)
-    return F.normalize(encoder.encode_rows(tokens, unique.tolist()), dim=-1)[inverse]
-
-
-def item_texts(split: Split) -> list[str]:
-    if split.dataset.item_text is None:
-        raise ConfigError(
-            "This model reads item text, but the dataset has none: set dataset.item_template "
-            "(e.g. '{movie_title} ({release_year}). Genres: {class}')."
-        )
-    return list(split.dataset.item_text)
-
-
-def check_samples(given: int | None) -> int | None:
-    """``samples_per_epoch``: train interactions per epoch over a frozen encoder (None: all of them)."""
-    if given is not None and given < 1:
-        raise ConfigError(f"model.module.samples_per_epoch must be >= 1 (or null), got {given}.")
-    return given
-
-
-def train_data(model, split: Split, seed: int) -> Dataset:
-    """A text model's epoch: item-organised (:class:`ItemData`) while its encoder trains, else shuffled
-    interactions (:class:`InteractionData`, ``model.samples_per_epoch`` of them)."""
-    if model.encoder.trainable:
-        return ItemData(split, seed, model.tokens.lengths, model.sampling)
-    return InteractionData(split, seed, model.samples_per_epoch, model.sampling)
-
-
-def preferred_cpu_threads(encoder_trains: bool) -> int | None:
-    """Small heads over cached (frozen) encodings train fastest on one CPU thread; encoders on all."""
-    return None if encoder_trains else 1

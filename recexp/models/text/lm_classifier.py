@@ -33,9 +33,9 @@ from torch import nn
 
 from recexp.errors import ConfigError
 from recexp.interfaces import TRAIN, Split, Strategy
-from recexp.models.histories import HistoryTable, LabelledPairs, history_table, item_prior_logits, like_labels, rate_logit
-from recexp.models.objectives import item_texts, stage_histories
-from recexp.models.text_encoder import TextEncoder
+from recexp.models.histories import HistoryTable, LabelledPairs, history_table, item_prior_logits, like_labels, rate_logit, stage_histories
+from recexp.models.text.encoder import TextEncoder
+from recexp.models.text.items import item_texts
 from recexp.train import Batch
 
 # Trainer defaults: (frozen encoder, trainable encoder).

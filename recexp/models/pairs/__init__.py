@@ -1,0 +1,1 @@
+"""Few-shot models of labelled (history, item) pairs: small trained classifiers and the like-rate baselines."""
