@@ -218,6 +218,9 @@ class Recommender(Scorer, Protocol):
     encoder: torch.nn.Module | None
     """The :class:`~recexp.models.text.encoder.TextEncoder` the model reads item texts with, or None
     (``tail=augment`` needs one)."""
+    valid_metric: str | None
+    """The metric its fit reads on the ``valid`` stage to stop early (``trainer.valid_metric``), or None: it validates
+    nothing. Checked against the split before any training."""
 
     def fit(self, split: Split, ctx: FitContext) -> None:
         """Train on ``split.train`` (the ``valid`` stage, when there is one, may drive early stopping). A second
@@ -251,13 +254,14 @@ class RecommenderBase:
     """The defaults of :class:`Recommender`'s members beyond fit, score and parameter_counts (their meaning is
     there): a model that inherits this and overrides none of them ranks items with plain scores, trains in
     one process, saves nothing, reads no item text, keeps scoring from its last fit's split, reports no
-    settings or cost of its own, and refuses ``tail=reweight``."""
+    settings or cost of its own, stops early on nothing, and refuses ``tail=reweight``."""
 
     pointwise_output = "score"
     score_pairs: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor] | None = None
     distributed = False
     saveable = False
     encoder: torch.nn.Module | None = None
+    valid_metric: str | None = None
 
     @property
     def name(self) -> str:

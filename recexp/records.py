@@ -2,7 +2,8 @@
 
 Keys: ``run_id``, ``status`` (running / ok / failed), ``error``, ``metrics`` ({stage: {...}} for every
 stage, the ``all`` segment), ``segments`` (the final stage's metrics per segment: ``test`` in a
-holdout split), ``stages`` ({stage: {segment: {...}}}), ``valid_segments``, ``effective`` (trainer
+holdout split), ``stages`` ({stage: {segment: {...}}}), ``not_computed`` ({stage: {segment: {metric: why}}}: the
+metrics named in ``evaluator.metrics`` that a stage or segment could not compute), ``valid_segments``, ``effective`` (trainer
 settings the model used), ``model`` (what kind of model ran: ``text_encoder``), ``cost``, ``split``,
 ``config``, ``objective``, ``versions``, ``git_sha``, ``started_at``, ``finished_at``, ``provenance``
 (``host``, ``pid``, ``started``, ``attempts``: runs of this configuration in the sweep folder, this one
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from recexp.errors import ConfigError
-from recexp.evaluate import Evaluation, Evaluator, metric_key, parse_metric
+from recexp.evaluate import METRICS, Evaluation, Evaluator, metric_key, parse_metric
+from recexp.evaluate.computable import refusal
 from recexp.interfaces import Recommender, Split, Stage, TaskResult
 from recexp.tracking import git_sha, package_versions, write_json_atomic
 
@@ -50,6 +52,7 @@ class RunRecord:
             "metrics": {},
             "segments": {},
             "stages": {},
+            "not_computed": {},
             "effective": {},
             "cost": {},
             "split": {},
@@ -89,6 +92,7 @@ class RunRecord:
         self.data["metrics"] = {stage: ev.metrics.get("all", {}) for stage, ev in evaluations.items()}
         self.data["segments"] = evaluations[final].metrics
         self.data["stages"] = {stage: ev.metrics for stage, ev in evaluations.items()}
+        self.data["not_computed"] = {stage: ev.not_computed for stage, ev in evaluations.items() if ev.not_computed}
         self.data["valid_segments"] = evaluations["valid"].metrics if "valid" in evaluations else {}
         self.data["cost"] = result.cost
         self.data["effective"] = result.effective
@@ -102,9 +106,11 @@ class RunRecord:
         self.data["status"] = "ok"
 
     def summary(self) -> dict[str, Any]:
-        """For W&B: each stage's ``all`` metrics, the final stage per segment, and the cost ledger."""
+        """For W&B: each stage's ``all`` metrics, the final stage per segment, the cost ledger, and the metrics asked
+        for that some stage or segment could not compute (where there are any)."""
         final = final_stage(self.data["stages"])
-        return {**self.data["metrics"], final: self.data["segments"], "cost": self.data["cost"]}
+        missing = {"not_computed": self.data["not_computed"]} if self.data["not_computed"] else {}
+        return {**self.data["metrics"], final: self.data["segments"], "cost": self.data["cost"], **missing}
 
     def finish_failed(self, err: BaseException, trace: str) -> None:
         self.data["status"] = "failed"
@@ -135,8 +141,23 @@ def final_stage(evaluations: dict[str, Any]) -> str:
     return "test" if "test" in evaluations else list(evaluations)[-1]
 
 
-def check_objective(name: str, stages: dict[str, Stage], evaluator: Evaluator) -> None:
-    """A ConfigError, before any training, unless ``name`` is stage/metric of the reported ``stages`` and evaluator."""
+def check_metrics(objective: str, stages: dict[str, Stage], evaluator: Evaluator, model: Recommender) -> None:
+    """A ConfigError, before any training, for a metric the run asks for that no stage of the reported ``stages`` can
+    compute: one named in ``evaluator.metrics``, the model's early-stopping ``trainer.valid_metric``, or ``objective``."""
+    problem = refusal("{} in evaluator.metrics", {m: METRICS[m] for m in evaluator.asked}, stages, model,
+                      "drop {} from evaluator.metrics")
+    if problem is None and model.valid_metric is not None and "valid" in stages:
+        valid = {"valid": stages["valid"]}
+        problem = refusal("trainer.valid_metric={}", {model.valid_metric: parse_metric(model.valid_metric)[0]}, valid,
+                          model, f"choose another trainer.valid_metric{_example(valid['valid'])}")
+    if problem is not None:
+        raise ConfigError(problem)
+    check_objective(objective, stages, evaluator, model)
+
+
+def check_objective(name: str, stages: dict[str, Stage], evaluator: Evaluator, model: Recommender) -> None:
+    """A ConfigError unless ``name`` is stage/metric of the reported ``stages``, which that stage, ``model`` and the
+    evaluator compute."""
     stage, slash, metric = str(name).partition("/")
     if not slash or stage not in stages:
         raise ConfigError(f"objective={name!r} must be stage/metric with stage one of {', '.join(stages)} (e.g. valid/ndcg@10).")
@@ -144,15 +165,20 @@ def check_objective(name: str, stages: dict[str, Stage], evaluator: Evaluator) -
         spec, k = parse_metric(metric)
     except ConfigError as err:
         raise ConfigError(f"objective={name!r}: {err}") from None
-    has = stages[stage].pairs if spec.kind == "pointwise" else stages[stage].positives
-    if has is None:
-        what = "labelled pairs (set scenario.label_threshold)" if spec.kind == "pointwise" else "ranking targets"
-        raise ConfigError(f"objective={name!r}: stage {stage!r} has no {what}; choose another objective.")
+    problem = refusal("objective={}", {repr(name): spec}, {stage: stages[stage]}, model,
+                      f"choose another objective{_example(stages[stage], stage + '/')}")
+    if problem is not None:
+        raise ConfigError(problem)
     if spec.name not in evaluator.metrics or (k is not None and k not in evaluator.ks):
         raise ConfigError(
             f"objective={name!r} is not computed by the evaluator (metrics {evaluator.metrics}, ks {evaluator.ks}); "
             f"add {metric_key(spec, k)} to them or choose another objective."
         )
+
+
+def _example(stage: Stage, prefix: str = "") -> str:
+    """`` (e.g. ndcg@10)`` when ``stage`` ranks items, `` (e.g. auc)`` when it has labelled pairs only."""
+    return f" (e.g. {prefix}ndcg@10)" if stage.positives is not None else f" (e.g. {prefix}auc)" if stage.pairs else ""
 
 
 def save_evaluation(run_dir: Path, result: TaskResult) -> None:

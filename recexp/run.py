@@ -22,7 +22,7 @@ from recexp.config import build, check_complete, config_id, record_config
 from recexp.errors import ConfigError, RecexpError, check_int
 from recexp.interfaces import FitContext, Recommender
 from recexp.locks import Claim, claim, stop_with_launcher
-from recexp.records import RunRecord, check_objective, save_evaluation
+from recexp.records import RunRecord, check_metrics, save_evaluation
 from recexp.scenarios import build_or_load
 from recexp.tracking import NullLogger, finish_logger
 from recexp.train import default_device, process_info, single_cpu_launch
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> float:
         task, evaluator = build(cfg.task), build(cfg.evaluator)
         dataset = build(cfg.dataset).load()
         split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
-        check_objective(cfg.objective, task.stages(split), evaluator)
+        check_metrics(cfg.objective, task.stages(split), evaluator, model)  # each metric asked for, before any training
         record.set_split(split)
         ctx = FitContext(logger, device, run_dir, cfg.seed, cfg.progress, rank, world_size)
         result = task.run(make_model, split, evaluator, ctx)

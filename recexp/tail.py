@@ -85,6 +85,10 @@ class Wrapped(RecommenderBase):
     def encoder(self) -> torch.nn.Module | None:
         return self.inner.encoder
 
+    @property
+    def valid_metric(self) -> str | None:
+        return self.inner.valid_metric
+
     def fit(self, split: Split, ctx: Any) -> None:
         self.inner.fit(split, ctx)
 

@@ -125,7 +125,7 @@ class WandbLogger:
         self.run.summary.update(flatten(metrics))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+        self.run.log({key: self._wandb.Table(columns=columns, data=rows, allow_mixed_types=True)})  # n/c among numbers
 
     def log_images(self, images: Mapping[str, Path]) -> None:
         self.run.log({key: self._wandb.Image(str(path)) for key, path in images.items()})

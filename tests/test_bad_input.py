@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from helpers import ROOT, save_tiny_generator
@@ -92,6 +93,39 @@ CASES = [
     ("objective_pointwise_without_pairs", ["objective=valid/auc"], "has no labelled pairs", "run"),
     ("objective_unresolvable", ["objective=${oc.env:RECEXP_TEST_NO_SUCH_VARIABLE}"], "objective cannot be resolved", "run"),
     ("objective_unset", ["objective=???"], "objective must be set", "run"),
+    ("objective_logloss_from_a_scorer", ["scenario.label_threshold=4", "objective=valid/logloss"],
+     "objective='valid/logloss' cannot be computed here: model RandomRecommender gives plain scores, not probabilities. "
+     "Use a model that gives P(like)", "run"),
+    ("objective_rmse_from_a_scorer", ["scenario.label_threshold=4", "objective=test/rmse"],
+     "objective='test/rmse' cannot be computed here: model RandomRecommender gives plain scores, not predicted ratings. "
+     "Use the model that predicts ratings (model=lm_classifier model.module.head=regression)", "run"),
+    # a metric the run asks for that no stage can compute: named, with the reason and the fix, before any training
+    ("metric_pointwise_without_pairs", ["model=pop", "evaluator.metrics=[ndcg,auc]"],
+     "auc in evaluator.metrics cannot be computed here: no stage of this split has labelled pairs. Set "
+     "scenario.label_threshold=4 (a valid/test rating >= 4 labels its pair 1, lower 0), or drop auc from evaluator.metrics.",
+     "run"),
+    ("metric_rating_from_a_scorer", ["scenario.label_threshold=4", "evaluator.metrics=[ndcg,rmse]"],
+     "rmse in evaluator.metrics cannot be computed here: model RandomRecommender gives plain scores, not predicted ratings. "
+     "Use the model that predicts ratings (model=lm_classifier model.module.head=regression), or drop rmse", "run"),
+    ("metric_rating_without_pairs_from_a_scorer", ["evaluator.metrics=[mae]"],
+     "mae in evaluator.metrics cannot be computed here: no stage of this split has labelled pairs, and model "
+     "RandomRecommender gives plain scores, not predicted ratings. Set scenario.label_threshold=4", "run"),
+    ("metric_logloss_from_a_scorer", ["model=pop", "scenario.label_threshold=4", "evaluator.metrics=[auc,logloss]"],
+     "logloss in evaluator.metrics cannot be computed here: model Pop gives plain scores, not probabilities. Use a model "
+     "that gives P(like) (lm_classifier, pair_classifier", "run"),
+    ("metrics_each_named_with_its_reason", ["evaluator.metrics=[ndcg,auc,rmse]"],
+     "auc and rmse in evaluator.metrics cannot be computed here: no stage of this split has labelled pairs (auc, rmse), "
+     "and model RandomRecommender gives plain scores, not predicted ratings (rmse)", "run"),
+    ("metric_ranking_without_targets", ["scenario=tallrec", "evaluator.metrics=[auc,ndcg]"],
+     "ndcg in evaluator.metrics cannot be computed here: no stage of this split has ranking targets. Use a scenario with "
+     "ranking targets", "run"),
+    ("valid_metric_pointwise_without_pairs", [*TEXT, "trainer.valid_metric=auc"],
+     "trainer.valid_metric=auc cannot be computed here: stage 'valid' has no labelled pairs. Set scenario.label_threshold=4 "
+     "(a valid/test rating >= 4 labels its pair 1, lower 0), or choose another trainer.valid_metric (e.g. ndcg@10).", "run"),
+    ("valid_metric_logloss_from_a_scorer", [*TEXT, "scenario.label_threshold=4", "trainer.valid_metric=logloss"],
+     "trainer.valid_metric=logloss cannot be computed here: model TextTower gives plain scores, not probabilities", "run"),
+    ("valid_metric_ranking_without_targets", ["model=id_fm", "scenario=tallrec", "trainer.valid_metric=ndcg@10"],
+     "trainer.valid_metric=ndcg@10 cannot be computed here: stage 'valid' has no ranking targets", "run"),
     # what Hydra refuses before recexp runs
     ("unknown_model", ["model=nosuchmodel"], "Could not find 'model/nosuchmodel'", "hydra"),
     ("unknown_strategy", ["strategy=nosuch"], "Could not find 'strategy/nosuch'", "hydra"),
@@ -269,6 +303,58 @@ def test_impossible_trainer_settings_stop_the_run_before_any_work(app, model, se
     record = json.loads((run_dir / "results.json").read_text())
     assert code == 1 and record["status"] == "failed" and record["split"] == {}  # no data was read, nothing trained
     assert not (run_dir / "recbole").exists() and set(cache_dir.rglob("*")) == before
+
+
+LM_REGRESSION = (*TEXT, "model=lm_classifier", "model.module.head=regression", "model.module.samples_per_epoch=64",
+                 "model.module.rerank=4", "encoder.max_length=48")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("overrides, metric", [
+    (("model=pop", "evaluator.metrics=[ndcg,auc]"), "auc"),  # the issue's command, with the fix its error names
+    ((*LM_REGRESSION, "evaluator.metrics=[ndcg,rmse]"), "rmse"),
+])
+def test_the_fix_a_refusal_names_computes_the_metric(app, overrides, metric):
+    code, stderr, run_dir = app(*overrides, "scenario.label_threshold=4")
+    record = json.loads((run_dir / "results.json").read_text())
+    assert code == 0 and record["status"] == "ok", stderr
+    assert all(metric in record["metrics"][stage] and "ndcg@10" in record["metrics"][stage] for stage in ("valid", "test"))
+    assert record["not_computed"] == {}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_metric_some_segments_cannot_compute_is_recorded_and_compared_as_not_computed(app, tmp_path):
+    """scenario.head_fraction=0.99 puts every trained item in the head: the tail holds no positive and no labelled
+    pair, so the run goes on and records tail/ndcg@10 and tail/auc as not computed, and compare shows them n/c."""
+    from recexp.compare import Options, compare
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, fraction in (("all_head", 0.99), ("usual", 0.2)):
+        code, stderr, run_dir = app(*atomic("tiny", "scenario.label_threshold=4", f"scenario.head_fraction={fraction}",
+                                            "evaluator.metrics=[ndcg,auc]", "evaluator.ks=[10]"))
+        assert code == 0, stderr
+        run_dir.rename(runs / name)
+    record = json.loads((runs / "all_head" / "results.json").read_text())
+    no_target, no_pair = "no ranking target falls in this segment", "no labelled pair falls in this segment"
+    assert record["status"] == "ok" and "tail" not in record["segments"] and "auc" in record["segments"]["head"]
+    assert record["not_computed"] == {stage: {"tail": {"ndcg@10": no_target, "auc": no_pair}, "tail_full": {"ndcg@10": no_target}}
+                                      for stage in ("valid", "test")}
+    assert json.loads((runs / "usual" / "results.json").read_text())["not_computed"] == {}
+
+    out = tmp_path / "out"
+    result = compare([runs], out, Options(wandb=False, metrics=["ndcg@10", "auc"], segments=["all", "tail"]))
+    row = next(r.label for r in result.rows if "0.99" in r.label)
+    markdown = (out / "table.md").read_text()
+    line = next(text for text in markdown.splitlines() if text.startswith(f"| {row} "))
+    assert line.count(" n/c ") == 2
+    assert f"n/c: not computed, as the runs record it; {row}: tail/ndcg@10 ({no_target}); {row}: tail/auc ({no_pair})." in markdown
+    table = pd.read_csv(out / "table.csv").set_index("row")
+    assert table.loc[row, "tail/ndcg@10"] == "n/c" and table.loc[row, "tail/auc"] == "n/c"
+    assert table.loc[row, "not computed"] == f"tail/ndcg@10: {no_target}; tail/auc: {no_pair}"
+    assert float(table.drop(index=row)["tail/ndcg@10"].iloc[0]) >= 0
+    latex = (out / "table.tex").read_text()
+    assert latex.count(" & n/c") == 2 and "not computed, as the runs record it" in latex
 
 
 def test_a_component_that_calls_sys_exit_fails_the_run_with_one_line(app, monkeypatch):

@@ -323,6 +323,29 @@ def test_error_for_a_run_missing_a_metric(three_models, tmp_path):
     assert "bpr-1/results.json lacks recall@10 in segment 'all'" in message and "ndcg@10" in message
 
 
+@pytest.mark.parametrize("seeds", [(1,), (0, 1, 2)])
+def test_a_metric_recorded_as_not_computed_reads_n_c_where_no_seed_has_it(three_models, tmp_path, seeds):
+    why = "stage 'test' has no labelled pairs"
+    for seed in seeds:
+        path = three_models / f"bpr-{seed}" / "results.json"
+        record = json.loads(path.read_text())
+        del record["segments"]["all"]["recall@10"]
+        record["not_computed"] = {"test": {"all": {"recall@10": why}}}
+        path.write_text(json.dumps(record))
+    result = run_compare([three_models], tmp_path / "out", metrics=["ndcg@10", "recall@10"], reference="pop")
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    bpr = next(line for line in markdown.splitlines() if line.startswith("| bpr |"))
+    csv = pd.read_csv(tmp_path / "out" / "table.csv").set_index("row")
+    if len(seeds) == 1:  # the other seeds have it: their mean, as for any missing seed
+        assert " n/c " not in bpr and "n/c" not in markdown and "not computed" not in csv.columns
+        assert result.summary.set_index("row").loc["bpr", "all/recall@10 n"] == 2
+        return
+    assert bpr.count(" n/c ") == 1 and f"n/c: not computed, as the runs record it; bpr: all/recall@10 ({why})." in markdown
+    assert csv.loc["bpr", "all/recall@10"] == "n/c" and csv.loc["bpr", "not computed"] == f"all/recall@10: {why}"
+    assert float(csv.loc["pop", "all/recall@10"]) > 0 and pd.isna(csv.loc["pop", "not computed"])
+    assert "n/c" in (tmp_path / "out" / "table.tex").read_text()
+
+
 def test_refuses_to_mix_splits_in_one_row(three_models, tmp_path):
     other = tmp_path / "older"
     write_run(other / "bpr-0", "bpr", 0, shift=0.05, split_hash="another-split")

@@ -2,6 +2,7 @@
 scikit-learn, the metric registry, and agreement with RecBole's metrics."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -354,6 +355,65 @@ def test_stage_without_pairs_has_no_pointwise_metrics(random_split):
     assert "auc" not in Evaluator(ks=[10]).evaluate(model, random_split, "test").metrics["all"]
     with pytest.raises(ConfigError, match="no labelled pairs"):
         Evaluator().value(model, random_split, "valid", "auc")
+
+
+def segment_split(stage_pairs=True):
+    """Test pairs on items 0-39 of 45; the segment ``rare`` (items 40-44) holds no test pair or positive. Without
+    ``stage_pairs`` the test stage has no labelled pairs (the valid stage keeps its own)."""
+    rng = np.random.default_rng(0)
+    pairs = [(u, int(i)) for u in range(20) for i in rng.choice(40, 8, replace=False)]
+    ratings = rng.integers(1, 6, len(pairs)).astype(float)
+    segments = {"all": np.arange(45), "head": np.arange(10), "rare": np.arange(40, 45)}
+    split = tiny_split([(0, 0)], [(0, 1)], pairs, 20, 45, segments, ratings, threshold=4.0)
+    if not stage_pairs:
+        split.stages["test"] = dataclasses.replace(split.stages["test"], pairs=None)
+    return split
+
+
+NO_TARGET, NO_PAIR = "no ranking target falls in this segment", "no labelled pair falls in this segment"
+
+
+def test_every_metric_asked_for_and_not_computed_is_named_with_its_reason():
+    model = PairScores(np.random.default_rng(1).random((20, 45)), "probability")
+    asked = Evaluator(ks=[5, 10], metrics=["ndcg", "gini", "popreo", "auc"])
+    result = asked.evaluate(model, segment_split(), "test")
+    assert result.not_computed == {
+        "rare": {"ndcg@5": NO_TARGET, "ndcg@10": NO_TARGET, "auc": NO_PAIR},
+        "rare_full": {"ndcg@5": NO_TARGET, "ndcg@10": NO_TARGET, "gini@5": NO_TARGET, "gini@10": NO_TARGET},
+    }  # gini is not read off restricted rankings, popreo only off `all`: neither is missing from a segment it belongs to
+    unpaired = asked.evaluate(model, segment_split(stage_pairs=False), "test")
+    lacking = "stage 'test' has no labelled pairs"
+    assert {s: m.get("auc") for s, m in unpaired.not_computed.items()} == {
+        "all": lacking, "head": lacking, "rare": lacking, "rare_full": None}
+    every = Evaluator(ks=[5, 10]).evaluate(model, segment_split(stage_pairs=False), "test")  # evaluator.metrics=all
+    assert every.not_computed == {} and "ndcg@10" in every.metrics["all"] and "auc" not in every.metrics["all"]
+
+
+def test_a_metric_the_model_cannot_give_is_named_with_the_model_output():
+    split = segment_split()
+    result = Evaluator(ks=[5], metrics=["auc", "logloss", "rmse"]).evaluate(PairScores(np.ones((20, 45))), split, "test")
+    assert result.not_computed["all"] == {"logloss": "model PairScores gives plain scores, not probabilities",
+                                          "rmse": "model PairScores gives plain scores, not predicted ratings"}
+    assert "auc" in result.metrics["all"]
+
+
+@pytest.mark.parametrize("valid_pairs, test_pairs, message", [
+    (True, False, None),  # one stage computes auc: the run goes on, the other stage records it as not computed
+    (False, False, "auc in evaluator.metrics cannot be computed here: no stage of this split has labelled pairs. "
+                   "Set scenario.label_threshold=4"),
+])
+def test_a_metric_no_stage_can_compute_is_refused_before_any_work(valid_pairs, test_pairs, message):
+    from recexp.records import check_metrics
+
+    split = segment_split(stage_pairs=test_pairs)
+    if not valid_pairs:
+        split.stages["valid"] = dataclasses.replace(split.stages["valid"], pairs=None)
+    model, evaluator = FixedScores(np.ones((20, 45))), Evaluator(ks=[10], metrics=["ndcg", "auc"])
+    if message is None:
+        check_metrics("valid/ndcg@10", split.stages, evaluator, model)
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_metrics("valid/ndcg@10", split.stages, evaluator, model)
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,20 @@ def summarise(rows: list[Row], metrics: list[str], segments: list[str]) -> pd.Da
     return pd.DataFrame.from_records(records)
 
 
+def not_computed(rows: list[Row], metrics: list[str], segments: list[str]) -> dict[tuple[str, str], str]:
+    """(row label, ``seg/metric``) -> why, for each cell none of whose runs has a value and one of whose runs records
+    the metric as not computed there."""
+    out = {}
+    for row in rows:
+        for segment in segments:
+            for metric in metrics:
+                if all(run.metric(segment, metric) is None for run in row.runs.values()):
+                    reasons = [run.not_computed(segment, metric) for run in row.runs.values()]
+                    if any(reasons):
+                        out[(row.label, column(segment, metric))] = next(r for r in reasons if r)
+    return out
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from recexp.data.atomic import read_table
 from recexp.errors import ConfigError, DataError
 from recexp.evaluate.metrics import is_metric_key, parse_metric
-from recexp.records import PER_USER, RANKINGS, RESULTS
+from recexp.records import PER_USER, RANKINGS, RESULTS, final_stage
 
 SEGMENT_ORDER = ("all", "head", "head_full", "tail", "tail_full", "warm", "warm_full", "cold", "cold_full")
 # Hydra group choices that say where output goes or which preset was used, not what was run.
@@ -45,6 +45,16 @@ class Run:
 
     def metric(self, segment: str, name: str) -> float | None:
         return (self.data.get("segments") or {}).get(segment, {}).get(name)
+
+    @property
+    def final_not_computed(self) -> dict[str, dict[str, str]]:
+        """{segment: {metric: why}}: what the final stage (that of ``segments``) did not compute of what the run asked for."""
+        stages = self.data.get("stages") or {}
+        return (self.data.get("not_computed") or {}).get(final_stage(stages) if stages else "test") or {}
+
+    def not_computed(self, segment: str, name: str) -> str | None:
+        """Why the final stage did not compute ``name`` in ``segment``, as the record says; None where it does not."""
+        return self.final_not_computed.get(segment, {}).get(name)
 
     def cost(self, name: str) -> float | None:
         return (self.data.get("cost") or {}).get(name)
@@ -117,11 +127,11 @@ def strategy_name(run: Run) -> str:
 
 
 def available(runs: list[Run]) -> tuple[list[str], list[str]]:
-    """(metric names, segment names) found in the test metrics of ``runs``."""
+    """(metric names, segment names) found in the test metrics of ``runs``, or recorded there as not computed."""
     metrics: set[str] = set()
     segments: set[str] = set()
     for run in runs:
-        for segment, values in (run.data.get("segments") or {}).items():
+        for segment, values in [*(run.data.get("segments") or {}).items(), *run.final_not_computed.items()]:
             segments.add(segment)
             metrics.update(k for k in values if is_metric_key(k))
     return sorted(metrics, key=_metric_order), _segment_order(segments)
@@ -138,17 +148,19 @@ def _segment_order(segments: set[str]) -> list[str]:
 
 
 def carried(runs: list[Run]) -> dict[str, frozenset[str]]:
-    """segment -> the metric keys some run reports there (restricted segments carry no popularity-bias metrics)."""
+    """segment -> the metric keys some run reports there, or records as not computed there (restricted segments
+    carry no popularity-bias metrics)."""
     found: dict[str, set[str]] = {}
     for run in runs:
-        for segment, values in (run.data.get("segments") or {}).items():
+        for segment, values in [*(run.data.get("segments") or {}).items(), *run.final_not_computed.items()]:
             found.setdefault(segment, set()).update(values)
     return {segment: frozenset(keys) for segment, keys in found.items()}
 
 
 def check_selection(runs: list[Run], metrics: list[str], segments: list[str]) -> None:
     """Every chosen metric exists; every finished run has each chosen metric in each segment it has,
-    where some run reports it there (APLT, coverage ... are not computed inside restricted segments)."""
+    where some run reports it there (APLT, coverage ... are not computed inside restricted segments),
+    unless its record says why it was not computed."""
     reported = carried(runs)
     names, segs = available(runs)
     unknown = [m for m in metrics if m not in names]
@@ -162,7 +174,8 @@ def check_selection(runs: list[Run], metrics: list[str], segments: list[str]) ->
         if not have:
             raise DataError(f"{run.path}/{RESULTS} has status ok but no test metrics ('segments' is empty).")
         for segment in segments:
-            lacking = [m for m in metrics if segment in have and m in reported[segment] and m not in have[segment]]
+            lacking = [m for m in metrics if segment in have and m in reported[segment] and m not in have[segment]
+                       and run.not_computed(segment, m) is None]
             if lacking:
                 raise DataError(
                     f"{run.path}/{RESULTS} lacks {', '.join(lacking)} in segment {segment!r}; it has "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.compare import continual, fewshot, plots, tables, tradeoff
-from recexp.compare.aggregate import mean_std, summarise
+from recexp.compare.aggregate import mean_std, not_computed, summarise
 from recexp.compare.buckets import BucketsUnavailable, SplitReader, bucket_labels, run_buckets
 from recexp.compare.load import Run, available, carried, check_selection, find_runs, model_name
 from recexp.compare.rows import Row, build_rows, check_axes, default_axes
@@ -74,6 +74,7 @@ def compare(run_dirs: list[Path], out_dir: Path, options: Options = Options()) -
         metrics, segments, f"{shots.reference} at the same K" if shots else reference.label, options.test,
         options.alpha, options.keep_constant, carried(finished),
         frozenset(r.label for r in shots.references.values()) if shots else frozenset(), options.resamples,
+        not_computed(rows, metrics, segments),
     )
     summary = summarise(rows, metrics, segments)
     notes = [n for r in rows for n in r.notes] + (shots.notes if shots else [])

@@ -2,11 +2,12 @@
 
 Cells read ``mean ± std`` over seeds. Per metric column the best mean is bold and the second best
 underlined, in the metric's direction; ``†`` marks a significant difference from the reference row.
+A cell whose runs record the metric as not computed there reads ``n/c``, its reason in a line under the table.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -14,6 +15,7 @@ from recexp.compare.aggregate import COST_COLUMNS, column, constant_by_construct
 from recexp.evaluate import parse_metric
 
 DAGGER = "†"
+NOT_COMPUTED = "n/c"  # a cell whose runs record the metric as not computed (``not_computed`` in results.json)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class TableSpec:
     carried: dict[str, frozenset[str]] | None = None  # segment -> metrics some run reports there (None: all)
     reference_rows: frozenset[str] = frozenset()  # labels marked [ref] besides ``reference`` (few-shot: one per K)
     resamples: int = 1000  # paired bootstrap replicates behind pooled AUC's marks
+    not_computed: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, seg/metric) -> why: shown n/c
 
     def is_reference(self, row: str) -> bool:
         return row == self.reference or row in self.reference_rows
@@ -70,7 +73,7 @@ def metric_columns(spec: TableSpec) -> list[str]:
 
 
 def cell_marks(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> dict[str, list[tuple]]:
-    """Per metric column: for each row (rank 1/2/None, significant vs reference)."""
+    """Per metric column: for each row (rank 1/2/None, significant vs reference; never for an n/c cell)."""
     significant = {
         (r.row, column(r.segment, r.metric)): bool(r.significant) for r in significance.itertuples(index=False)
     }
@@ -79,7 +82,8 @@ def cell_marks(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpe
         metric = name.split("/", 1)[1]
         shown = [float(fmt(v)) if fmt(v) != "–" else math.nan for v in summary[name]]
         places = ranks(shown, smaller_is_better(metric))
-        marks[name] = [(p, significant.get((row, name), False)) for p, row in zip(places, summary["row"])]
+        marks[name] = [(p, significant.get((row, name), False) and (row, name) not in spec.not_computed)
+                       for p, row in zip(places, summary["row"])]
     return marks
 
 
@@ -97,17 +101,34 @@ def markdown(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec)
         label = f"{rec['row']} [ref]" if spec.is_reference(rec["row"]) else rec["row"]
         cells = [label.replace("|", "\\|"), str(rec["n_seeds"])]
         for name in names:
-            text = _mean_std(rec[name], rec[f"{name} std"])
+            text = _cell(spec, rec, name)
             place, sig = marks[name][i]
             text = f"**{text}**" if place == 1 else f"<u>{text}</u>" if place == 2 else text
             cells.append(text + (DAGGER if sig else ""))
         cells += [fmt_cost(c, rec[c]) for c in COST_COLUMNS.values()]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + legend(spec) + "\n"
+    note = not_computed_note(spec)
+    return "\n".join(lines) + "\n\n" + legend(spec) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def _mean_std(mean: float, std: float) -> str:
     return fmt(mean) if math.isnan(std) else f"{fmt(mean)} ± {fmt(std, like=mean)}"
+
+
+def _cell(spec: TableSpec, rec: pd.Series, name: str) -> str:
+    """``mean ± std``, or n/c where the row's runs record the metric as not computed."""
+    return NOT_COMPUTED if (rec["row"], name) in spec.not_computed else _mean_std(rec[name], rec[f"{name} std"])
+
+
+def not_computed_note(spec: TableSpec) -> str:
+    """The line under a table naming each n/c cell and why, by row and reason; "" when there is none."""
+    shown = set(metric_columns(spec))
+    groups: dict[tuple[str, str], list[str]] = {}
+    for (row, name), why in spec.not_computed.items():
+        if name in shown:
+            groups.setdefault((row, why), []).append(name)
+    parts = [f"{row}: {', '.join(names)} ({why})" for (row, why), names in groups.items()]
+    return f"{NOT_COMPUTED}: not computed, as the runs record it; " + "; ".join(parts) + "." if parts else ""
 
 
 def legend(spec: TableSpec) -> str:
@@ -156,12 +177,13 @@ def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) ->
         cells = [tex_escape(rec["row"]) + (" [ref]" if spec.is_reference(rec["row"]) else ""), str(rec["n_seeds"])]
         for name in metric_columns(spec):
             place, sig = marks[name][i]
-            text = _mean_std(rec[name], rec[f"{name} std"]).replace(" ± ", r"$\pm$").replace("–", "--")
+            text = _cell(spec, rec, name).replace(" ± ", r"$\pm$").replace("–", "--")
             text = rf"\textbf{{{text}}}" if place == 1 else rf"\underline{{{text}}}" if place == 2 else text
             cells.append(text + (r"$^\dagger$" if sig else ""))
         cells += [tex_escape(fmt_cost(c, rec[c])).replace("–", "--") for c in COST_COLUMNS.values()]
         lines.append(" & ".join(cells) + r" \\")
-    caption = tex_escape(legend(spec).replace("**", "").replace("<u>", "").replace("</u>", "").replace("`", ""))
+    words = " ".join(filter(None, (legend(spec), not_computed_note(spec))))
+    caption = tex_escape(words.replace("**", "").replace("<u>", "").replace("</u>", "").replace("`", ""))
     for text, tex in (("<", "$<$"), ("±", r"$\pm$"), ("↓", r"$\downarrow$"), (DAGGER, r"$^\dagger$")):
         caption = caption.replace(text, tex)
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
@@ -182,4 +204,12 @@ def csv_frame(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec
         segment, metric = name.split("/", 1)
         sub = significance[(significance.segment == segment) & (significance.metric == metric)]
         frame[f"{name} p_holm"] = frame["row"].map(dict(zip(sub.row, sub.p_holm)))
+    if spec.not_computed:
+        shown = set(metric_columns(spec))
+        for row, name in spec.not_computed:
+            if name in shown:
+                frame[name] = frame[name].astype(object)
+                frame.loc[frame["row"] == row, name] = NOT_COMPUTED
+        frame["not computed"] = frame["row"].map(lambda row: "; ".join(
+            f"{name}: {why}" for (r, name), why in spec.not_computed.items() if r == row and name in shown))
     return frame

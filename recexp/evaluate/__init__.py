@@ -13,12 +13,15 @@ import pandas as pd
 import torch
 
 from recexp.errors import ConfigError, check_int, is_int
+from recexp.evaluate.computable import not_computed
 from recexp.evaluate.metrics import METRICS, higher_is_better, metric_key, parse_metric
 from recexp.evaluate.pointwise import evaluate_pairs, raw_pairs
 from recexp.evaluate.ranking import FULL, rank_stage
 from recexp.interfaces import Scorer, Split
 
 __all__ = ["Evaluation", "Evaluator", "METRICS", "higher_is_better", "metric_key", "parse_metric"]
+
+ALL = "all"  # evaluator.metrics=all: every metric each stage and model can compute, none asked for by name
 
 
 @dataclass
@@ -30,31 +33,36 @@ class Evaluation:
     topk: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U, maxK] item ids
     users: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U] user ids
     pairs: pd.DataFrame | None = None  # every scored labelled pair: user_id, item_id (raw tokens), label, score
+    not_computed: dict[str, dict[str, str]] = field(default_factory=dict)  # segment -> {asked-for metric: why not}
 
 
 @dataclass(frozen=True)
 class Evaluator:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])  # cut-offs K
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    metrics: list[str] | str = ALL  # metric names (each one asked for), or all: every metric a stage and model can compute
     batch_size: int = 512  # users scored per batch
     tie_seed: int = 0  # equal scores are ordered by a fixed random item permutation drawn from this seed
     tail_view: str = "both"  # item segments as a restricted ranking (`tail`), the full ranking (`tail_full`), or both
+    asked: list[str] = field(init=False, default_factory=list)  # the metrics named (none under all): each is recorded
+    # where a stage or segment cannot compute it (Evaluation.not_computed)
 
     def __post_init__(self):
         ks = [self.ks] if isinstance(self.ks, int) else _as_list(self.ks)
         if not ks or any(not is_int(k) or k < 1 for k in ks):
             raise ConfigError(f"evaluator.ks must be a list of positive integers such as [10,20], got {self.ks}.")
-        metrics = [self.metrics] if isinstance(self.metrics, str) else _as_list(self.metrics)
+        every = self.metrics == ALL
+        metrics = list(METRICS) if every else [self.metrics] if isinstance(self.metrics, str) else _as_list(self.metrics)
         unknown = sorted({str(m) for m in metrics} - set(METRICS))
         if unknown or not metrics:
             what = f"Unknown evaluator metrics {unknown}" if unknown else "evaluator.metrics is empty"
-            raise ConfigError(f"{what}; choose from {', '.join(METRICS)}.")
+            raise ConfigError(f"{what}; choose from {', '.join(METRICS)}, or all.")
         check_int("evaluator.batch_size", self.batch_size, 1)
         check_int("evaluator.tie_seed", self.tie_seed, 0)
         if self.tail_view not in TAIL_VIEWS:
             raise ConfigError(f"evaluator.tail_view={self.tail_view!r} is unknown; choose one of {', '.join(TAIL_VIEWS)}.")
         object.__setattr__(self, "ks", ks)
         object.__setattr__(self, "metrics", metrics)
+        object.__setattr__(self, "asked", [] if every else list(dict.fromkeys(metrics)))
 
     def evaluate(
         self,
@@ -66,7 +74,8 @@ class Evaluator:
         progress: bool = False,
         shard: tuple[int, int] | None = None,
     ) -> Evaluation:
-        """Rank ``stage``'s positives and score its labelled pairs, for each requested segment.
+        """Rank ``stage``'s positives and score its labelled pairs, for each requested segment; each metric asked
+        for by name that a segment cannot compute goes to ``not_computed`` with the reason.
 
         ``shard=(rank, world)`` keeps only the users with ``user % world == rank`` (one process's share).
         """
@@ -86,6 +95,8 @@ class Evaluator:
         )
         evaluation = _combine(tuple(dict.fromkeys((*names, *asked))), ranked, pointwise)
         evaluation.pairs = raw_pairs(scored, split)
+        evaluation.not_computed = not_computed([METRICS[m] for m in self.asked], self.ks, stage, spec, model, names, asked,
+                                               evaluation.metrics)
         return evaluation
 
     def value(self, model: Scorer, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:

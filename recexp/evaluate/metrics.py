@@ -14,6 +14,7 @@ Kinds and the function each registers:
   requires ("probability" for logloss, "rating" for rmse/mae; None: any score).
 
 Names are written ``metric@K`` for the top-K kinds and bare for pointwise ones (``ndcg@10``, ``auc``).
+The order of registration is that of ``evaluator.metrics=all``, and so of a record's keys and per-user columns.
 """
 from __future__ import annotations
 
@@ -103,23 +104,6 @@ def recall(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
     return hits[:, :k].sum(1) / pos_len
 
 
-@register("precision", "ranking")
-def precision(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
-    return hits[:, :k].sum(1) / k
-
-
-@register("hit", "ranking")
-def hit(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
-    return hits[:, :k].any(1).double()
-
-
-@register("mrr", "ranking")
-def mrr(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
-    top = hits[:, :k]
-    first = top.double().argmax(1)
-    return torch.where(top.any(1), 1.0 / (first + 1).double(), torch.zeros_like(first, dtype=torch.float64))
-
-
 def _discounts(k: int, device: torch.device) -> torch.Tensor:
     return 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float64))
 
@@ -133,11 +117,46 @@ def ndcg(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
     return dcg / idcg
 
 
+@register("mrr", "ranking")
+def mrr(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
+    top = hits[:, :k]
+    first = top.double().argmax(1)
+    return torch.where(top.any(1), 1.0 / (first + 1).double(), torch.zeros_like(first, dtype=torch.float64))
+
+
+@register("hit", "ranking")
+def hit(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
+    return hits[:, :k].any(1).double()
+
+
+@register("precision", "ranking")
+def precision(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
+    return hits[:, :k].sum(1) / k
+
+
 @register("map", "ranking")
 def average_precision(hits: torch.Tensor, pos_len: torch.Tensor, k: int) -> torch.Tensor:
     top = hits[:, :k].double()
     precision_at = top.cumsum(1) / torch.arange(1, k + 1, device=hits.device, dtype=torch.float64)
     return (precision_at * top).sum(1) / torch.clamp(pos_len, max=k)
+
+
+# --- catalog: one value from every user's top-K list
+
+
+@register("itemcoverage", "catalog")
+def item_coverage(topk: np.ndarray, n_items: int) -> float:
+    """Distinct recommended items over the items that could be recommended."""
+    return len(np.unique(topk[topk >= 0])) / n_items
+
+
+@register("gini", "catalog", higher_is_better=False)
+def gini_index(topk: np.ndarray, n_items: int) -> float:
+    """Inequality of how often items are recommended (0 = even, 1 = one item), as RecBole computes it."""
+    filled = topk[topk >= 0]
+    counts = np.sort(np.unique(filled, return_counts=True)[1])
+    idx = np.arange(n_items - len(counts) + 1, n_items + 1)
+    return float(np.sum((2 * idx - n_items - 1) * counts) / filled.size / n_items)
 
 
 # --- list: per-user values from the top-K ids [U, K] (-1 marks an empty slot: fewer than K rankable items)
@@ -166,24 +185,6 @@ def average_popularity(topk: torch.Tensor, context: ListContext, k: int) -> torc
 def aplt(topk: torch.Tensor, context: ListContext, k: int) -> torch.Tensor:
     """Per-user share of the top-k items that are tail items (APLT; RecBole's TailPercentage)."""
     return _slot_mean(context.is_tail[topk[:, :k].clamp(min=0)], topk[:, :k])
-
-
-# --- catalog: one value from every user's top-K list
-
-
-@register("itemcoverage", "catalog")
-def item_coverage(topk: np.ndarray, n_items: int) -> float:
-    """Distinct recommended items over the items that could be recommended."""
-    return len(np.unique(topk[topk >= 0])) / n_items
-
-
-@register("gini", "catalog", higher_is_better=False)
-def gini_index(topk: np.ndarray, n_items: int) -> float:
-    """Inequality of how often items are recommended (0 = even, 1 = one item), as RecBole computes it."""
-    filled = topk[topk >= 0]
-    counts = np.sort(np.unique(filled, return_counts=True)[1])
-    idx = np.arange(n_items - len(counts) + 1, n_items + 1)
-    return float(np.sum((2 * idx - n_items - 1) * counts) / filled.size / n_items)
 
 
 # --- exposure: one value per stage, from the `all` lists split into the stage's head and tail items

@@ -62,6 +62,11 @@ class TorchRecommender(RecommenderBase):
     def encoder(self) -> torch.nn.Module | None:
         return self.module.encoder
 
+    @property
+    def valid_metric(self) -> str:
+        """Every fit early-stops on ``trainer.valid_metric`` (the probing phase of lp_ft as well)."""
+        return self.trainer.valid_metric
+
     def fit(self, split: Split, ctx: FitContext) -> None:
         self.module.prepare(split, ctx.device)
         if self.module.encoder is not None:

@@ -73,6 +73,11 @@ class RecBoleRecommender(RecommenderBase):
     def name(self) -> str:
         return self.model_class.__name__
 
+    @property
+    def valid_metric(self) -> str:
+        """RecBole validates every model on the ``valid`` stage's ranking (a ranking metric, refused otherwise)."""
+        return self.trainer.valid_metric
+
     def fit(self, split: Split, ctx: FitContext) -> None:
         from recbole.data import create_dataset, data_preparation
         from recbole.utils import get_trainer, init_seed
