@@ -289,6 +289,12 @@ class RecommenderBase:
         )
 
 
+def scorer_name(model: Scorer) -> str:
+    """How messages name ``model``: a recommender's :attr:`~Recommender.name`, a :class:`TorchModel` (scored while
+    it trains) by its class."""
+    return model.name if isinstance(model, RecommenderBase) else type(model).__name__
+
+
 @runtime_checkable
 class TorchModel(Scorer, Protocol):
     """A torch recommender as a plain ``nn.Module``; :class:`~recexp.models.torch_recommender.TorchRecommender`

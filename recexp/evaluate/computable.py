@@ -8,7 +8,7 @@ recorded there with its reason (:func:`not_computed`, the record's ``not_compute
 from __future__ import annotations
 
 from recexp.evaluate.metrics import Metric, metric_key
-from recexp.interfaces import RecommenderBase, Scorer, Stage
+from recexp.interfaces import Scorer, Stage, scorer_name
 
 # what a metric may lack (in the order messages name them) -> the fix a message suggests
 FIXES = {
@@ -32,7 +32,7 @@ def lacks(metric: Metric, stage: Stage, output: str) -> list[str]:
 def say(lack: str, where: str, model: Scorer) -> str:
     """``lack`` in words: ``where`` is ``stage 'valid'``, or ``no stage`` (of this split)."""
     if lack in ("probability", "rating"):
-        return f"model {name(model)} gives {OUTPUTS[model.pointwise_output]}, not {OUTPUTS[lack]}"
+        return f"model {scorer_name(model)} gives {OUTPUTS[model.pointwise_output]}, not {OUTPUTS[lack]}"
     thing = "ranking targets" if lack == "targets" else "labelled pairs"
     return f"no stage of this split has {thing}" if where == "no stage" else f"{where} has no {thing}"
 
@@ -84,8 +84,3 @@ def _belongs(metric: Metric, segment: str, ranked: tuple[str, ...], paired: tupl
     if metric.kind == "exposure":
         return segment == "all"
     return metric.kind == "ranking" or not restricted
-
-
-def name(model: Scorer) -> str:
-    """How messages name ``model`` (a :class:`~recexp.interfaces.TorchModel` while it trains: its class)."""
-    return model.name if isinstance(model, RecommenderBase) else type(model).__name__

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from recexp.errors import TrainingError
 from recexp.evaluate.metrics import ExposureContext, ListContext, Metric, metric_key
 from recexp.evaluate.top import among, largest, mask
-from recexp.interfaces import RecommenderBase, Scorer, Split
+from recexp.interfaces import Scorer, Split, scorer_name
 
 FULL = "_full"  # suffix naming an item segment's full-ranking view: tail -> tail_full
 
@@ -175,9 +175,8 @@ def check_scores(scores: torch.Tensor, model: Scorer, stage: str) -> None:
 
 def _refuse_non_finite(broken: int, empty: int, model: Scorer, stage: str) -> None:
     if broken or empty:
-        name = model.name if isinstance(model, RecommenderBase) else type(model).__name__  # a TorchModel while it trains
         raise TrainingError(
-            f"{name} gave non-finite scores at stage {stage!r} "
+            f"{scorer_name(model)} gave non-finite scores at stage {stage!r} "
             f"({broken} NaN/+inf, {empty} users without a finite score): training diverged. Lower trainer.lr, "
             "or set trainer.mixed_precision=no."
         )

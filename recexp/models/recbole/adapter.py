@@ -160,17 +160,14 @@ class RecBoleRecommender(RecommenderBase):
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def reweight(self, method: str, alpha: float) -> None:
-        """``tail=reweight``: popularity negatives only (RecBole's losses take no per-example weights)."""
+        """``tail=reweight tail.method=negatives``: draw training negatives with probability proportional to
+        popularity ** ``alpha``, through RecBole's own sampler. A ConfigError for ``method=weight`` (RecBole's
+        losses take no per-example weights) and for a model that samples no negatives."""
         if method != "negatives":
             raise ConfigError(
                 f"tail=reweight tail.method={method} cannot be honoured by the RecBole model {self.name}: RecBole's "
                 "losses take no per-example weights. Use tail.method=negatives (RecBole's popularity sampler) or tail=rerank."
             )
-        self.popularity_negatives(alpha)
-
-    def popularity_negatives(self, alpha: float) -> None:
-        """Draw training negatives with probability proportional to popularity ** ``alpha`` (``tail=reweight
-        tail.method=negatives``), through RecBole's own sampler; a ConfigError for a model that samples none."""
         if not samples_negatives(self.model_class, self.params, self.sequential, self.gradient_free):
             raise ConfigError(
                 f"tail=reweight tail.method=negatives cannot be honoured by the RecBole model {self.name}: it trains "

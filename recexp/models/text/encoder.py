@@ -288,7 +288,7 @@ class TextEncoder(nn.Module):
         with evaluating(self):
             tokens = self.tokenized(texts)
             for rows in tokens.by_length(self.batch_size):
-                embeddings[rows] = self.encode_rows(tokens, rows).float()
+                embeddings[rows] = self.encode_rows(tokens, rows)  # fp32 (pool)
         if path is not None:
             self.cache_misses += 1
             _save_atomically(embeddings, path)
