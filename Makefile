@@ -59,7 +59,9 @@ CONTINUAL_DIR ?= outputs/continual/ml100k
 LONGTAIL_DIR ?= outputs/longtail/ml100k
 FEWSHOT_DIR ?= outputs/fewshot
 COLD_USER_DIR ?= outputs/cold_user
-.PHONY: sweep compare paper continual longtail fewshot cold-user
+SEQTEXT_DIR ?= outputs/seqtext/$(PRESET)
+SCIENTIFIC_DIR ?= ../shared/datasets/amazon-scientific
+.PHONY: sweep compare paper continual longtail fewshot cold-user seqtext
 
 sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
 	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
@@ -87,6 +89,12 @@ cold-user: install ## user cold start on ml-100k cold_user (like rates, ID model
 	$(PY) -m recexp -m experiment=cold_user_ml100k hydra.sweep.dir=$(COLD_USER_DIR)/runs
 	$(PY) -m recexp.compare $(COLD_USER_DIR)/runs --out $(COLD_USER_DIR) --metrics gauc,auc,ndcg@10 --segments all \
 	  --row-key model,strategy --reference id_fm $(COMPARE_ARGS)
+
+seqtext: install ## sequential recommendation with item text on Amazon Scientific (UniSRec's files in SCIENTIFIC_DIR): Pop, RecBole SASRec, text_seq x item and strategy, 3 seeds (PRESET=cpu|full) into SEQTEXT_DIR
+	SCIENTIFIC_DIR=$(SCIENTIFIC_DIR) $(PY) -m recexp -m experiment=seqtext_scientific$(if $(filter full,$(PRESET)),_full) hydra.sweep.dir=$(SEQTEXT_DIR)/runs
+	$(PY) -m recexp.compare $(SEQTEXT_DIR)/runs --out $(SEQTEXT_DIR) --metrics recall@10,ndcg@10,recall@50,ndcg@50 --segments all \
+	  --row-key model,strategy,model.item,model.softmax --reference sasrec \
+	  --costs trainable_params,train_seconds,eval_seconds,encoder_tokens_per_second,peak_memory_mb $(COMPARE_ARGS)
 
 fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores, measured 88 min) into FEWSHOT_DIR
 	$(PY) -m recexp -m experiment=fewshot_tallrec hydra.sweep.dir=$(FEWSHOT_DIR)/runs

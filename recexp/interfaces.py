@@ -75,6 +75,46 @@ class Stage:
         return (*self.segments, *self.user_segments)
 
 
+def chronological(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by user, each user's in time order: a stable sort, so ties and missing times keep the frame's order."""
+    return frame.sort_values(["user", "timestamp"], kind="stable", na_position="first")
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Each user's items in time order (ties and data without time: file order).
+
+    User ``u``'s sequence is ``items[indptr[u]:indptr[u + 1]]``, oldest first; a user without one has none.
+    """
+
+    indptr: np.ndarray  # [n_users + 1] int64
+    items: np.ndarray  # [N] int64 item ids
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, n_users: int) -> Sequences:
+        """The sequences of ``frame``'s interactions, in :func:`chronological` order."""
+        ordered = chronological(frame)
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(ordered["user"].to_numpy(np.int64), minlength=n_users), out=indptr[1:])
+        return cls(indptr, ordered["item"].to_numpy(np.int64))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """[n_users] how many items each user's sequence holds."""
+        return np.diff(self.indptr)
+
+    def of_user(self, user: int) -> np.ndarray:
+        return self.items[self.indptr[user] : self.indptr[user + 1]]
+
+    def padded(self, users: np.ndarray, length: int, pad: int = -1) -> np.ndarray:
+        """[len(users), length] the last ``length`` items of each user's sequence, left-aligned, ``pad`` after them."""
+        out = np.full((len(users), length), pad, dtype=np.int64)
+        for row, user in enumerate(users):
+            items = self.of_user(user)[-length:]
+            out[row, : len(items)] = items
+        return out
+
+
 @dataclass(frozen=True)
 class Block:
     """A time block after a split's base block, halved by time: each half is the ranking targets of one stage."""
@@ -102,6 +142,7 @@ class Split:
     info: dict[str, Any] = field(default_factory=dict)  # scenario-specific facts (e.g. cold item ids)
     histories: dict[str, str] = field(default_factory=dict)  # part of samples -> the part of their own histories (same ``sample``)
     blocks: list[Block] = field(default_factory=list)  # time blocks after the base (the train part), oldest first
+    max_history: int | None = None  # the most recent items of a user's sequence a sequential model reads (None: all)
     # what is computed from the parts once and read often (the evaluator's per-stage index); a split is not edited
     derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -131,6 +172,14 @@ class Split:
         labelled = any("label" in self.parts[n] for n in names)
         columns = [*INTER_COLUMNS, *(["label"] if labelled else [])]
         return pd.concat([self.parts[n].reindex(columns=columns) for n in names], ignore_index=True)
+
+    def sequences(self, stage: str) -> Sequences:
+        """Each user's sequence in the history of ``stage`` (or in ``train``): every sequential model reads its last
+        :attr:`max_history` items there, and trains on every prefix of the ``train`` sequences."""
+        key = ("sequences", stage)
+        if key not in self.derived:
+            self.derived[key] = Sequences.of(self.train if stage == TRAIN else self.history(stage), self.n_users)
+        return self.derived[key]
 
     def positives(self, stage: str) -> pd.DataFrame | None:
         """The ranking targets of ``stage`` (None when it ranks nothing)."""
@@ -174,6 +223,7 @@ class FitContext:
     progress: bool = True
     rank: int = 0  # this process's index among the run's processes (accelerate launch / torchrun)
     world_size: int = 1  # processes training together
+    mask_history: bool = True  # whether validation removes each user's history from their ranking (evaluator.mask_history)
 
     @property
     def is_main(self) -> bool:

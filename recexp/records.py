@@ -82,8 +82,10 @@ class RunRecord:
         """``text_encoder``: whether ``model`` reads item text through a text encoder (its declared ``encoder``)."""
         self.data["model"] = {"text_encoder": model.encoder is not None}
 
-    def set_split(self, split: Split) -> None:
-        self.data["split"] = {"hash": split.hash, "path": str(split.path), "counts": split.counts(), **split.info}
+    def set_split(self, split: Split, evaluator: Evaluator) -> None:
+        """The split's facts, and how the evaluator ranks on it (whether each user's history is removed)."""
+        self.data["split"] = {"hash": split.hash, "path": str(split.path), "counts": split.counts(), **split.info,
+                              "max_history": split.max_history, "mask_history": evaluator.mask_history}
         self.data["data"] = dict(split.dataset.info)  # which interactions were read, dropped and kept as positives
 
     def finish_ok(self, result: TaskResult) -> None:

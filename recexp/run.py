@@ -62,8 +62,8 @@ def run(cfg: DictConfig) -> float:
         dataset = build(cfg.dataset).load()
         split = build_or_load(dataset, build(cfg.scenario), cfg.seed, cfg.cache_dir)
         check_metrics(cfg.objective, task.stages(split), evaluator, model)  # each metric asked for, before any training
-        record.set_split(split)
-        ctx = FitContext(logger, device, run_dir, cfg.seed, cfg.progress, rank, world_size)
+        record.set_split(split, evaluator)
+        ctx = FitContext(logger, device, run_dir, cfg.seed, cfg.progress, rank, world_size, evaluator.mask_history)
         result = task.run(make_model, split, evaluator, ctx)
         if rank == 0:
             record.finish_ok(result)

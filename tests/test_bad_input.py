@@ -247,6 +247,17 @@ CASES = [
      "point tail.generator at a local folder holding config.json", "run"),
     ("augment_prompt_unknown_field", [*GENERATE, "tail.prompt='Describe {plot}:'"],
      "tail.prompt names field 'plot', which the item features lack; available fields: item_id, title", "run"),
+    # sequential: leave_one_out, UniSRec's files, text_seq
+    ("leave_one_out_max_history_zero", [*atomic("tiny"), "scenario=leave_one_out", "scenario.max_history=0"],
+     "scenario.max_history=0 is not allowed", "run"),
+    ("unisrec_files_missing", ["dataset=unisrec", "dataset.path={data}/tiny", "dataset.name=Scientific"],
+     "Set dataset.path to the folder holding UniSRec's Scientific.* files", "run"),
+    ("text_seq_without_item_text", ["model=text_seq", *atomic("tiny"), "scenario=leave_one_out", "model.hidden_size=16"],
+     "This model reads item text, but the dataset has none", "run"),
+    ("text_seq_id_with_lora", ["model=text_seq", "model.item=id", "strategy=lora"], "model.item=id reads no text", "run"),
+    ("text_seq_unknown_item", ["model=text_seq", "model.item=title"], "model.item='title' is unknown", "run"),
+    ("sasrec_reads_more_than_the_scenario", ["model=sasrec", *atomic("tiny"), "scenario=leave_one_out", "scenario.max_history=5",
+                                            "+model.params.MAX_ITEM_LIST_LENGTH=10"], "reads more of each sequence than the scenario allows", "run"),
 ]
 
 

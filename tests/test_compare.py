@@ -849,3 +849,19 @@ def test_saved_per_user_files_keep_ids_that_look_missing(tmp_path):
     written.to_csv(tmp_path / PER_USER, index=False)
     read = per_user(Run(path=tmp_path, data={}))
     assert read["user"].tolist() == ["NA", "null", "u3"] and read["ndcg@10"].isna().tolist() == [False, True, False]
+
+
+def test_cost_columns_are_chosen_and_curves_drawn(three_models, tmp_path, capsys):
+    for folder in three_models.glob("tt-*"):  # the LoRA runs trained an encoder and recorded their validation curve
+        record = json.loads((folder / "results.json").read_text())
+        record["cost"]["encoder_tokens_per_second"] = 1234.0
+        record["effective"] = {"valid_curve": [0.1, 0.2, 0.15]}
+        (folder / "results.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    assert cli_main([str(three_models), "--out", str(out), "--no-wandb", "--costs", "trainable_params,encoder_tokens_per_second"]) == 0
+    header, rule, *rows = (out / "table.md").read_text().splitlines()[:5]
+    assert header.endswith("| trainable params | encoder tok/s |") and "peak MB" not in header
+    assert next(r for r in rows if r.startswith("| text_tower/lora")).endswith("| 50.0k | 1234 |")
+    assert (out / "valid_curves.png").stat().st_size > 0
+    assert cli_main([str(three_models), "--out", str(out), "--no-wandb", "--costs", "watts"]) == 2
+    assert "unknown --costs watts" in capsys.readouterr().err

@@ -53,11 +53,13 @@ MODELS = {
     "neumf": ("ranking", FIT, RECBOLE_SAMPLED),
     "gru4rec": ("ranking", FIT, RECBOLE_UNSAMPLED),  # cross-entropy over all items
     "sasrec": ("ranking", FIT, RECBOLE_UNSAMPLED),
+    "bert4rec": ("ranking", FIT, RECBOLE_UNSAMPLED),  # masked-item cross-entropy
     "itemknn": ("ranking", FIT, RECBOLE_UNSAMPLED),  # no gradients
     "pop": ("ranking", FIT, RECBOLE_UNSAMPLED),
     "recbole": ("ranking", [*FIT, "model.name=MultiVAE"], RECBOLE_UNSAMPLED),  # any RecBole model by name
     "text_tower": ("ranking", FIT, {}),
     "fusion": ("ranking", FIT, {}),
+    "text_seq": ("ranking", [*FIT, "model.hidden_size=16", "model.inner_size=16"], UNTRAINED),  # full softmax, no pairs
     "random": ("ranking", [], ID_ONLY),
     "lm_classifier": ("cold_user", LM, UNTRAINED),
     "pair_classifier": ("cold_user", FIT, ID_ONLY),

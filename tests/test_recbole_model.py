@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
-from recexp.interfaces import FitContext, Recommender
+from recexp.interfaces import Dataset, FitContext, Recommender, Split, Stage
 from recexp.models.random_scores import RandomRecommender
 from recexp.models.recbole import RecBoleRecommender
 from recexp.models.recbole.config import model_class
@@ -276,7 +276,10 @@ def test_sequential_rows_are_prefixes_and_histories():
     assert rows["item"].tolist() == [4, 5, 8]
     assert [list(x) for x in rows["item_list"]] == [[3], [3, 4], [7]]
     test = pd.DataFrame({"user": [0, 2], "item": [9, 9], "timestamp": [4, 4]})
-    rows = with_history(test, train, max_len=2)
+    dataset = Dataset(name="toy", inter=pd.concat([train, test]), user_tokens=np.array(["a", "b", "c"], dtype=object),
+                      item_tokens=np.array([str(i) for i in range(10)], dtype=object))
+    split = Split(dataset, {"train": train, "test": test}, {"test": Stage(("train",), "test", np.arange(10))})
+    rows = with_history(test, split, "test", max_len=2)
     assert rows["user"].tolist() == [0]  # user 2 has no history to predict from
     assert rows["item_list"].tolist() == [[4, 5]]
 

@@ -10,7 +10,9 @@ from recexp.compare.rows import Row
 from recexp.evaluate import higher_is_better, parse_metric
 
 # cost key in results.json -> column name in the table
-COST_COLUMNS = {"trainable_params": "trainable params", "train_seconds": "train s", "peak_memory_mb": "peak MB"}
+COST_COLUMNS = {"trainable_params": "trainable params", "train_seconds": "train s", "peak_memory_mb": "peak MB",
+                "eval_seconds": "eval s", "encoder_tokens_per_second": "encoder tok/s"}
+DEFAULT_COSTS = ("trainable_params", "train_seconds", "peak_memory_mb")  # the cost columns tables show unless told (--costs)
 
 # (segment, metric) -> the value a segment's definition fixes for every model. APLT is the share of
 # listed items outside `head`: 0 inside `head`, 1 inside `tail` and `cold` (cold items are never

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from recexp.compare.aggregate import COST_COLUMNS, DEFAULT_COSTS
 from recexp.compare.report import DEFAULT_METRICS, Comparison, Options, compare, failed_summary
 from recexp.compare.stats import TESTS
 from recexp.errors import RecexpError
@@ -48,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where split artifacts lie if not at the path recorded by the run (repeatable)")
     p.add_argument("--keep-constant", action="store_true",
                    help="also show columns constant by construction (e.g. APLT inside head/tail/cold)")
+    p.add_argument("--costs", type=_names, default=list(DEFAULT_COSTS),
+                   help=f"comma-separated cost columns, from {', '.join(COST_COLUMNS)} (default: {','.join(DEFAULT_COSTS)})")
     p.add_argument("--no-wandb", action="store_true", help="do not log the table and plots to W&B")
     p.add_argument("--wandb-project", default="recexp", help="W&B project of the summary run")
     return p
@@ -59,11 +62,16 @@ def options(args: argparse.Namespace) -> Options:
         alpha=args.alpha, row_key=args.row_key, plot_metric=args.plot_metric, buckets=args.buckets,
         bucket_k=args.bucket_k, cache_dirs=list(args.cache_dir), wandb=not args.no_wandb,
         wandb_project=args.wandb_project, keep_constant=args.keep_constant, resamples=args.bootstrap,
+        costs=tuple(args.costs),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    unknown = sorted(set(args.costs) - set(COST_COLUMNS))
+    if unknown:
+        print(f"error: unknown --costs {', '.join(unknown)}; choose from {', '.join(COST_COLUMNS)}.", file=sys.stderr)
+        return 2
     if args.buckets < 1 or (args.bucket_k is not None and args.bucket_k < 1) or args.bootstrap < 1 or not 0 < args.alpha < 1:
         print("error: --buckets, --bucket-k and --bootstrap must be positive and --alpha in (0, 1).", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 """PNG plots of a comparison: quality against cost (Pareto front marked), recall per popularity bucket,
-and overall accuracy against tail exposure along each tail strategy's λ or α.
+overall accuracy against tail exposure along each tail strategy's λ or α, and validation curves per epoch.
 
 Figures are built with matplotlib's object API on the Agg canvas, so no GUI backend is touched.
 """
@@ -123,4 +123,22 @@ def tail_tradeoff(points: pd.DataFrame, accuracy: str, exposures: list[str], pat
     figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7)
     figure.suptitle("overall accuracy against tail exposure along each tail strategy's λ or α (a point: mean over "
                     "the seeds every point of its line has; ■: the model without a tail strategy, λ = α = 0)", fontsize=9)
+    return _save(figure, path)
+
+
+def valid_curves(curves: dict[str, list[list[float]]], metric: str, path: Path) -> Path:
+    """The early-stopping metric after each epoch, one line per row: the mean over its seeds (each seed's curve up to
+    where it stopped; the mean of the seeds still running at that epoch)."""
+    figure = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = figure.subplots()
+    for label, runs in curves.items():
+        longest = max(len(c) for c in runs)
+        values = np.full((len(runs), longest), np.nan)
+        for i, curve in enumerate(runs):
+            values[i, : len(curve)] = curve
+        ax.plot(np.arange(1, longest + 1), np.nanmean(values, axis=0), marker=".", lw=1.2, label=label)
+    ax.set_xlabel("epoch (LP-FT: probing epochs, then fine-tuning)")
+    ax.set_ylabel(f"valid {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     return _save(figure, path)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recexp.compare import continual, fewshot, plots, tables, tradeoff
-from recexp.compare.aggregate import mean_std, not_computed, summarise
+from recexp.compare.aggregate import DEFAULT_COSTS, mean_std, not_computed, summarise
 from recexp.compare.buckets import BucketsUnavailable, SplitReader, bucket_labels, run_buckets
 from recexp.compare.load import Run, available, carried, check_selection, find_runs, model_name
 from recexp.compare.rows import Row, build_rows, check_axes, default_axes
@@ -37,6 +37,7 @@ class Options:
     wandb_project: str = "recexp"
     keep_constant: bool = False  # also show columns constant by construction (APLT inside head/tail/cold ...)
     resamples: int = 1000  # paired bootstrap replicates for pooled AUC (over the saved test pairs)
+    costs: tuple[str, ...] = DEFAULT_COSTS  # cost keys of the table (COST_COLUMNS), in order
 
 
 @dataclass
@@ -74,7 +75,7 @@ def compare(run_dirs: list[Path], out_dir: Path, options: Options = Options()) -
         metrics, segments, f"{shots.reference} at the same K" if shots else reference.label, options.test,
         options.alpha, options.keep_constant, carried(finished),
         frozenset(r.label for r in shots.references.values()) if shots else frozenset(), options.resamples,
-        not_computed(rows, metrics, segments),
+        not_computed(rows, metrics, segments), options.costs,
     )
     summary = summarise(rows, metrics, segments)
     notes = [n for r in rows for n in r.notes] + (shots.notes if shots else [])
@@ -178,6 +179,12 @@ def write_plots(rows, summary, metrics, segments, options: Options, notes: list[
             summary, "train s", "training time (s)", metric, segments, out_dir / "quality_vs_train_time.png"),
     }
     files.update(tradeoff.write(rows, metric, notes, out_dir))  # accuracy vs tail exposure along λ / α
+    curves = {row.label: [run.data["effective"]["valid_curve"] for run in row.runs.values()
+                          if (run.data.get("effective") or {}).get("valid_curve")] for row in rows}
+    curves = {label: runs for label, runs in curves.items() if runs}
+    if curves:  # torch models record their early-stopping metric per epoch
+        valid_metric = next(iter(rows[0].runs.values())).config.get("trainer", {}).get("valid_metric", "")
+        files["valid_curves"] = plots.valid_curves(curves, valid_metric, out_dir / "valid_curves.png")
     if continual.has_continual(rows):  # time blocks have no single test part to bucket
         return files
     if not any(parse_metric(m)[0].at_k for m in metrics):  # labelled pairs only (scenario=tallrec): no top-K lists

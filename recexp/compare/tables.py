@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from recexp.compare.aggregate import COST_COLUMNS, column, constant_by_construction, ranks, smaller_is_better
+from recexp.compare.aggregate import COST_COLUMNS, DEFAULT_COSTS, column, constant_by_construction, ranks, smaller_is_better
 from recexp.evaluate import parse_metric
 
 DAGGER = "†"
@@ -30,6 +30,7 @@ class TableSpec:
     reference_rows: frozenset[str] = frozenset()  # labels marked [ref] besides ``reference`` (few-shot: one per K)
     resamples: int = 1000  # paired bootstrap replicates behind pooled AUC's marks
     not_computed: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, seg/metric) -> why: shown n/c
+    costs: tuple[str, ...] = DEFAULT_COSTS  # cost keys shown (COST_COLUMNS), in order
 
     def is_reference(self, row: str) -> bool:
         return row == self.reference or row in self.reference_rows
@@ -65,7 +66,7 @@ def fmt_cost(name: str, value: float) -> str:
             if value >= size:
                 return f"{value / size:.1f}{unit}"
         return f"{value:.0f}"
-    return f"{value:.1f}" if name == "train s" else f"{value:.0f}"
+    return f"{value:.1f}" if name in ("train s", "eval s") else f"{value:.0f}"
 
 
 def metric_columns(spec: TableSpec) -> list[str]:
@@ -94,8 +95,9 @@ def header_name(metric: str) -> str:
 def markdown(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) -> str:
     marks = cell_marks(summary, significance, spec)
     names = metric_columns(spec)
+    costs = [COST_COLUMNS[c] for c in spec.costs]
     head = ["row", "seeds"] + [f"{header_name(n.split('/', 1)[1])} ({n.split('/', 1)[0]})" for n in names]
-    head += list(COST_COLUMNS.values())
+    head += costs
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for i, rec in summary.iterrows():
         label = f"{rec['row']} [ref]" if spec.is_reference(rec["row"]) else rec["row"]
@@ -105,7 +107,7 @@ def markdown(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec)
             place, sig = marks[name][i]
             text = f"**{text}**" if place == 1 else f"<u>{text}</u>" if place == 2 else text
             cells.append(text + (DAGGER if sig else ""))
-        cells += [fmt_cost(c, rec[c]) for c in COST_COLUMNS.values()]
+        cells += [fmt_cost(c, rec[c]) for c in costs]
         lines.append("| " + " | ".join(cells) + " |")
     note = not_computed_note(spec)
     return "\n".join(lines) + "\n\n" + legend(spec) + "\n" + (f"\n{note}\n" if note else "")
@@ -157,7 +159,8 @@ def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) ->
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``): segments span their metric columns."""
     marks = cell_marks(summary, significance, spec)
     groups = [(s, spec.shown(s)) for s in spec.segments if spec.shown(s)]
-    n_cost = len(COST_COLUMNS)
+    costs = [COST_COLUMNS[c] for c in spec.costs]
+    n_cost = len(costs)
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
         r"\begin{tabular}{l r " + " ".join("r" * len(m) for _, m in groups) + " " + "r" * n_cost + "}",
@@ -166,12 +169,12 @@ def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) ->
     spans = [rf"\multicolumn{{{len(m)}}}{{c}}{{{tex_escape(s)}}}" for s, m in groups]
     lines.append(" & & " + " & ".join(spans) + " & " + rf"\multicolumn{{{n_cost}}}{{c}}{{cost}} \\")
     rules, start = [], 3
-    for _, shown in groups + [("cost", list(COST_COLUMNS))]:
+    for _, shown in groups + [("cost", costs)]:
         rules.append(f"\\cmidrule(lr){{{start}-{start + len(shown) - 1}}}")
         start += len(shown)
     lines.append(" ".join(rules))
     metric_heads = [_tex_metric(m) for _, shown in groups for m in shown]
-    lines.append(" & ".join(["row", "seeds"] + metric_heads + [tex_escape(c) for c in COST_COLUMNS.values()]) + r" \\")
+    lines.append(" & ".join(["row", "seeds"] + metric_heads + [tex_escape(c) for c in costs]) + r" \\")
     lines.append(r"\midrule")
     for i, rec in summary.iterrows():
         cells = [tex_escape(rec["row"]) + (" [ref]" if spec.is_reference(rec["row"]) else ""), str(rec["n_seeds"])]
@@ -180,7 +183,7 @@ def latex(summary: pd.DataFrame, significance: pd.DataFrame, spec: TableSpec) ->
             text = _cell(spec, rec, name).replace(" ± ", r"$\pm$").replace("–", "--")
             text = rf"\textbf{{{text}}}" if place == 1 else rf"\underline{{{text}}}" if place == 2 else text
             cells.append(text + (r"$^\dagger$" if sig else ""))
-        cells += [tex_escape(fmt_cost(c, rec[c])).replace("–", "--") for c in COST_COLUMNS.values()]
+        cells += [tex_escape(fmt_cost(c, rec[c])).replace("–", "--") for c in costs]
         lines.append(" & ".join(cells) + r" \\")
     words = " ".join(filter(None, (legend(spec), not_computed_note(spec))))
     caption = tex_escape(words.replace("**", "").replace("<u>", "").replace("</u>", "").replace("`", ""))

@@ -43,6 +43,7 @@ class Evaluator:
     batch_size: int = 512  # users scored per batch
     tie_seed: int = 0  # equal scores are ordered by a fixed random item permutation drawn from this seed
     tail_view: str = "both"  # item segments as a restricted ranking (`tail`), the full ranking (`tail_full`), or both
+    mask_history: bool = True  # remove the items of a user's history from their ranking (false: RecBole's sequential models)
     asked: list[str] = field(init=False, default_factory=list)  # the metrics named (none under all): each is recorded
     # where a stage or segment cannot compute it (Evaluation.not_computed)
 
@@ -58,6 +59,8 @@ class Evaluator:
             raise ConfigError(f"{what}; choose from {', '.join(METRICS)}, or all.")
         check_int("evaluator.batch_size", self.batch_size, 1)
         check_int("evaluator.tie_seed", self.tie_seed, 0)
+        if not isinstance(self.mask_history, bool):
+            raise ConfigError(f"evaluator.mask_history must be true or false, got {self.mask_history!r}.")
         if self.tail_view not in TAIL_VIEWS:
             raise ConfigError(f"evaluator.tail_view={self.tail_view!r} is unknown; choose one of {', '.join(TAIL_VIEWS)}.")
         object.__setattr__(self, "ks", ks)
@@ -88,7 +91,7 @@ class Evaluator:
         if spec.positives is not None and any(m.at_k for m in chosen):
             ranked = rank_stage(
                 model, split, stage, names, [m for m in chosen if m.at_k], self.ks, self.batch_size, self.tie_seed,
-                device, progress, shard,
+                device, progress, shard, self.mask_history,
             )
         pointwise, scored = evaluate_pairs(
             model, split, stage, asked, [m for m in chosen if not m.at_k], device, self.batch_size, shard
@@ -102,7 +105,8 @@ class Evaluator:
     def value(self, model: Scorer, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:
         """One metric (``ndcg@10``, ``auc`` ...) on the ``all`` segment of ``stage``: what early stopping reads."""
         metric, k = parse_metric(key)
-        single = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=self.batch_size, tie_seed=self.tie_seed)
+        single = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=self.batch_size, tie_seed=self.tie_seed,
+                           mask_history=self.mask_history)
         values = single.evaluate(model, split, stage, device, segments=("all",)).metrics.get("all", {})
         name = metric_key(metric, k)
         if name not in values:

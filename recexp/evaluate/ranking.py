@@ -1,6 +1,6 @@
 """Full ranking of one stage: every user with positives ranks the stage's candidates, per segment.
 
-Items the user already has in the stage's history are removed, the remaining candidates are
+Items the user already has in the stage's history are removed (``evaluator.mask_history``), the remaining candidates are
 ranked (ties fall to a fixed random item order), and ranking, list, catalog and exposure metrics
 are computed from the top-K lists. An item segment has two views: ``tail`` restricts the ranking (and
 the positives) to its items; ``tail_full`` ranks every candidate and counts only the segment's
@@ -55,11 +55,13 @@ class StageIndex:
     targets: sp.csr_matrix  # [U, n_items] float64: the positives of `users`, for counting them per item subset
 
     @classmethod
-    def of(cls, split: Split, stage: str) -> StageIndex:
-        key = ("ranking", stage)
+    def of(cls, split: Split, stage: str, mask_history: bool = True) -> StageIndex:
+        """The index of ``stage``; without ``mask_history`` its history is empty: nothing is removed from a ranking."""
+        key = ("ranking", stage, mask_history)
         if key not in split.derived:
             positives = user_items(split.positives(stage), split.n_users, split.n_items)
-            history = user_items(split.history(stage), split.n_users, split.n_items)
+            history = user_items(split.history(stage) if mask_history else split.history(stage).iloc[:0], split.n_users,
+                                 split.n_items)
             users = np.flatnonzero(np.diff(positives.indptr) > 0)
             seen, targets = history[users], positives[users]
             seen.sort_indices()
@@ -81,13 +83,15 @@ def rank_stage(
     device: torch.device,
     progress: bool = False,
     shard: tuple[int, int] | None = None,
+    mask_history: bool = True,
 ) -> dict[str, SegmentRanking]:
-    """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``).
+    """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``), each
+    without the items of their history unless ``mask_history`` is False.
 
     An item segment ranks its items for every user; its full view (``<segment>_full``) ranks every
     candidate and counts only the segment's positives; a user segment ranks every candidate for its users.
     """
-    spec, index = split.stage(stage), StageIndex.of(split, stage)
+    spec, index = split.stage(stage), StageIndex.of(split, stage, mask_history)
     rows = np.arange(len(index.users))  # positions in index.users
     if shard is not None:
         rows = rows[index.users % shard[1] == shard[0]]

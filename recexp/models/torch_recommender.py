@@ -110,11 +110,14 @@ class TorchRecommender(RecommenderBase):
         return extras
 
     def effective(self) -> dict[str, Any]:
-        """The trainer settings this fit used, with the epochs it ran (``best_epoch`` -1: lp_ft kept the probe)."""
+        """The trainer settings this fit used, with the epochs it ran (``best_epoch`` -1: lp_ft kept the probe) and
+        ``valid_curve``: the early-stopping metric after each epoch (lp_ft: the probing epochs', then the fine-tuning's
+        from the probe on)."""
         used = dataclasses.asdict(self.used) if self.used else {}
         used.pop("progress", None)
         probe = {"lp_ft": True, "lp_epochs_run": self.probe_stats.epochs} if self.lp_ft else {}
-        return {**used, "epochs_run": self.stats.epochs, "best_epoch": self.stats.best_epoch, **probe}
+        curve = self.probe_stats.curve + self.stats.curve[1:] if self.lp_ft else self.stats.curve
+        return {**used, "epochs_run": self.stats.epochs, "best_epoch": self.stats.best_epoch, **probe, "valid_curve": curve}
 
     def reweight(self, method: str, alpha: float) -> None:
         """``tail=reweight`` through the module's :class:`~recexp.models.sampling.Sampling`; refused for a module

@@ -5,8 +5,9 @@ for a holdout split; atomic files with the dataset's raw id tokens, and a ``labe
 part holds labelled pairs, and a ``sample`` column where rows are numbered samples or their
 histories, as in ``tallrec``) and ``split.json``: every stage's history, positives and pairs (part
 names), candidates and segments (raw item tokens), the split's ``histories`` and ``blocks``, the
-sha256 of every ``PART.inter`` file, and a ``checksum`` over all of that. Any model, or an independent
-checker, reads the same files.
+sha256 of every ``PART.inter`` file, ``max_history`` (how many of a user's most recent items a sequential model
+reads), and a ``checksum`` over all of that. Any model, or an independent checker, reads the same files. A user's
+sequence is their rows in time order, ties (and data without time) in the order the files list them.
 
 Every load verifies every checksum; a damaged artifact (truncated, overwritten or emptied file,
 unreadable ``split.json``) is reported with a warning naming the file, moved aside and rebuilt; so is an
@@ -99,6 +100,7 @@ def _save_atomically(split: Split, folder: Path, config: dict[str, Any]) -> None
             "stages": {name: _stage_json(stage, tokens, split.dataset.user_tokens) for name, stage in split.stages.items()},
             "histories": split.histories,
             "blocks": [dataclasses.asdict(block) for block in split.blocks],
+            "max_history": split.max_history,
             "files": files,
         }
         meta = json.loads(json.dumps(meta, default=str))  # what a reader will parse, checksummed as such
@@ -175,7 +177,8 @@ def load_split(folder: Path, dataset: Dataset) -> Split:
         for name, spec in meta["stages"].items()
     }
     return Split(dataset=dataset, parts=parts, stages=stages, hash=meta["hash"], path=folder, info=meta["info"],
-                 histories=meta["histories"], blocks=[Block(**block) for block in meta["blocks"]])
+                 histories=meta["histories"], blocks=[Block(**block) for block in meta["blocks"]],
+                 max_history=meta.get("max_history"))
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

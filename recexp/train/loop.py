@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ class FitStats:
     optimizer_steps: int = 0
     samples: int = 0
     train_seconds: float = 0.0
+    curve: list[float] = field(default_factory=list)  # the early-stopping metric after each epoch (the start first, if kept)
 
     @property
     def ended_on_best(self) -> bool:
@@ -95,12 +96,13 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
     key = config.valid_metric
     total_steps = math.ceil(len(loader) / config.grad_accum) * config.max_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio))
-    evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256)
+    evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256, mask_history=ctx.mask_history)
     stats, best_state, misses = FitStats(), {}, 0
     start_norm = weight_norm(model)
     if keep_start:
         model.refresh()
         stats.best_valid, best_state = validate(model, split, evaluator, key, accelerator), snapshot(model)
+        stats.curve.append(stats.best_valid)
         ctx.logger.log({f"valid/{key}": stats.best_valid, "epoch": -1}, step=step_offset)
     for epoch in range(config.max_epochs):
         data.set_epoch(epoch)
@@ -108,6 +110,7 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
         loss = train_epoch(wrapped, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats)
         check_weights(model, start_norm, epoch, config)
         value = validate(model, split, evaluator, key, accelerator)
+        stats.curve.append(value)
         ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
                         "epoch": epoch}, step=step_offset + stats.optimizer_steps)
         stats.epochs = epoch + 1

@@ -117,7 +117,7 @@ class RecBoleRecommender(RecommenderBase):
         self._stages = tuple(split.stages)
         if self.sequential:
             self._histories = {
-                s: history_tensors(split.history(s), split.n_users, self._max_len, self._item_ids) for s in split.stages
+                s: history_tensors(split, s, self._max_len, self._item_ids) for s in split.stages
             }
 
     def effective(self) -> dict[str, Any]:
@@ -199,6 +199,14 @@ class RecBoleRecommender(RecommenderBase):
         }
         if self.sequential:
             values |= {"alias_of_item_id": ["item_id_list"], **sequential_sampling(self.model_class, self.params)}
+            if split.max_history is not None:  # the scenario's cap on what a sequential model reads
+                asked = self.params.get("MAX_ITEM_LIST_LENGTH", split.max_history)
+                if asked > split.max_history:
+                    raise ConfigError(
+                        f"model.params.MAX_ITEM_LIST_LENGTH={asked} reads more of each sequence than the scenario allows "
+                        f"(scenario.max_history={split.max_history}); lower it, or raise scenario.max_history."
+                    )
+                values["MAX_ITEM_LIST_LENGTH"] = split.max_history
         if self.gradient_free:  # no gradients: sampled negatives would only
             values["train_neg_sample_args"] = None  # be counted by Pop as if they were interactions
         return values | self.params

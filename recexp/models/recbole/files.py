@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from recexp.errors import ConfigError
-from recexp.interfaces import TRAIN, Split
+from recexp.interfaces import TRAIN, Split, chronological
 
 DATASET = "recexp"  # RecBole dataset name: files are recexp.{train,valid}.inter, recexp.item, recexp.user
 VALID = "valid"  # the stage whose positives RecBole early-stops on
@@ -47,8 +47,8 @@ def write_benchmark(split: Split, folder: Path, max_len: int = 0) -> None:
     final = final_ranked_stage(split)
     frames = {TRAIN: split.train, VALID: valid_positives(split), "test": split.positives(final)}
     if max_len:
-        frames = {TRAIN: augment_train(split.train, max_len), VALID: with_history(frames[VALID], split.history(VALID), max_len),
-                  "test": with_history(frames["test"], split.history(final), max_len)}
+        frames = {TRAIN: augment_train(split.train, max_len), VALID: with_history(frames[VALID], split, VALID, max_len),
+                  "test": with_history(frames["test"], split, final, max_len)}
     for name, frame in frames.items():
         _write_atomic(folder / f"{DATASET}.{name}.inter", frame, floats, with_list=bool(max_len))
     _write_tokens(folder / f"{DATASET}.item", "item_id", split.n_items)
@@ -57,7 +57,7 @@ def write_benchmark(split: Split, folder: Path, max_len: int = 0) -> None:
 
 def augment_train(frame: pd.DataFrame, max_len: int) -> pd.DataFrame:
     """Rows for every (user, t >= 1) of the time-ordered sequence: last ``max_len`` items before t -> item t."""
-    ordered = _chronological(frame).reset_index(drop=True)
+    ordered = chronological(frame).reset_index(drop=True)
     users, items = ordered["user"].to_numpy(), ordered["item"].to_numpy()
     first = np.r_[True, users[1:] != users[:-1]]  # [N] row starts a user's sequence
     start = np.maximum.accumulate(np.where(first, np.arange(len(users)), 0))  # [N] index of that start
@@ -67,33 +67,22 @@ def augment_train(frame: pd.DataFrame, max_len: int) -> pd.DataFrame:
     return out
 
 
-def with_history(frame: pd.DataFrame, history: pd.DataFrame, max_len: int) -> pd.DataFrame:
-    """``frame`` rows whose user has a history, each with that user's last ``max_len`` history items."""
-    lists = _chronological(history).groupby("user")["item"].agg(lambda s: s.tolist()[-max_len:])
-    out = frame[frame["user"].isin(lists.index)].reset_index(drop=True)
-    out["item_list"] = out["user"].map(lists)
+def with_history(frame: pd.DataFrame, split: Split, stage: str, max_len: int) -> pd.DataFrame:
+    """``frame`` rows whose user has a history at ``stage``, each with that user's last ``max_len`` sequence items."""
+    sequences = split.sequences(stage)
+    out = frame[sequences.lengths[frame["user"].to_numpy()] > 0].reset_index(drop=True)
+    out["item_list"] = [sequences.of_user(user)[-max_len:].tolist() for user in out["user"].to_numpy()]
     return out
 
 
-def history_tensors(
-    history: pd.DataFrame, n_users: int, max_len: int, item_ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ([n_users, max_len] RecBole item ids, left-aligned, 0-padded; [n_users] lengths >= 1).
-
-    A user without history gets the single padding item, so the model still returns scores.
-    """
-    sequences = torch.zeros(n_users, max_len, dtype=torch.long)
-    lengths = torch.ones(n_users, dtype=torch.long)
-    for user, items in _chronological(history).groupby("user")["item"]:
-        last = torch.as_tensor(items.to_numpy()[-max_len:])
-        sequences[user, : len(last)] = item_ids[last]
-        lengths[user] = len(last)
-    return sequences, lengths
-
-
-def _chronological(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows ordered by user, then timestamp (stable: ties and missing timestamps keep file order)."""
-    return frame.sort_values(["user", "timestamp"], kind="stable", na_position="first")
+def history_tensors(split: Split, stage: str, max_len: int, item_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ([n_users, max_len] RecBole item ids, left-aligned, 0-padded; [n_users] lengths >= 1) of each user's last
+    ``max_len`` sequence items at ``stage``. A user without history gets the single padding item, so the model still
+    returns scores."""
+    sequences = split.sequences(stage)
+    padded = torch.as_tensor(sequences.padded(np.arange(split.n_users), max_len))
+    ids = torch.where(padded >= 0, item_ids[padded.clamp(min=0)], 0)
+    return ids, torch.as_tensor(np.clip(np.minimum(sequences.lengths, max_len), 1, None))
 
 
 def float_columns(split: Split) -> list[str]:
