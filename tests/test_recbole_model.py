@@ -120,6 +120,7 @@ def test_unknown_model_name_lists_the_choices():
         ("max_epochs", -1, "TrainerConfig"),
         ("warmup_ratio", 0.2, "RecBole"),
         ("grad_accum", 4, "RecBole"),
+        ("schedule", "linear", "RecBole"),
         ("mixed_precision", "bf16", "RecBole"),
         ("valid_metric", "auc", "RecBole"),
         ("valid_metric", "gini@10", "RecBole"),

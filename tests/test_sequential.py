@@ -259,3 +259,30 @@ def test_published_protocol_from_the_command_line(tmp_path):
     target = {user: item for user, _, item in released("test")}
     hits = [target[dataset.user_tokens[u]] in set(dataset.item_tokens[row[:10]]) for u, row in zip(top["all/users"], top["all/topk"])]
     assert top["all/topk"].shape == (300, 50) and np.mean(hits) == pytest.approx(record["metrics"]["test"]["recall@10"])
+
+
+def test_leave_one_out_on_amazon2023_gives_back_its_valid_and_test_files():
+    from recexp.data import Amazon2023Dataset
+
+    folder = ROOT / "tests" / "data" / "amazon2023"
+    dataset = Amazon2023Dataset(category="All_Beauty", path=str(folder)).load()
+    split = LeaveOneOutScenario().build(dataset, 0)
+    for stage in ("valid", "test"):
+        with open(folder / f"All_Beauty.{stage}.csv") as handle:
+            released_rows = sorted((r["user_id"], r["parent_asin"]) for r in csv.DictReader(handle))
+        ours = split.positives(stage)
+        assert sorted(zip(dataset.user_tokens[ours["user"]], dataset.item_tokens[ours["item"]])) == released_rows
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("scenario", [["scenario=cold_item"], ["task=continual", "scenario=time_blocks", "scenario.blocks=3",
+                                                                   "task.update=fine_tune"]])
+def test_text_seq_plugs_into_other_ranking_scenarios(tmp_path, scenario):
+    done = recexp("model=text_seq", "model.hidden_size=16", "model.inner_size=16", "encoder.max_length=16",
+                  "trainer.max_epochs=1", "logger=none", *scenario, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    if "scenario=cold_item" in scenario:  # cold items are never trained on: they score from their text
+        assert record["segments"]["cold"]["ndcg@10"] > 0.01
+    else:
+        assert len(record["continual"]["matrix"]) == 2

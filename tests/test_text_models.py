@@ -349,6 +349,10 @@ def test_bad_trainer_settings_fail_on_creation(bad):
 def test_warmup_then_linear_decay():
     factor = warmup_then_decay(total_steps=10, warmup_ratio=0.2)
     assert [round(factor(s), 3) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    held = warmup_then_decay(total_steps=10, warmup_ratio=0.2, constant=True)  # trainer.schedule=constant
+    assert [held(s) for s in range(11)] == [0.5] + [1.0] * 10
+    with pytest.raises(ConfigError, match="trainer.schedule='cosine' is not allowed"):
+        TrainerConfig(schedule="cosine")
 
 
 # --- acceptance on the real data and encoder

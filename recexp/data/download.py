@@ -75,14 +75,21 @@ def _exclusive(lock: Path) -> Iterator[None]:
 
 
 def _cached(target: Path, expected: str | None) -> str | None:
-    """The sha256 of the cached ``target`` when it matches its record (and ``expected``); a damaged or
-    unrecorded copy is removed, with a warning, and None returned."""
+    """The sha256 of the cached ``target`` when it matches its record (and ``expected``); a copy without a record
+    (put there by hand) is recorded as it is, with a warning, when nothing pinned says otherwise; a damaged copy is
+    removed, with a warning, and None returned."""
     if not target.is_file():
         return None
     record = record_of(target)
     recorded = record.read_text().strip() if record.is_file() else None
     actual = file_sha256(target)
     if actual == recorded and expected in (None, actual):
+        return actual
+    if recorded is None and expected in (None, actual):
+        log.warning("%s has no recorded sha256 (placed by hand?); using it as it is and recording %s%s.", target, actual,
+                    "" if expected else ": pin it in dataset.checksums to have it checked")
+        with atomic_file(record) as staged:
+            staged.write_text(actual + "\n")
         return actual
     reason = ("it has no recorded sha256" if recorded is None else
               f"its sha256 {actual} differs from the recorded {recorded}" if actual != recorded else
@@ -136,7 +143,11 @@ def _download(url: str, target: Path, expected: str | None, progress: bool) -> s
     except (URLError, OSError, http.client.HTTPException) as err:
         raise DataError(f"Cannot download {url} ({getattr(err, 'reason', err)}); {manual}.") from None
     with response:
-        if not (offset and response.status == 206 and _range_start(response) == offset):
+        if offset and response.status == 206 and _range_start(response) != offset:  # not the bytes asked for
+            response.close()
+            part.unlink()
+            return _download(url, target, expected, progress)
+        if response.status != 206:
             offset = 0  # a fresh download: the server sent the whole file
         pinned = expected is not None
         expected = expected or _server_sha256(headers)

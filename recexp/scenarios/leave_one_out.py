@@ -3,8 +3,10 @@
 RecBole's ``LS: valid_and_test`` over time-ordered sequences (ties, and data without time, in file order), as
 sequential recommenders (SASRec, UniSRec) are evaluated: the valid stage reads the train sequence, the test stage
 the train sequence and the valid item. ``max_history`` caps how many of the most recent items a sequential model
-reads. Users with fewer than three interactions keep them all in train and are left out of valid and test
-(counted in the split's ``info``). Stages rank every item, with all/head/tail segments.
+reads (None: no cap of the scenario's; each model keeps its own, 50 for SASRec). Users with fewer than three
+interactions keep them all in train and are left out of valid and test (counted in the split's ``info``; RecBole
+would test a two-interaction user's second item, which 5-core data such as UniSRec's never holds). Stages rank every
+item, with all/head/tail segments.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ MIN_INTERACTIONS = 3  # one to train on, one to validate, one to test
 
 @dataclass(frozen=True)
 class LeaveOneOutScenario:
-    max_history: int | None = 50  # the most recent items of a user's sequence a sequential model reads (null: all)
+    max_history: int | None = 50  # the most recent items of a user's sequence a sequential model reads (None: the model's own cap)
     head_fraction: float = 0.2  # top share of trained items (by training popularity) forming the head segment
 
     def build(self, dataset: Dataset, seed: int) -> Split:

@@ -95,7 +95,8 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
     metric, k = parse_metric(config.valid_metric)
     key = config.valid_metric
     total_steps = math.ceil(len(loader) / config.grad_accum) * config.max_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio,
+                                                                               config.schedule == "constant"))
     evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256, mask_history=ctx.mask_history)
     stats, best_state, misses = FitStats(), {}, 0
     start_norm = weight_norm(model)
@@ -176,14 +177,15 @@ def _better(value: float, best: float, higher: bool) -> bool:
     return value > best if higher else value < best
 
 
-def warmup_then_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear 0 -> 1 over the warm-up steps, then linear 1 -> 0 at ``total_steps``."""
+def warmup_then_decay(total_steps: int, warmup_ratio: float, constant: bool = False) -> Callable[[int], float]:
+    """LR multiplier: linear 0 -> 1 over the warm-up steps, then linear 1 -> 0 at ``total_steps`` (or 1 throughout:
+    ``constant``)."""
     warmup = max(1, int(warmup_ratio * total_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return 1.0 if constant else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
 

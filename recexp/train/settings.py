@@ -12,6 +12,7 @@ from recexp.evaluate import metric_key, parse_metric
 from recexp.train.devices import bf16_supported
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+SCHEDULES = ("linear", "constant")  # after the warm-up: decay linearly to 0 at max_epochs, or hold the peak
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class TrainerConfig:
     lr: float | None = None  # peak learning rate
     weight_decay: float | None = None  # AdamW weight decay (torch models: 0)
     warmup_ratio: float | None = None  # share of optimiser steps with linear warm-up (torch models: 0.1)
+    schedule: str | None = None  # learning rate after the warm-up: linear (to 0 at max_epochs) | constant (torch models: linear)
     grad_accum: int | None = None  # micro-batches per optimiser step (torch models: 1)
     mixed_precision: str | None = None  # no | bf16 | fp16 (torch models: bf16 on CUDA, no elsewhere)
     progress: bool = True  # tqdm progress bars
@@ -62,13 +64,15 @@ def check_trainer(config: TrainerConfig) -> None:
             f"trainer.mixed_precision={config.mixed_precision!r} is not allowed: choose {', '.join(MIXED_PRECISION)} "
             "(or null for bf16 on CUDA, no elsewhere)."
         )
+    if config.schedule is not None and config.schedule not in SCHEDULES:
+        raise ConfigError(f"trainer.schedule={config.schedule!r} is not allowed: choose {', '.join(SCHEDULES)} (or null: linear).")
     try:
         parse_metric(config.valid_metric)
     except ConfigError as err:
         raise ConfigError(f"trainer.valid_metric={config.valid_metric!r}: {err}") from None
 
 
-TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1)
+TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1, schedule="linear")
 
 
 def with_defaults(config: TrainerConfig, device: torch.device, **defaults: Any) -> TrainerConfig:

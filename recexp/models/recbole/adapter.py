@@ -10,6 +10,7 @@ after :func:`~recexp.models.recbole.compat.apply` (some repairs must be in place
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from recbole.data.interaction import Interaction
     from recbole.model.abstract_recommender import AbstractRecommender
 
+log = logging.getLogger(__name__)
 PREDICT_ROWS = 1 << 18  # (user, item) pairs per predict() call
 
 
@@ -83,6 +85,10 @@ class RecBoleRecommender(RecommenderBase):
         from recbole.utils import get_trainer, init_seed
 
         valid_positives(split)
+        if self.sequential and ctx.mask_history:
+            log.warning("RecBole's %s early-stops on its own validation, which keeps each user's history in the ranking, "
+                        "while evaluator.mask_history=true removes it from the reported metrics; set "
+                        "evaluator.mask_history=false to report what it stops on (RecBole's convention).", self.name)
         folder = Path(ctx.run_dir).resolve() / "recbole"
         folder.mkdir(parents=True, exist_ok=True)
         threads = self.cpu_threads if ctx.device.type == "cpu" else None

@@ -31,6 +31,7 @@ TRAINER_KEYS = {
 # TrainerConfig field -> (values RecBole's trainer can honour, why it cannot honour others)
 UNSUPPORTED = {
     "warmup_ratio": ((0, 0.0), "its trainer has no learning-rate schedule; leave it null or 0"),
+    "schedule": (("constant",), "its trainer holds the learning rate constant; leave it null or constant"),
     "grad_accum": ((1,), "its trainer steps the optimiser after every batch; leave it null or 1 (raise batch_size)"),
     "mixed_precision": (("no",), "recexp runs its trainer in full precision; leave it null or no"),
 }

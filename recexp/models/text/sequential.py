@@ -40,8 +40,8 @@ ITEMS = ("id", "text", "id+text")
 SOFTMAXES = ("auto", "full", "sampled")
 SIMILARITIES = ("auto", "dot", "cosine")
 CHUNK_TOKENS = 4096  # padded positions per forward pass: sequences sorted by length, so each chunk pads little
-# RecBole's SASRec trainer settings (Adam, lr 1e-3, batch 2048 samples, patience 10, at most 300 epochs, no schedule)
-FULL = dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3, warmup_ratio=0.0)
+# RecBole's SASRec trainer settings (Adam, lr 1e-3 held constant, batch 2048 samples, patience 10, at most 300 epochs)
+FULL = dict(max_epochs=300, patience=10, batch_size=2048, lr=1e-3, warmup_ratio=0.0, schedule="constant")
 SAMPLED = dict(FULL, batch_size=256)  # batch = target items per step (about 8 samples each on Amazon data)
 
 
@@ -263,7 +263,10 @@ class TextSeq(nn.Module):
         return vectors + self.ids(items) if self.ids is not None else vectors
 
     def _users(self, table: torch.Tensor, histories: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """histories [B, l], lengths [B] -> [B, H], in chunks of similar length (each padded to its longest)."""
+        """histories [B, l], lengths [B] -> [B, H]; on CPU in chunks of similar length (each padded to its longest),
+        where padding costs its full share; an accelerator takes the batch in one pass."""
+        if histories.device.type != "cpu":
+            return self.sasrec(table[histories], lengths)
         order = torch.argsort(lengths, descending=True)
         outputs = []
         for rows in chunks(order, lengths[order].cpu().numpy()):
@@ -311,9 +314,10 @@ class TextSeq(nn.Module):
 
 class TextSeqRecommender(TorchRecommender):
     """``model=text_seq``: a :class:`TextSeq` (its settings: the same names) on the shared training loop, configured
-    flat (``model.item=...``). Under ``lp_ft`` its probing phase is the frozen model's run: the same trainer settings
-    (batches, patience, ``lp_epochs`` or else ``max_epochs``), learning rate apart (the frozen default; ``trainer.lr``
-    is the fine-tuning phase's)."""
+    flat (``model.item=...``). Under ``lp_ft`` its probing phase is the run of the same model over the frozen encoder
+    with ``softmax=sampled`` (the recipe a trained encoder takes): the same trainer settings (batches, patience),
+    ``lp_epochs`` (null: the model's default cap) and the default learning rate; ``trainer.lr`` and ``max_epochs`` are
+    the fine-tuning phase's."""
 
     def __init__(self, item: str = "text", encoder: TextEncoder | None = None, strategy: Strategy | None = None,
                  adaptor: str = "linear", hidden_size: int = 300, layers: int = 2, heads: int = 2, inner_size: int = 256,
@@ -324,4 +328,4 @@ class TextSeqRecommender(TorchRecommender):
         module = TextSeq(encoder, strategy, item, adaptor, hidden_size, layers, heads, inner_size, dropout, attn_dropout,
                          adaptor_dropout, experts, max_length, similarity, temperature, softmax, negatives)
         super().__init__(module, trainer, cpu_threads, lp_ft, lp_epochs)
-        self.probe = dataclasses.replace(self.trainer, max_epochs=lp_epochs or self.trainer.max_epochs, lr=None)
+        self.probe = dataclasses.replace(self.trainer, max_epochs=lp_epochs, lr=None)
