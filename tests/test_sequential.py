@@ -286,3 +286,17 @@ def test_text_seq_plugs_into_other_ranking_scenarios(tmp_path, scenario):
         assert record["segments"]["cold"]["ndcg@10"] > 0.01
     else:
         assert len(record["continual"]["matrix"]) == 2
+
+
+def test_a_trained_encoder_encodes_every_candidate_of_a_step_alike(loo, tiny_bert):
+    """Targets and shared negatives go through the same live encoding: none stands out as the positive."""
+    model = text_seq("text", "lora", TextEncoder(str(tiny_bert), cache_dir=None, progress=False, max_length=16),
+                     negatives=8).module
+    model.prepare(loo, torch.device("cpu"))
+    model.refresh()
+    step = model.train_data(loo, seed=0).__getitems__(list(range(4)))
+    before = model.encoder.tokens_trained
+    model.train()
+    model(step).backward()
+    distinct = step.candidates.unique()
+    assert model.encoder.tokens_trained - before == int(model.tokens.lengths[distinct].sum())

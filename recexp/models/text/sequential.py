@@ -8,12 +8,13 @@ score:    h_u . v_i (``similarity=dot``, SASRec's) or cos(h_u, v_i) (``cosine``,
 
 Training samples are every prefix of every training sequence -> its next item (RecBole's augmentation), with
 softmax cross-entropy. ``softmax=full``: over every item, batches of samples (the item table is fixed: ids or a
-frozen encoder). ``softmax=sampled``: item-organised steps, as a trained encoder needs, so an epoch costs about one
-encoding pass over the catalogue: each step takes a set of target items (``trainer.batch_size`` of them), encodes
-them once with gradient, and scores every sample whose target is among them against those items and ``negatives``
-items shared by the step (drawn by training frequency, read from the table), with a log-frequency correction
-(``logit - log q``, q an item's expected count among the step's candidates). The sequence side always reads the
-item table, refreshed once per epoch while the encoder trains. Cold items (no training interaction) score from text.
+frozen encoder). ``softmax=sampled``: item-organised steps, as a trained encoder needs: each step takes a set of C
+target items (``trainer.batch_size`` of them) and ``negatives`` (M) items shared by the step (drawn by training
+frequency), encodes them once with gradient, and scores every sample whose target is among the C against all of them,
+with a log-frequency correction (``logit - log q``, q an item's expected count among the step's candidates). Every
+candidate is encoded the same way, so none stands out as the positive; an epoch costs about 1 + M/C encoding passes
+over the catalogue. The sequence side always reads the item table, refreshed once per epoch while the encoder trains.
+Cold items (no training interaction) score from text.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ class PrefixData(Dataset):
 
 class ItemStep(NamedTuple):
     """One step of ``softmax=sampled``: samples [B] and the step's candidates [C + M] (the first ``live`` are the
-    targets encoded with gradient, the rest shared negatives)."""
+    step's target items, the rest its shared negatives)."""
 
     histories: torch.Tensor  # [B, l]
     lengths: torch.Tensor  # [B]
@@ -258,8 +259,9 @@ class TextSeq(nn.Module):
         return vectors
 
     def _live(self, items: torch.Tensor) -> torch.Tensor:
-        """items [n] -> [n, H] with their texts encoded now, with gradient (the encoder trains)."""
-        vectors = self.adaptor(F.normalize(self.encoder.encode_rows(self.tokens, items.tolist()), dim=-1))
+        """items [n] -> [n, H] with their texts encoded now, with gradient (the encoder trains), each distinct one once."""
+        unique, inverse = items.unique(return_inverse=True)
+        vectors = self.adaptor(F.normalize(self.encoder.encode_rows(self.tokens, unique.tolist()), dim=-1))[inverse]
         return vectors + self.ids(items) if self.ids is not None else vectors
 
     def _users(self, table: torch.Tensor, histories: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -287,8 +289,7 @@ class TextSeq(nn.Module):
             histories, lengths, targets = (t.to(device) for t in batch)
             return F.cross_entropy(self._logits(self._users(table, histories, lengths), table[: self.n_items]), targets)
         histories, lengths, targets, candidates, log_q = (t.to(device) for t in batch[:5])
-        live = candidates[: batch.live]
-        vectors = torch.cat([self._live(live) if trains else table[live], table[candidates[batch.live :]]])
+        vectors = self._live(candidates) if trains else table[candidates]
         logits = self._logits(self._users(table, histories, lengths), vectors) - log_q
         target_items = candidates[targets]
         accidental = (candidates[None, :] == target_items[:, None]) & (torch.arange(len(candidates), device=device)[None, :]
