@@ -133,6 +133,15 @@ def not_computed_note(spec: TableSpec) -> str:
     return f"{NOT_COMPUTED}: not computed, as the runs record it; " + "; ".join(parts) + "." if parts else ""
 
 
+COST_WORDS = {"trainable_params": "trainable parameters", "train_seconds": "training seconds", "peak_memory_mb": "peak memory (MB)",
+              "eval_seconds": "evaluation seconds", "encoder_tokens_per_second": "encoder tokens a training second"}
+
+
+def _listed(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]])) if words else "none"
+
+
 def legend(spec: TableSpec) -> str:
     omitted = spec.omitted()
     left_out = f" Left out, constant by construction: {', '.join(omitted)}." if omitted else ""
@@ -142,7 +151,7 @@ def legend(spec: TableSpec) -> str:
         f"Mean ± sample std over seeds (test split). Per column the best mean is **bold** and the second "
         f"best <u>underlined</u>; ↓ marks metrics where smaller is better. {DAGGER}: differs from "
         f"`{spec.reference}` at Holm-corrected p < {spec.alpha} ({spec.test}, paired over test users of "
-        f"matched seeds{bootstrap}). Cost: trainable parameters, training seconds and peak memory (MB), seed means."
+        f"matched seeds{bootstrap}). Cost: {_listed([COST_WORDS[c] for c in spec.costs])}, seed means."
         + left_out
     )
 
