@@ -54,7 +54,8 @@ def save_tiny_bert(directory: Path) -> Path:
 
 
 def save_tiny_llama(directory: Path) -> Path:
-    """A 2-layer, 32-wide random LlamaModel (2 heads) with the packaged MiniLM tokenizer, saved as a model folder."""
+    """A 2-layer, 32-wide random LlamaModel (2 query heads sharing 1 key/value head, as SmolLM2's grouped-query
+    attention) with the packaged MiniLM tokenizer, saved as a model folder."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
     from recexp.models.text.encoder import default_model_path
@@ -63,7 +64,7 @@ def save_tiny_llama(directory: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(default_model_path())
         torch.manual_seed(0)
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, pad_token_id=tokenizer.pad_token_id)
+                             num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
         LlamaModel(config).save_pretrained(directory)
         tokenizer.save_pretrained(directory)
     return directory

@@ -7,7 +7,16 @@ import time
 
 import pytest
 import torch
-from helpers import TEXTS, save_tiny_generator, save_tiny_llama, strategy_from_config, write_tiny_gguf
+from helpers import (
+    TEXTS,
+    build_model,
+    context,
+    ranking_metrics,
+    save_tiny_generator,
+    save_tiny_llama,
+    strategy_from_config,
+    write_tiny_gguf,
+)
 from transformers import AutoModel
 
 from recexp.errors import ConfigError
@@ -176,6 +185,19 @@ def test_bert_presets_are_the_ones_resolution_recognises():
     assert strategy_from_config("partial").layers_path == BERT_LAYERS
 
 
+@pytest.mark.parametrize("strategy, overrides", [("frozen", []), ("lora", []), ("partial", ["strategy.layers=1"])])
+def test_text_tower_trains_and_reloads_over_a_decoder(strategy, overrides, tiny_llama, small_split, tmp_path):
+    settings = ["encoder.pooling=last", "encoder.padding_side=left", *overrides]
+    model = build_model("text_tower", strategy, tiny_llama, tmp_path, *settings)
+    model.fit(small_split, context(tmp_path))
+    expected = ranking_metrics(model, small_split)
+    assert 0 < expected["cold"]["ndcg@10"] <= 1
+    model.save(tmp_path / "model")
+    reloaded = build_model("text_tower", strategy, tiny_llama, tmp_path, *settings)
+    reloaded.load(tmp_path / "model", small_split)
+    assert ranking_metrics(reloaded, small_split) == expected
+
+
 # --- GGUF files: de-quantised once, cached by sha256, damage reported and rebuilt
 
 def load_gguf(path, models_dir) -> TextEncoder:
@@ -245,6 +267,9 @@ def test_unknown_packaged_model_is_refused(tmp_path):
         TextEncoder("packaged:gpt5", models_dir=str(tmp_path), progress=False)
 
 
+SMOL_TEXTS = ["Toy Story (1995). Genres: Animation Children's Comedy", "Heat (1995). Genres: Action Crime Thriller"]
+
+
 @pytest.mark.slow
 def test_packaged_smollm2_loads_once_then_from_its_cache(tmp_path):
     started = time.perf_counter()
@@ -259,8 +284,12 @@ def test_packaged_smollm2_loads_once_then_from_its_cache(tmp_path):
     assert type(cached.model).__name__ == "LlamaModel" and cached.model.config.num_hidden_layers == 30
     assert read < built
     with torch.no_grad():
-        vectors = cached(["Toy Story (1995). Genres: Animation Children's Comedy", "Heat (1995). Genres: Action Crime Thriller"])
-        assert torch.equal(vectors, first(["Toy Story (1995). Genres: Animation Children's Comedy",
-                                           "Heat (1995). Genres: Action Crime Thriller"]))
+        vectors = cached(SMOL_TEXTS)
+        assert torch.equal(vectors, first(SMOL_TEXTS))
     assert vectors.shape == (2, 576) and torch.isfinite(vectors).all()
     assert not torch.allclose(vectors[0], vectors[1], atol=1e-3)
+    with torch.no_grad():  # the shorter text left-padded gives what it gives alone; so does the layer cache
+        assert torch.allclose(vectors[1], cached(["Heat (1995). Genres: Action Crime Thriller"])[0], atol=1e-4)
+        cached.adapt(Partial(layers=2))  # the layer-cache probe passes on the real decoder
+        rows = cached.encode_rows(cached.tokenized(SMOL_TEXTS), [0, 1])
+    assert torch.allclose(rows, vectors, atol=1e-4)
