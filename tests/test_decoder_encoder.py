@@ -99,6 +99,22 @@ def test_left_padding_keeps_each_texts_absolute_positions(path, tiny_gpt2):
     assert torch.allclose(through(encoder, path), alone(tiny_gpt2, TEXTS, "last"), atol=1e-5)
 
 
+def test_partial_refuses_a_decoder_whose_layers_it_cannot_run_over_cached_states(tmp_path):
+    """GPT-2's blocks take a cache where BERT's take a mask: one line, not a traceback from inside transformers."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    from recexp.models.text.encoder import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="strategy=partial cannot run the top layers of GPT2Model over cached states") as error:
+        TextEncoder(str(tmp_path), progress=False).adapt(Partial(layers=1, layers_path="h"))
+    assert "\n" not in str(error.value)
+
+
 def test_padding_side_null_keeps_the_tokenizers_and_others_are_refused(tiny_llama):
     assert TextEncoder(str(tiny_llama), progress=False).tokenizer.padding_side == "right"  # MiniLM's tokenizer's own
     with pytest.raises(ConfigError, match="encoder.padding_side='middle' is unknown"):

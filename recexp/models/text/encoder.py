@@ -201,15 +201,23 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def _check_layer_cache(self) -> None:
         """The trained layers over cached lower states must compute what the whole model does: layers that
-        need more than ``(hidden_states, attention_mask)`` (MPNet's relative position bias) are refused."""
+        need more than ``(hidden_states, attention_mask)`` (MPNet's relative position bias), or than a LLaMA-style
+        decoder's inputs, are refused, whether they compute another function or fail on those inputs."""
+        name = type(self.model).__name__
+        use = "Use strategy=lora or strategy=full_ft."
         with evaluating(self.model):
             tokens = TokenizedTexts(self.tokenizer, tuple(PROBE_TEXTS), self.max_length)
-            cached, whole = self.encode_rows(tokens, list(range(len(PROBE_TEXTS)))), self(PROBE_TEXTS)
+            whole = self(PROBE_TEXTS)
+            try:
+                cached = self.encode_rows(tokens, list(range(len(PROBE_TEXTS))))
+            except (TypeError, AttributeError, ValueError, IndexError, RuntimeError) as error:
+                raise ConfigError(f"strategy=partial cannot run the top layers of {name} over cached states: its layers fail "
+                                  f"on (hidden_states, attention_mask) alone ({type(error).__name__}: {error}). {use}") from error
         if not torch.allclose(cached, whole, rtol=1e-4, atol=1e-5):
             raise ConfigError(
-                f"strategy=partial cannot run the top layers of {type(self.model).__name__} over cached states: they "
+                f"strategy=partial cannot run the top layers of {name} over cached states: they "
                 f"compute differently from the whole model (max difference {float((cached - whole).abs().max()):.2g}), "
-                "as its layers take more inputs than (hidden_states, attention_mask). Use strategy=lora or strategy=full_ft."
+                f"as its layers take more inputs than (hidden_states, attention_mask). {use}"
             )
 
     @torch.no_grad()
