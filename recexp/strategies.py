@@ -88,7 +88,9 @@ class Partial:
     The encoder then computes the hidden states entering the first trained layer once per text and
     runs only the trained layers on them (a layer cache), so a step costs a fraction of a full
     forward and backward. ``layers_path`` names the encoder's list of layers (BERT-style models:
-    ``encoder.layer``); the layers must take ``(hidden_states, attention_mask)``.
+    ``encoder.layer``; LLaMA-style decoders: ``layers``, found by model type when the preset's path is absent);
+    the layers must take ``(hidden_states, attention_mask)``, or be a LLaMA-style decoder's (the encoder then
+    supplies the causal mask, the rotary positions and the final norm). The encoder's probe refuses any other.
     """
 
     def __init__(self, layers: int = 2, layers_path: str = "encoder.layer"):

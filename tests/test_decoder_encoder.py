@@ -278,6 +278,23 @@ def test_a_missing_or_truncated_gguf_is_one_line_naming_it(content, message, tin
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
+def test_a_gguf_transformers_cannot_read_is_one_line_and_leaves_no_folder(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "other.gguf"
+    writer = gguf.GGUFWriter(str(path), "not-an-architecture")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ConfigError, match=f"transformers cannot load the GGUF file {path}") as error:
+        load_gguf(path, tmp_path / "models")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []  # nothing half-built left
+
+
 def test_unknown_packaged_model_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="packaged:gpt5 is unknown; packaged models: smollm2"):
         TextEncoder("packaged:gpt5", models_dir=str(tmp_path), progress=False)

@@ -98,7 +98,11 @@ def dequantised(gguf: Path, models_dir: Path) -> Path:
             discard(folder)
     check_gguf(gguf)
     staging = models_dir / f".building-{key[:16]}-{uuid.uuid4().hex[:8]}"
-    _write_dequantised(gguf, staging, key)
+    try:
+        _write_dequantised(gguf, staging, key)
+    except BaseException:
+        discard(staging)
+        raise
     try:
         os.rename(staging, folder)
     except OSError:  # another process finished first: keep its folder
@@ -119,7 +123,8 @@ def _write_dequantised(gguf: Path, folder: Path, key: str) -> None:
         except ValueError:  # an architecture without a causal-LM head in transformers: its base model
             model = AutoModel.from_pretrained(source, gguf_file=name)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ConfigError(f"encoder.name_or_path: transformers cannot load the GGUF file {gguf}: {error}") from error
+        reason = " ".join(str(error).split())  # one line
+        raise ConfigError(f"encoder.name_or_path: transformers cannot load the GGUF file {gguf}: {reason}") from error
     model.hf_quantizer = None  # de-quantised to fp32 already; transformers refuses to save a "quantized" model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
