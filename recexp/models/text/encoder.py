@@ -138,8 +138,8 @@ class TextEncoder(nn.Module):
             raise ConfigError(f"encoder.dtype={dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
         if padding_side not in PADDING_SIDES:
             raise ConfigError(f"encoder.padding_side={padding_side!r} is unknown; choose left, right or null (the tokenizer's own).")
-        path = resolve(name_or_path, models_dir) if name_or_path else default_model_path()
         weight_progress_bars(progress)
+        path = resolve(name_or_path, models_dir) if name_or_path else default_model_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
