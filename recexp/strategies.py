@@ -4,11 +4,16 @@ The only module importing ``peft``. Every strategy adapts a ``transformers`` mod
 (``apply``) and persists what it trained (``save``/``load``): nothing when frozen, the trained top
 layers (``partial``) or the full weights as safetensors, the adapter via ``save_pretrained`` for PEFT methods, and the
 adapter weights as safetensors (plus their settings as JSON) for bottleneck adapters.
+
+The presets name BERT-style modules. When those names match nothing in the encoder and its
+``config.model_type`` is in :data:`ARCHITECTURE_TARGETS` (LLaMA-style decoders), the strategy uses that
+architecture's modules instead; any other configured target (an override) is used as given.
 """
 from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -18,6 +23,33 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recexp.errors import ConfigError, check_int, check_number
+
+BERT_LAYERS = "encoder.layer"  # strategy=partial's preset layers_path
+BERT_LORA_TARGETS = {"query", "value"}  # strategy=lora's preset target_modules
+BERT_IA3_TARGETS = r".*\.(key|value)|.*(?<!attention)\.output\.dense"  # strategy=ia3's preset target_modules
+BERT_IA3_FEEDFORWARD = r".*(?<!attention)\.output\.dense"  # ... and its feedforward_modules
+LLAMA_STYLE = {
+    "partial": "layers",  # LlamaModel.layers
+    "LORA": {"target_modules": {"q_proj", "v_proj"}},  # as TALLRec
+    "IA3": {"target_modules": {"k_proj", "v_proj", "down_proj"}, "feedforward_modules": {"down_proj"}},
+    "bottleneck": {"attention": "o_proj", "ffn": "down_proj"},  # attention output, feed-forward output
+}
+# config.model_type -> the modules each strategy adapts when the BERT-style presets match nothing
+ARCHITECTURE_TARGETS = {model_type: LLAMA_STYLE for model_type in ("llama", "mistral", "qwen2", "qwen3")}
+
+
+def architecture_targets(encoder: nn.Module, strategy: str):
+    """The targets of ``strategy`` for ``encoder``'s model type, or None when it has no entry."""
+    model_type = getattr(getattr(encoder, "config", None), "model_type", None)
+    return ARCHITECTURE_TARGETS.get(model_type, {}).get(strategy)
+
+
+def matches_any(encoder: nn.Module, targets) -> bool:
+    """Whether peft's rule finds a module: a regex string matches a whole name, a list entry a name or its suffix."""
+    names = [name for name, _ in encoder.named_modules() if name]
+    if isinstance(targets, str):
+        return any(re.fullmatch(targets, name) for name in names)
+    return any(name == t or name.endswith(f".{t}") for name in names for t in targets)
 
 
 class Frozen:
@@ -56,7 +88,9 @@ class Partial:
     The encoder then computes the hidden states entering the first trained layer once per text and
     runs only the trained layers on them (a layer cache), so a step costs a fraction of a full
     forward and backward. ``layers_path`` names the encoder's list of layers (BERT-style models:
-    ``encoder.layer``); the layers must take ``(hidden_states, attention_mask)``.
+    ``encoder.layer``; LLaMA-style decoders: ``layers``, found by model type when the preset's path is absent);
+    the layers must take ``(hidden_states, attention_mask)``, or be a LLaMA-style decoder's (the encoder then
+    supplies the causal mask, the rotary positions and the final norm). The encoder's probe refuses any other.
     """
 
     def __init__(self, layers: int = 2, layers_path: str = "encoder.layer"):
@@ -65,8 +99,11 @@ class Partial:
         self.cached_below = 0  # index of the first trained layer, set by apply
 
     def stack(self, encoder: nn.Module) -> nn.ModuleList:
+        path = self.layers_path
+        if path == BERT_LAYERS and not _has_submodule(encoder, path):
+            path = architecture_targets(encoder, "partial") or path
         try:
-            stack = encoder.get_submodule(self.layers_path)
+            stack = encoder.get_submodule(path)
         except AttributeError:
             stack = None
         if not isinstance(stack, nn.ModuleList):
@@ -101,6 +138,14 @@ class Partial:
         state = load_file(Path(directory) / "partial.safetensors")
         _check_names(state, _trained_weights(encoder), f"The layers in {directory}", "the strategy.layers")
         encoder.load_state_dict(state, strict=False)
+
+
+def _has_submodule(encoder: nn.Module, path: str) -> bool:
+    try:
+        encoder.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _check_names(state: dict, expected: dict, what: str, built_with: str = "the strategy") -> None:
@@ -138,16 +183,29 @@ class Peft:
         self.config = config
 
     def apply(self, encoder: nn.Module) -> nn.Module:
+        config = self.for_architecture(encoder)
         try:
             with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing a user can change
                 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-                return get_peft_model(encoder, copy.deepcopy(self.config))
+                return get_peft_model(encoder, config)
         except ValueError as error:
             raise ConfigError(
                 f"{type(self.config).__name__} cannot be applied to {type(encoder).__name__}: {error}\n"
                 f"Module names this encoder has (match by suffix, e.g. 'attention.output.dense'): "
                 f"{', '.join(module_names(encoder))}. Set strategy.config.target_modules accordingly."
             ) from error
+
+    def for_architecture(self, encoder: nn.Module) -> PeftConfig:
+        """A copy of the config; a preset's BERT-style targets that match nothing become the architecture's."""
+        config = copy.deepcopy(self.config)
+        preset = {"LORA": (BERT_LORA_TARGETS, None), "IA3": (BERT_IA3_TARGETS, BERT_IA3_FEEDFORWARD)}.get(_peft_name(config))
+        if preset is None or _normalised(config.target_modules) != preset[0] or matches_any(encoder, config.target_modules):
+            return config
+        if preset[1] is not None and _normalised(getattr(config, "feedforward_modules", None)) != preset[1]:
+            return config
+        for field, value in (architecture_targets(encoder, _peft_name(config)) or {}).items():
+            setattr(config, field, set(value))
+        return config
 
     def save(self, encoder: nn.Module, directory: Path) -> None:
         encoder.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
@@ -156,6 +214,15 @@ class Peft:
         state = load_file(Path(directory) / "adapter_model.safetensors")
         _check_names(state, get_peft_model_state_dict(encoder), f"The adapter weights in {directory}")
         set_peft_model_state_dict(encoder, state)
+
+
+def _peft_name(config: PeftConfig) -> str:
+    return getattr(config.peft_type, "value", str(config.peft_type))  # "LORA", "IA3" ...
+
+
+def _normalised(targets):
+    """peft's target_modules (a regex string, or names as a list or set) in a form that compares by content."""
+    return targets if isinstance(targets, str) or targets is None else set(targets)
 
 
 NONLINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -248,13 +315,16 @@ class Bottleneck:
         return encoder
 
     def _adapted_names(self, encoder: nn.Module) -> list[str]:
-        """Names of the modules that get an adapter, each matched to its longest target suffix."""
+        """Names of the modules that get an adapter, each matched to its longest target suffix (a sublayer's
+        architecture target where its BERT-style default matches nothing; the settings then record it)."""
         targets = self.settings["targets"]
-        found: dict[str, list[str]] = {sublayer: [] for sublayer in targets}
-        for name, _ in encoder.named_modules():
-            matches = [sublayer for sublayer, suffix in targets.items() if f".{name}".endswith(f".{suffix}")]
-            if matches:
-                found[max(matches, key=lambda sublayer: len(targets[sublayer]))].append(name)
+        found = _by_suffix(encoder, targets)
+        architecture = architecture_targets(encoder, "bottleneck") or {}
+        resolved = {sublayer: architecture[sublayer] if suffix == BERT_TARGETS.get(sublayer) and not found[sublayer]
+                    and sublayer in architecture else suffix for sublayer, suffix in targets.items()}
+        if resolved != targets:
+            targets = self.settings["targets"] = resolved
+            found = _by_suffix(encoder, targets)
         for sublayer in PER_LAYER[self.settings["per_layer"]]:
             if not found[sublayer]:
                 raise ConfigError(
@@ -289,6 +359,16 @@ class Bottleneck:
                 "build the model with the encoder and strategy it was trained with."
             )
         encoder.load_state_dict(state, strict=False)
+
+
+def _by_suffix(encoder: nn.Module, targets: dict[str, str]) -> dict[str, list[str]]:
+    """sublayer -> names of the modules whose name ends with its suffix (a module matching several: the longest)."""
+    found: dict[str, list[str]] = {sublayer: [] for sublayer in targets}
+    for name, _ in encoder.named_modules():
+        matches = [sublayer for sublayer, suffix in targets.items() if f".{name}".endswith(f".{suffix}")]
+        if matches:
+            found[max(matches, key=lambda sublayer: len(targets[sublayer]))].append(name)
+    return found
 
 
 def module_names(model: nn.Module) -> list[str]:

@@ -53,6 +53,69 @@ def save_tiny_bert(directory: Path) -> Path:
     return directory
 
 
+def save_tiny_llama(directory: Path) -> Path:
+    """A 2-layer, 32-wide random LlamaModel (2 query heads sharing 1 key/value head, as SmolLM2's grouped-query
+    attention) with the packaged MiniLM tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    from recexp.models.text.encoder import default_model_path
+
+    if not (directory / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+        LlamaModel(config).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte-level spelling: one printable character for each of the 256 bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    spelling = dict(zip(printable, printable)) | {b: 256 + i for i, b in enumerate(rest)}
+    return [chr(spelling[b]) for b in range(256)]
+
+
+def write_tiny_gguf(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2, inter: int = 64) -> Path:
+    """A random fp32 LLaMA as a GGUF file, with a byte-level BPE tokenizer (256 bytes, one merge, end-of-text)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens = [*_byte_alphabet(), "Ġt", "<|endoftext|>"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(inter)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * (len(tokens) - 1) + [3])  # normal tokens, then one control token
+    writer.add_token_merges(["Ġ t"])
+    writer.add_bos_token_id(len(tokens) - 1)
+    writer.add_eos_token_id(len(tokens) - 1)
+    shapes = {"attn_q": (hidden, hidden), "attn_k": (hidden, hidden), "attn_v": (hidden, hidden), "attn_output": (hidden, hidden),
+              "ffn_gate": (inter, hidden), "ffn_up": (inter, hidden), "ffn_down": (hidden, inter)}
+    writer.add_tensor("token_embd.weight", rng.normal(0, 0.1, (len(tokens), hidden)).astype(np.float32))
+    for layer in range(layers):
+        writer.add_tensor(f"blk.{layer}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{layer}.ffn_norm.weight", np.ones(hidden, np.float32))
+        for name, shape in shapes.items():
+            writer.add_tensor(f"blk.{layer}.{name}.weight", rng.normal(0, 0.1, shape).astype(np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def save_tiny_generator(folder: Path, seq2seq: bool = False) -> Path:
     """A random one-layer GPT-2 (or T5) over the packaged MiniLM's WordPiece vocabulary, saved to ``folder``."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration

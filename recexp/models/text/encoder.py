@@ -14,6 +14,13 @@ function), the encoder keeps the pretrained fingerprint until its weights first 
 phase before fine-tuning reads the frozen encoder's cache. Under ``strategy=partial`` the hidden
 states entering the first trained layer are computed once per text list and only the trained top
 layers run while training and scoring.
+
+Decoders (LLaMA-style causal LMs, a ``.gguf`` file, ``packaged:smollm2``; see :mod:`recexp.models.text.weights`)
+encode as well: ``pooling=last`` takes the hidden state of each text's last real token, and under
+``padding_side=left`` each text's positions count from its first real token, so a padded text computes
+what it computes alone (rotary positions are shift-invariant; learned absolute ones, as GPT-2's, are
+not). Under ``strategy=partial`` a LLaMA-style decoder's trained layers run over the cached states with
+its causal mask, its rotary positions and its final norm.
 """
 from __future__ import annotations
 
@@ -29,16 +36,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.utils import logging as hf_logging
 
 from recexp.cache import DamagedCache, model_fingerprint, sha256
 from recexp.errors import ConfigError
 from recexp.files import atomic_file
 from recexp.interfaces import Strategy
+from recexp.models.text.weights import resolve
 
 log = logging.getLogger(__name__)
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "last")  # encoder.pooling: masked mean, first real token, last real token
+PADDING_SIDES = (None, "left", "right")  # encoder.padding_side; None: the tokenizer's own
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # encoder.dtype: the weights' precision
 DEFAULT_MAX_LENGTH = 64  # tokens per text where neither encoder.max_length nor the model sets one
 PROBE_TEXTS = ["an unchanged encoder gives the same vectors", "probe"]  # checks that a strategy starts as the identity
@@ -59,6 +68,8 @@ class TokenizedTexts:
     """texts [N] tokenised once (truncated to ``max_length``, unpadded); :meth:`pad` batches any rows."""
 
     def __init__(self, tokenizer, texts: list[str], max_length: int):
+        self.left = tokenizer.padding_side == "left"  # pad() puts the padding before each text
+        self.pad_id = tokenizer.pad_token_id
         self.ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if len(texts) else []
         self.lengths = torch.tensor([len(ids) for ids in self.ids], dtype=torch.long)  # [N] tokens per text
         width = int(self.lengths.max()) if len(self.ids) else 0
@@ -71,12 +82,18 @@ class TokenizedTexts:
         return len(self.ids)
 
     def pad(self, rows: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """rows [n] -> (input_ids [n, L], attention_mask [n, L]), L the longest of these rows (right padding)."""
+        """rows [n] -> (input_ids [n, L], attention_mask [n, L]), L the longest of these rows (padded on the
+        tokenizer's side)."""
         index = torch.as_tensor(rows, dtype=torch.long)
         lengths = self.lengths[index]
         width = int(lengths.max())
-        mask = (torch.arange(width) < lengths[:, None]).long()
-        return self.matrix[index, :width].to(device), mask.to(device)
+        if not self.left:
+            mask = (torch.arange(width) < lengths[:, None]).long()
+            return self.matrix[index, :width].to(device), mask.to(device)
+        column = torch.arange(width) - (width - lengths[:, None])  # [n, L]: token index, negative in the padding
+        mask = (column >= 0).long()
+        ids = self.matrix[index].gather(1, column.clamp(min=0)).masked_fill(mask == 0, self.pad_id)
+        return ids.to(device), mask.to(device)
 
     def by_length(self, batch_size: int) -> list[list[int]]:
         """All rows in batches of ``batch_size``, shortest texts first."""
@@ -109,6 +126,8 @@ class TextEncoder(nn.Module):
         cache_dir: str | None = None,
         progress: bool = True,
         dtype: str = "fp32",
+        padding_side: str | None = None,
+        models_dir: str | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -117,8 +136,10 @@ class TextEncoder(nn.Module):
             raise ConfigError(f"encoder.max_length must be >= 2 (or null) and batch_size >= 1, got {max_length}, {batch_size}.")
         if dtype not in DTYPES:
             raise ConfigError(f"encoder.dtype={dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
-        path = name_or_path or default_model_path()
+        if padding_side not in PADDING_SIDES:
+            raise ConfigError(f"encoder.padding_side={padding_side!r} is unknown; choose left, right or null (the tokenizer's own).")
         weight_progress_bars(progress)
+        path = resolve(name_or_path, models_dir) if name_or_path else default_model_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
@@ -130,6 +151,8 @@ class TextEncoder(nn.Module):
             ) from error
         if self.tokenizer.pad_token is None:  # decoder-only models: pad with end-of-text (masked out)
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if padding_side is not None:
+            self.tokenizer.padding_side = padding_side
         self.pooling = pooling
         self.configured_length = max_length  # None: the model's own default (default_max_length)
         self.batch_size = batch_size
@@ -178,15 +201,23 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def _check_layer_cache(self) -> None:
         """The trained layers over cached lower states must compute what the whole model does: layers that
-        need more than ``(hidden_states, attention_mask)`` (MPNet's relative position bias) are refused."""
+        need more than ``(hidden_states, attention_mask)`` (MPNet's relative position bias), or than a LLaMA-style
+        decoder's inputs, are refused, whether they compute another function or fail on those inputs."""
+        name = type(self.model).__name__
+        use = "Use strategy=lora or strategy=full_ft."
         with evaluating(self.model):
             tokens = TokenizedTexts(self.tokenizer, tuple(PROBE_TEXTS), self.max_length)
-            cached, whole = self.encode_rows(tokens, list(range(len(PROBE_TEXTS)))), self(PROBE_TEXTS)
+            whole = self(PROBE_TEXTS)
+            try:
+                cached = self.encode_rows(tokens, list(range(len(PROBE_TEXTS))))
+            except (TypeError, AttributeError, ValueError, IndexError, RuntimeError) as error:
+                raise ConfigError(f"strategy=partial cannot run the top layers of {name} over cached states: its layers fail "
+                                  f"on (hidden_states, attention_mask) alone ({type(error).__name__}: {error}). {use}") from error
         if not torch.allclose(cached, whole, rtol=1e-4, atol=1e-5):
             raise ConfigError(
-                f"strategy=partial cannot run the top layers of {type(self.model).__name__} over cached states: they "
+                f"strategy=partial cannot run the top layers of {name} over cached states: they "
                 f"compute differently from the whole model (max difference {float((cached - whole).abs().max()):.2g}), "
-                "as its layers take more inputs than (hidden_states, attention_mask). Use strategy=lora or strategy=full_ft."
+                f"as its layers take more inputs than (hidden_states, attention_mask). {use}"
             )
 
     @torch.no_grad()
@@ -218,8 +249,15 @@ class TextEncoder(nn.Module):
         if torch.is_grad_enabled() and self.trainable:
             self._trained_now()
             self.tokens_trained += int(batch["attention_mask"].sum())
-        hidden = self.model(**batch).last_hidden_state  # [N, virtual + L, dim]
+        hidden = self.model(**batch, **self._positions(batch["attention_mask"])).last_hidden_state  # [N, virtual + L, dim]
         return pool(hidden[:, -batch["attention_mask"].shape[1] :], batch["attention_mask"], self.pooling)
+
+    def _positions(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Under left padding, position ids [N, L] counting from each text's first real token (0 in the padding),
+        so that a padded text sees the positions it has alone; under right padding the model's own (none passed)."""
+        if self.tokenizer.padding_side != "left":
+            return {}
+        return {"position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
 
     def tokenized(self, texts: list[str]) -> TokenizedTexts:
         """``texts`` tokenised, reused while the same list comes back."""
@@ -244,7 +282,7 @@ class TextEncoder(nn.Module):
         if below:
             hidden = self._top_layers(self._lower_states(tokens, below), rows, mask)
         else:
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [n, virtual + L, dim]
+            hidden = self.model(input_ids=ids, attention_mask=mask, **self._positions(mask)).last_hidden_state  # [n, virtual + L, dim]
         return pool(hidden[:, -mask.shape[1] :], mask, self.pooling)
 
     @torch.no_grad()
@@ -256,9 +294,9 @@ class TextEncoder(nn.Module):
             with evaluating(self.model), torch.autocast(self.device.type, enabled=False):
                 for rows in tokens.by_length(self.batch_size):
                     ids, mask = tokens.pad(rows, self.device)
-                    output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                    output = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **self._positions(mask))
                     for index, row in enumerate(rows):
-                        states[row] = output.hidden_states[below][index, : len(tokens.ids[row])].clone()
+                        states[row] = output.hidden_states[below][index, mask[index].bool()].clone()
             tokens.lower = states
         return tokens.lower
 
@@ -266,12 +304,29 @@ class TextEncoder(nn.Module):
         """The trained layers over cached lower states: rows [n], mask [n, L] -> last hidden states [n, L, dim]."""
         hidden = torch.zeros(len(rows), mask.shape[1], self.dim, device=self.device, dtype=states[rows[0]].dtype)
         for index, row in enumerate(rows):
-            hidden[index, : len(states[row])] = states[row]
+            hidden[index, mask[index].bool()] = states[row]
+        if is_rotary_decoder(self.model):
+            return self._top_decoder_layers(hidden, mask)
         attention = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
         for layer in self.strategy.trained_layers(self.model):
             output = layer(hidden, attention)
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
+
+    def _top_decoder_layers(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden [n, L, dim] entering the first trained layer of a LLaMA-style decoder -> its last hidden states
+        [n, L, dim]: the layers run as the model runs them (causal mask over real tokens, rotary positions),
+        then the model's final norm."""
+        positions = self._positions(mask).get("position_ids")
+        if positions is None:
+            positions = torch.arange(mask.shape[1], device=hidden.device)[None]
+        attention = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask, cache=None,
+                                       position_ids=positions)
+        rotary = self.model.rotary_emb(hidden, position_ids=positions)
+        for layer in self.strategy.trained_layers(self.model):
+            output = layer(hidden, attention_mask=attention, position_embeddings=rotary, position_ids=positions)
+            hidden = output[0] if isinstance(output, tuple) else output
+        return self.model.norm(hidden)
 
     @property
     def device(self) -> torch.device:
@@ -337,12 +392,23 @@ class TextEncoder(nn.Module):
         self._forget_lower_states()
 
 
+def is_rotary_decoder(model: nn.Module) -> bool:
+    """A LLaMA-style base decoder (LlamaModel, Qwen2Model, MistralModel ...): layers, rotary embedding, final norm."""
+    return all(hasattr(model, name) for name in ("layers", "rotary_emb", "norm"))
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """hidden [N, L, dim], mask [N, L] -> [N, dim] in fp32 whatever the encoder's dtype (masked mean, or the first token)."""
+    """hidden [N, L, dim], mask [N, L] -> [N, dim] in fp32 whatever the encoder's dtype: the masked mean, the first
+    real token (cls) or the last real token (last), under left or right padding alike."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
     if pooling == "cls":
-        return hidden[:, 0].float()
+        return hidden[rows, mask.argmax(1)].float()  # argmax: the first maximum, the first real token
+    if pooling == "last":
+        columns = torch.arange(mask.shape[1], device=mask.device)
+        return hidden[rows, (mask * columns).argmax(1)].float()  # the highest column holding a real token
     weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)).float()
+    real = torch.where(weights > 0, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device))  # padding may hold NaN
+    return (real.sum(1) / weights.sum(1).clamp(min=1.0)).float()
 
 
 def _tensor_sha256(tensor: torch.Tensor) -> str:
