@@ -106,13 +106,23 @@ class Sequences:
     def of_user(self, user: int) -> np.ndarray:
         return self.items[self.indptr[user] : self.indptr[user + 1]]
 
-    def padded(self, users: np.ndarray, length: int, pad: int = -1) -> np.ndarray:
-        """[len(users), length] the last ``length`` items of each user's sequence, left-aligned, ``pad`` after them."""
-        out = np.full((len(users), length), pad, dtype=np.int64)
-        for row, user in enumerate(users):
-            items = self.of_user(user)[-length:]
-            out[row, : len(items)] = items
-        return out
+    def last(self, users: np.ndarray, length: int, pad: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The last ``length`` items of each user's sequence -> (ids [len(users), width or the longest], left-aligned,
+        ``pad`` after them; lengths [len(users)] >= 1: an empty sequence reads as the single ``pad`` item)."""
+        ends = self.indptr[users + 1]
+        return windows(self.items, np.maximum(self.indptr[users], ends - length), ends, pad, width)
+
+
+def windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, pad: int,
+            width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-aligned ``items[starts[r]:ends[r]]`` per row -> (ids [R, width or the longest], ``pad`` after each;
+    lengths [R] >= 1). An empty row reads as the single ``pad`` item."""
+    lengths = ends - starts
+    width = width or max(1, int(lengths.max(initial=1)))
+    index = starts[:, None] + np.arange(width)[None, :]
+    real = np.arange(width)[None, :] < lengths[:, None]
+    ids = np.where(real, items[np.minimum(index, len(items) - 1)] if len(items) else pad, pad)
+    return ids.astype(np.int64), np.maximum(lengths, 1)
 
 
 @dataclass(frozen=True)

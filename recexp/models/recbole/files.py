@@ -79,10 +79,8 @@ def history_tensors(split: Split, stage: str, max_len: int, item_ids: torch.Tens
     """-> ([n_users, max_len] RecBole item ids, left-aligned, 0-padded; [n_users] lengths >= 1) of each user's last
     ``max_len`` sequence items at ``stage``. A user without history gets the single padding item, so the model still
     returns scores."""
-    sequences = split.sequences(stage)
-    padded = torch.as_tensor(sequences.padded(np.arange(split.n_users), max_len))
-    ids = torch.where(padded >= 0, item_ids[padded.clamp(min=0)], 0)
-    return ids, torch.as_tensor(np.clip(np.minimum(sequences.lengths, max_len), 1, None))
+    padded, lengths = (torch.as_tensor(a) for a in split.sequences(stage).last(np.arange(split.n_users), max_len, -1, max_len))
+    return torch.where(padded >= 0, item_ids[padded.clamp(min=0)], 0), lengths
 
 
 def float_columns(split: Split) -> list[str]:

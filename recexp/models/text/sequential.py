@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from recexp.errors import ConfigError, check_int, check_number
-from recexp.interfaces import TRAIN, Sequences, Split, Strategy
+from recexp.interfaces import TRAIN, Sequences, Split, Strategy, windows
 from recexp.models.sasrec import SASRec
 from recexp.models.text.adaptors import make_adaptor
 from recexp.models.text.encoder import TextEncoder
@@ -63,18 +63,9 @@ class Prefixes:
         return len(self.ends)
 
     def histories(self, rows: np.ndarray, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return padded(self.items, self.starts[rows], self.ends[rows], pad)
-
-
-def padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-aligned ``items[starts[r]:ends[r]]`` per row -> (ids [R, longest], ``pad`` after each; lengths [R] >= 1).
-    An empty row reads as the single ``pad`` item."""
-    lengths = ends - starts
-    width = max(1, int(lengths.max(initial=1)))
-    index = starts[:, None] + np.arange(width)[None, :]
-    real = np.arange(width)[None, :] < lengths[:, None]
-    ids = np.where(real, items[np.minimum(index, len(items) - 1)] if len(items) else pad, pad)
-    return torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(np.maximum(lengths, 1), dtype=torch.long)
+        """rows [R] -> (left-aligned histories [R, longest], ``pad`` after each; lengths [R])."""
+        ids, lengths = windows(self.items, self.starts[rows], self.ends[rows], pad)
+        return torch.as_tensor(ids), torch.as_tensor(lengths)
 
 
 def chunks(order: torch.Tensor, lengths: np.ndarray) -> list[torch.Tensor]:
@@ -301,13 +292,10 @@ class TextSeq(nn.Module):
         """users [B] -> [B, n_items]: each user's sequence at ``stage`` against every item."""
         self.eval()
         self.refresh()
-        sequences = self.split.sequences(stage)
-        rows = users.cpu().numpy()
-        ends = sequences.indptr[rows + 1]
-        histories, lengths = padded(sequences.items, np.maximum(sequences.indptr[rows], ends - self.read), ends, self.n_items)
+        histories, lengths = self.split.sequences(stage).last(users.cpu().numpy(), self.read, self.n_items)
         table = self._table()
         device = table.device
-        hidden = self._users(table, histories.to(device), lengths.to(device))
+        hidden = self._users(table, torch.as_tensor(histories, device=device), torch.as_tensor(lengths, device=device))
         if self.similarity == "dot":
             return hidden @ table[: self.n_items].T
         return F.normalize(hidden, dim=-1) @ F.normalize(table[: self.n_items], dim=-1).T
