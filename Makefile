@@ -91,7 +91,7 @@ cold-user: install ## user cold start on ml-100k cold_user (like rates, ID model
 	$(PY) -m recexp.compare $(COLD_USER_DIR)/runs --out $(COLD_USER_DIR) --metrics gauc,auc,ndcg@10 --segments all \
 	  --row-key model,strategy --reference id_fm $(COMPARE_ARGS)
 
-seqtext: install ## sequential recommendation with item text on Amazon Scientific (UniSRec's files in SCIENTIFIC_DIR): Pop, RecBole SASRec, text_seq x item and strategy, 3 seeds (PRESET=cpu|full) into SEQTEXT_DIR
+seqtext: install ## sequential recommendation with item text on Amazon Scientific (UniSRec's files in SCIENTIFIC_DIR): Pop, RecBole SASRec, text_seq x item and strategy, 3 seeds (~3 h on 2 cores; PRESET=cpu|full) into SEQTEXT_DIR
 	SCIENTIFIC_DIR=$(SCIENTIFIC_DIR) $(PY) -m recexp -m experiment=seqtext_scientific$(if $(filter full,$(PRESET)),_full) hydra.sweep.dir=$(SEQTEXT_DIR)/runs
 	$(PY) -m recexp.compare $(SEQTEXT_DIR)/runs --out $(SEQTEXT_DIR) --metrics recall@10,ndcg@10,recall@50,ndcg@50 --segments all \
 	  --row-key model,strategy,model.item,model.softmax --reference sasrec \
