@@ -70,6 +70,25 @@ def save_tiny_llama(directory: Path) -> Path:
     return directory
 
 
+def save_tiny_causal_llama(directory: Path) -> Path:
+    """A 2-layer, 32-wide random LlamaForCausalLM with an untied language-model head and the packaged MiniLM
+    tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from recexp.models.text.encoder import default_model_path
+
+    if not (directory / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.sep_token_id, tie_word_embeddings=False)
+        LlamaForCausalLM(config).save_pretrained(directory)
+        tokenizer.eos_token = tokenizer.sep_token
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
 def _byte_alphabet() -> list[str]:
     """GPT-2's byte-level spelling: one printable character for each of the 256 bytes."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]

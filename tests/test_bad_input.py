@@ -204,6 +204,7 @@ CASES = [
     ("encoder_pooling_unknown", [*TEXT, "encoder.pooling=nosuch"], "encoder.pooling='nosuch' is unknown", "run"),
     ("encoder_max_length_zero", [*TEXT, "encoder.max_length=0"], "encoder.max_length must be >= 2", "run"),
     ("fusion_combine_unknown", [*TEXT, "model=fusion", "model.module.combine=nosuch"], "combine='nosuch' is unknown", "run"),
+    ("llm_ranker_not_causal", [*TEXT, "model=llm_ranker", "encoder=minilm"], "model=llm_ranker needs a causal language model", "run"),
     ("lm_head_unknown", [*TEXT, "model=lm_classifier", "model.module.head=nosuch"], "head='nosuch' is unknown", "run"),
     ("lora_unknown_modules", [*TEXT, "strategy=lora", "strategy.config.target_modules=[nosuch]"], "cannot be applied", "run"),
     ("lora_rank_zero", [*TEXT, "strategy=lora", "strategy.config.r=0"], "`r` should be a positive integer", "run"),

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 GROUPS = ["dataset", "scenario", "model", "task", "encoder", "strategy", "tail", "trainer", "evaluator", "logger"]
 TEXT_MODELS = {  # model -> where its resolved config holds the encoder
     "text_tower": "module", "fusion": "module", "lm_classifier": "module", "text_head": "module", "fusion_head": "module",
+    "llm_ranker": "module",
     "text_zero_shot": None, "text_seq": None,
 }
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONF, save_tiny_bert
+from helpers import CONF, save_tiny_bert, save_tiny_causal_llama
 from hydra import compose, initialize_config_dir
 
 from recexp.augment import Augmented
@@ -62,6 +62,7 @@ MODELS = {
     "text_seq": ("ranking", [*FIT, "model.hidden_size=16", "model.inner_size=16"], UNTRAINED),  # full softmax, no pairs
     "random": ("ranking", [], ID_ONLY),
     "lm_classifier": ("cold_user", LM, UNTRAINED),
+    "llm_ranker": ("cold_user", [*LM, "strategy=lora", "encoder.max_length=200"], UNTRAINED),  # reads a causal LM (ENCODERS)
     "pair_classifier": ("cold_user", FIT, ID_ONLY),
     "id_fm": ("cold_user", FIT, ID_ONLY),
     "id_gru": ("cold_user", FIT, ID_ONLY),
@@ -72,6 +73,7 @@ MODELS = {
     "user_rate": ("cold_user", [], ID_ONLY),
     "item_rate": ("cold_user", [], ID_ONLY),
 }
+ENCODERS = {"llm_ranker": "llama"}  # models that need a causal LM; the others read the tiny BERT
 # tail option -> overrides; reweight twice: its default method (weight) and RecBole's way (negatives)
 TAILS = {
     "none": [],
@@ -95,14 +97,15 @@ def world(tmp_path_factory) -> dict:
     (root / "data" / "tiny.item").write_text(ITEMS)
     dataset = AtomicDataset(name="tiny", path=str(root / "data"), item_template="{title}").load()
     splits = {"ranking": RandomScenario(label_threshold=4).build(dataset, 0), "cold_user": ColdUserScenario().build(dataset, 0)}
-    return {"bert": str(save_tiny_bert(root / "bert")), "cache": str(root / "cache"), "splits": splits}
+    return {"bert": str(save_tiny_bert(root / "bert")), "llama": str(save_tiny_causal_llama(root / "llama")),
+            "cache": str(root / "cache"), "splits": splits}
 
 
 def factory(model: str, tail: str, world: dict):
     """``model_factory`` over the composed config, as the spine builds models (the tail applied)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model}", *MODELS[model][1], *TAILS[tail], f"cache_dir={world['cache']}",
-                                           "progress=false", f"encoder.name_or_path={world['bert']}"])
+                                           "progress=false", f"encoder.name_or_path={world[ENCODERS.get(model, 'bert')]}"])
     make, _ = model_factory(cfg.model, build(cfg.trainer), build(cfg.tail) if cfg.get("tail") else None)
     return make
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from recexp.errors import ConfigError
 from recexp.interfaces import FitContext, RecommenderBase, Split, TorchModel
 from recexp.models.sampling import Sampling
 from recexp.train import FitStats, TrainerConfig
+
+log = logging.getLogger(__name__)
 
 
 class TorchRecommender(RecommenderBase):
@@ -71,6 +74,10 @@ class TorchRecommender(RecommenderBase):
         self.module.prepare(split, ctx.device)
         if self.module.encoder is not None:
             self.module.encoder.tokens_trained = 0  # this fit's
+        if not any(p.requires_grad for p in self.module.parameters()):  # a zero-shot model (llm_ranker, frozen)
+            if self.trainer.explicit():
+                log.warning("%s has no trainable weights: trainer settings %s are not used.", self.name, self.trainer.explicit())
+            return
         offset = 0
         if self.lp_ft:
             with frozen_encoder(self.module):

@@ -20,7 +20,9 @@ encode as well: ``pooling=last`` takes the hidden state of each text's last real
 ``padding_side=left`` each text's positions count from its first real token, so a padded text computes
 what it computes alone (rotary positions are shift-invariant; learned absolute ones, as GPT-2's, are
 not). Under ``strategy=partial`` a LLaMA-style decoder's trained layers run over the cached states with
-its causal mask, its rotary positions and its final norm.
+its causal mask, its rotary positions and its final norm. A causal LM's language-model head is kept as
+``lm_head`` (frozen unless tied to embeddings a strategy trains) for the models that read token
+probabilities (``model=llm_ranker``); ``hidden_states`` gives them every position's last hidden state.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.utils import logging as hf_logging
 
@@ -142,7 +144,7 @@ class TextEncoder(nn.Module):
         path = resolve(name_or_path, models_dir) if name_or_path else default_model_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
+            self.model, self.lm_head = load_model(path, DTYPES[dtype])
         except (OSError, ValueError) as error:
             raise ConfigError(
                 f"Could not load encoder {path!r}: {error}\nOn an offline machine, set "
@@ -251,6 +253,15 @@ class TextEncoder(nn.Module):
             self.tokens_trained += int(batch["attention_mask"].sum())
         hidden = self.model(**batch, **self._positions(batch["attention_mask"])).last_hidden_state  # [N, virtual + L, dim]
         return pool(hidden[:, -batch["attention_mask"].shape[1] :], batch["attention_mask"], self.pooling)
+
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """input_ids [n, L], attention_mask [n, L] (padded on either side) -> last hidden states [n, L, dim], each
+        text at the positions it has alone; gradients flow when the encoder is trainable."""
+        if torch.is_grad_enabled() and self.trainable:
+            self._trained_now()
+            self.tokens_trained += int(mask.sum())
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -mask.shape[1] :]
 
     def _positions(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Under left padding, position ids [N, L] counting from each text's first real token (0 in the padding),
@@ -390,6 +401,17 @@ class TextEncoder(nn.Module):
         self.strategy.load(self.model, Path(directory))
         self._trained_now()
         self._forget_lower_states()
+
+
+def load_model(path: str, dtype: torch.dtype) -> tuple[nn.Module, nn.Module | None]:
+    """(the base transformer, the language-model head or None) of the checkpoint at ``path``. A causal LM is
+    loaded whole, so its head (tied to the input embeddings or not) is read with it; the head stays frozen
+    unless tied to embeddings that a strategy trains."""
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    if not any(name.endswith("ForCausalLM") for name in architectures):
+        return AutoModel.from_pretrained(path, dtype=dtype), None
+    causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return causal.base_model, causal.get_output_embeddings().requires_grad_(False)
 
 
 def is_rotary_decoder(model: nn.Module) -> bool:

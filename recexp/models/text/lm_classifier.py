@@ -48,9 +48,96 @@ PAIR_TOKENS = 128  # tokens per (history, candidate) pair unless encoder.max_len
 NOTHING = "none"
 
 
-class LMClassifier(nn.Module):
-    sampling = None  # trains on rated pairs, no sampled negatives (tail=reweight refuses it)
+class HistoryPairModel(nn.Module):
+    """What the models that read a pair's labelled history with its candidate share: the history tables, the
+    text-similarity shortlist for ranking, and chunked scoring of pairs. Subclasses give ``_outputs``: rows [n]
+    of a stage's history table, items [n] -> [n] logits of P(like) (or ratings)."""
 
+    sampling = None  # trains on rated pairs, no sampled negatives (tail=reweight refuses it)
+    pointwise_output = "probability"
+
+    def __init__(self, encoder: TextEncoder, threshold: float, history_items: int, rerank: int | None,
+                 samples_per_epoch: int | None):
+        super().__init__()
+        if history_items < 1 or (rerank is not None and rerank < 1) or (samples_per_epoch is not None and samples_per_epoch < 1):
+            raise ConfigError(
+                f"model.module.history_items, rerank and samples_per_epoch must be >= 1, got {history_items}, {rerank}, "
+                f"{samples_per_epoch}."
+            )
+        self.encoder = encoder
+        self.threshold, self.history_items, self.rerank = threshold, history_items, rerank
+        self.samples_per_epoch = samples_per_epoch
+        self.cpu_threads = None
+        self.stale = False
+
+    def prepare(self, split: Split, device: torch.device) -> None:
+        if self.pointwise_output == "probability" and len(np.unique(like_labels(split.train, self.threshold))) < 2:
+            raise ConfigError(
+                f"{type(self).__name__} needs liked and disliked training pairs, but every one is labelled the same (threshold "
+                f"{self.threshold}): set dataset.rating_field, or a model.module.threshold inside the rating range."
+            )
+        self.split = split
+        self.texts = item_texts(split)
+        self.titles = list(split.dataset.item_title) if split.dataset.item_title is not None else self.texts
+        self.to(device)
+        self.history = stage_histories(split, device)
+        self.tables: dict[str, HistoryTable] = {
+            name: history_table(split, name, self.history_items, self.threshold) for name in (TRAIN, *split.stages)
+        }
+        # shortlist encodings, taken before training (saved with the weights: not re-derivable after it)
+        self.register_buffer("prior", F.normalize(self.encoder.embed(self.texts), dim=-1))  # [n_items, enc]
+
+    def refresh(self) -> None:
+        """Nothing is cached from trained weights (frozen encoders' outputs never change)."""
+
+    def train_data(self, split: Split, seed: int) -> LabelledPairs:
+        if self.pointwise_output == "rating":
+            targets = split.train["rating"].to_numpy(np.float32)
+        else:
+            targets = like_labels(split.train, self.threshold)
+        return LabelledPairs(split.train, targets, seed, self.samples_per_epoch)
+
+    def _outputs(self, table: str, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [B] -> [B, n_items]: cross-encoder outputs on the shortlist, text cosine elsewhere (lower)."""
+        self.eval()
+        users = users.to(self.prior.device)
+        history = torch.index_select(self.history[stage], 0, users).to_dense()  # [B, n_items] 0/1
+        query = F.normalize(history @ self.prior, dim=-1)
+        prior = (query @ self.prior.T).masked_fill((history > 0) | ~self._candidates(stage), float("-inf"))
+        if self.rerank is None:
+            shortlist = torch.as_tensor(self.split.stage(stage).candidates, device=users.device).expand(len(users), -1)
+        else:
+            shortlist = prior.topk(min(self.rerank, prior.shape[1]), dim=1).indices  # [B, K]
+        outputs = self._chunked(users.repeat_interleave(shortlist.shape[1]), shortlist.reshape(-1), stage)
+        outputs = outputs.view_as(shortlist)
+        floor = outputs.min(dim=1, keepdim=True).values - 2.0  # cosines lie in [-1, 1]
+        return (floor + prior).scatter(1, shortlist, outputs)
+
+    @torch.no_grad()
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
+        """users [N], items [N] -> [N] P(like) (classification) or predicted ratings (regression)."""
+        self.eval()
+        outputs = self._chunked(users, items, stage)
+        return torch.sigmoid(outputs) if self.pointwise_output == "probability" else outputs
+
+    def _candidates(self, stage: str) -> torch.Tensor:
+        mask = torch.zeros(self.split.n_items, dtype=torch.bool, device=self.prior.device)
+        mask[torch.tensor(self.split.stage(stage).candidates, device=mask.device)] = True
+        return mask
+
+    def _chunked(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
+        """No-grad outputs for ``stage``'s pairs in chunks of the encoder's batch size: users [n], items [n] -> [n]."""
+        rows, items = self.tables[stage].rows(users, items), items.cpu()
+        size = self.encoder.batch_size
+        parts = [self._outputs(stage, rows[i : i + size], items[i : i + size]).float() for i in range(0, len(rows), size)]
+        return torch.cat(parts).to(users.device) if parts else torch.zeros(0, device=users.device)
+
+
+class LMClassifier(HistoryPairModel):
     def __init__(
         self,
         encoder: TextEncoder,
@@ -63,24 +150,16 @@ class LMClassifier(nn.Module):
         rerank: int | None = 20,
         samples_per_epoch: int | None = 4096,
     ):
-        super().__init__()
-        if history_items < 1 or (rerank is not None and rerank < 1) or (samples_per_epoch is not None and samples_per_epoch < 1):
-            raise ConfigError(
-                f"model.module.history_items, rerank and samples_per_epoch must be >= 1, got {history_items}, {rerank}, "
-                f"{samples_per_epoch}."
-            )
         if head not in HEADS:
             raise ConfigError(f"model.module.head={head!r} is unknown; choose one of {', '.join(HEADS)}.")
-        self.encoder = encoder.default_max_length(PAIR_TOKENS).adapt(strategy)
+        super().__init__(encoder.default_max_length(PAIR_TOKENS).adapt(strategy), threshold, history_items, rerank,
+                         samples_per_epoch)
         self.head = nn.Linear(encoder.dim, 1)
         self.rate_weight = nn.Parameter(torch.ones(())) if rate_prior and head == "classification" else None
         self.item_weight = nn.Parameter(torch.ones(())) if item_prior and head == "classification" else None
-        self.threshold, self.history_items, self.rerank, self.kind = threshold, history_items, rerank, head
-        self.samples_per_epoch = samples_per_epoch
+        self.kind = head
         self.pointwise_output = "probability" if head == "classification" else "rating"
         self.loss = "bce" if head == "classification" else "mse"
-        self.cpu_threads = None
-        self.stale = False
         self._pooled: dict[tuple[str, int, int], torch.Tensor] = {}  # frozen encoder: (table, row, item) -> pooled
 
     def trainer_defaults(self) -> dict:
@@ -89,30 +168,9 @@ class LMClassifier(nn.Module):
     def prepare(self, split: Split, device: torch.device) -> None:
         if self.kind == "regression" and split.train["rating"].isna().all():
             raise ConfigError("model.module.head=regression needs ratings: set dataset.rating_field.")
-        if self.kind == "classification" and len(np.unique(like_labels(split.train, self.threshold))) < 2:
-            raise ConfigError(
-                f"model=lm_classifier needs liked and disliked training pairs, but every one is labelled the same (threshold "
-                f"{self.threshold}): set dataset.rating_field, or a model.module.threshold inside the rating range."
-            )
-        self.split = split
-        self.texts = item_texts(split)
-        self.titles = list(split.dataset.item_title) if split.dataset.item_title is not None else self.texts
-        self.to(device)
-        self.history = stage_histories(split, device)
-        self.tables: dict[str, HistoryTable] = {
-            name: history_table(split, name, self.history_items, self.threshold) for name in (TRAIN, *split.stages)
-        }
+        super().prepare(split, device)
         self._pooled = {}
         self.register_buffer("item_logits", item_prior_logits(split, self.threshold).to(device), persistent=False)
-        # shortlist encodings, taken before training (saved with the weights: not re-derivable after it)
-        self.register_buffer("prior", F.normalize(self.encoder.embed(self.texts), dim=-1))  # [n_items, enc]
-
-    def refresh(self) -> None:
-        """Nothing is cached from trained weights (a frozen encoder's pooled outputs never change)."""
-
-    def train_data(self, split: Split, seed: int) -> LabelledPairs:
-        targets = split.train["rating"].to_numpy(np.float32) if self.kind == "regression" else like_labels(split.train, self.threshold)
-        return LabelledPairs(split.train, targets, seed, self.samples_per_epoch)
 
     def prompt(self, items: list[int], labels: list[float]) -> str:
         """A history (newest first, -1 padding) -> 'Liked: a; b. Disliked: c.' by item titles (short names)."""
@@ -153,40 +211,3 @@ class LMClassifier(nn.Module):
         if self.kind == "regression":
             return F.mse_loss(outputs, targets)
         return F.binary_cross_entropy_with_logits(outputs, targets)
-
-    @torch.no_grad()
-    def score(self, users: torch.Tensor, stage: str) -> torch.Tensor:
-        """users [B] -> [B, n_items]: cross-encoder outputs on the shortlist, text cosine elsewhere (lower)."""
-        self.eval()
-        users = users.to(self.prior.device)
-        history = torch.index_select(self.history[stage], 0, users).to_dense()  # [B, n_items] 0/1
-        query = F.normalize(history @ self.prior, dim=-1)
-        prior = (query @ self.prior.T).masked_fill((history > 0) | ~self._candidates(stage), float("-inf"))
-        if self.rerank is None:
-            shortlist = torch.as_tensor(self.split.stage(stage).candidates, device=users.device).expand(len(users), -1)
-        else:
-            shortlist = prior.topk(min(self.rerank, prior.shape[1]), dim=1).indices  # [B, K]
-        outputs = self._chunked(users.repeat_interleave(shortlist.shape[1]), shortlist.reshape(-1), stage)
-        outputs = outputs.view_as(shortlist)
-        floor = outputs.min(dim=1, keepdim=True).values - 2.0  # cosines lie in [-1, 1]
-        return (floor + prior).scatter(1, shortlist, outputs)
-
-    @torch.no_grad()
-    def score_pairs(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
-        """users [N], items [N] -> [N] P(like) (classification) or predicted ratings (regression)."""
-        self.eval()
-        outputs = self._chunked(users, items, stage)
-        return torch.sigmoid(outputs) if self.kind == "classification" else outputs
-
-    def _candidates(self, stage: str) -> torch.Tensor:
-        mask = torch.zeros(self.split.n_items, dtype=torch.bool, device=self.prior.device)
-        mask[torch.tensor(self.split.stage(stage).candidates, device=mask.device)] = True
-        return mask
-
-    def _chunked(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
-        """No-grad cross-encoding of ``stage``'s pairs in chunks: users [n], items [n] -> [n] head outputs."""
-        rows, items = self.tables[stage].rows(users, items), items.cpu()
-        size = self.encoder.batch_size
-        parts = [self._outputs(stage, rows[i : i + size], items[i : i + size]).float() for i in range(0, len(rows), size)]
-        return torch.cat(parts).to(users.device) if parts else torch.zeros(0, device=users.device)
-
