@@ -4,10 +4,13 @@ Tail items are those outside the head of the split's training popularity (the sc
 ``head_fraction``, as in the stage segments); items never trained on are tail items. Each tail item's
 text becomes ``original + " " + extra``, where ``extra`` is
 
-* ``generate``: what a Hugging Face causal or seq2seq model (``generator``) writes, greedily, for
-  ``prompt`` filled with the item's fields. Each output is cached on disk as one JSON file keyed by the
-  generator's fingerprint (sha256 over its config, vocabulary and weights), the prompt template,
-  ``max_new_tokens`` and the filled prompt; a file failing its sha256 is reported and regenerated.
+* ``generate``: what a Hugging Face causal or seq2seq model (``generator``: by default the packaged
+  SmolLM2-135M-Instruct, de-quantised 4-bit weights; any model id, folder or ``.gguf`` file) writes,
+  greedily, for ``prompt`` filled with the item's fields, as the user's message in the generator's chat
+  template where its tokenizer has one (instruct models). Each output is cached on disk as one JSON file
+  keyed by the generator's fingerprint (sha256 over its config, vocabulary and weights), whether the chat
+  template wrapped it, the prompt template, ``max_new_tokens`` and the filled prompt; a file failing its
+  sha256 is reported and regenerated.
 * ``keywords``: the words (three letters or more) of the item's nearest items' texts (cosine of the
   packaged all-MiniLM-L6-v2 embeddings) that are neither English stop words (scikit-learn's list) nor in
   its own text, ranked by summed similarity times count (ties: alphabetical).
@@ -39,6 +42,7 @@ from recexp.errors import ConfigError, check_int, check_number
 from recexp.files import atomic_file
 from recexp.interfaces import Recommender, Split
 from recexp.models.text.encoder import TextEncoder, weight_progress_bars
+from recexp.models.text.weights import resolve
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
 from recexp.tail import Wrapped
@@ -59,7 +63,7 @@ class Augment:
     def __init__(
         self,
         method: str = "keywords",
-        generator: str | None = None,
+        generator: str | None = "packaged:smollm2",
         prompt: str = "Describe the movie {movie_title} ({release_year}), genres {class}, in one sentence:",
         max_new_tokens: int = 32,
         batch_size: int = 16,
@@ -67,6 +71,7 @@ class Augment:
         neighbours: int = 10,
         head_fraction: float = 0.2,
         cache_dir: str | None = None,
+        models_dir: str | None = None,
         progress: bool = True,
     ):
         if method not in METHODS:
@@ -82,10 +87,10 @@ class Augment:
         self.generator: Generator | None = None
         if method == "generate":
             if not generator:
-                raise ConfigError("tail.method=generate needs tail.generator: a local Hugging Face model folder "
-                                  "(config.json, weights, tokenizer) or a model id; or use tail.method=keywords.")
+                raise ConfigError("tail.method=generate needs tail.generator: packaged:smollm2, a local Hugging Face model "
+                                  "folder (config.json, weights, tokenizer), a model id or a .gguf file; or use tail.method=keywords.")
             weight_progress_bars(progress)
-            self.generator = Generator(generator, self.cache_dir)
+            self.generator = Generator(generator, self.cache_dir, models_dir)
         self._encoder: TextEncoder | None = None
         self.items_augmented = 0
 
@@ -164,10 +169,11 @@ class Augmented(Wrapped):
 
 
 class Generator:
-    """A Hugging Face causal or seq2seq language model that writes text greedily, each output cached on disk."""
+    """A Hugging Face causal or seq2seq language model that writes text greedily, each output cached on disk;
+    prompts go through its chat template where its tokenizer has one."""
 
-    def __init__(self, name_or_path: str, cache_dir: Path | None):
-        path = os.path.expanduser(name_or_path)
+    def __init__(self, name_or_path: str, cache_dir: Path | None, models_dir: str | None = None):
+        path = resolve(os.path.expanduser(name_or_path), models_dir)
         try:
             config = AutoConfig.from_pretrained(path)
             self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
@@ -186,6 +192,7 @@ class Generator:
                               "end-of-text token, so its prompts cannot be batched; use another generator.")
         if not self.seq2seq:
             self.tokenizer.padding_side = "left"  # a causal model continues where each prompt ends
+        self.chat = self.tokenizer.chat_template is not None
         self.cache_dir = cache_dir
         self.generated = 0
         self.cache_hits = 0
@@ -223,8 +230,9 @@ class Generator:
         texts = []
         try:
             for start in tqdm(range(0, len(prompts), batch_size), desc="tail=augment", disable=not progress, leave=False):
-                batch = self.tokenizer(prompts[start : start + batch_size], padding=True, return_tensors="pt",
-                                       return_token_type_ids=False).to(device)
+                batch = self.tokenizer([self._message(p) for p in prompts[start : start + batch_size]], padding=True,
+                                       return_tensors="pt", return_token_type_ids=False,
+                                       add_special_tokens=not self.chat).to(device)
                 out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                           pad_token_id=self.tokenizer.pad_token_id)
                 new = out if self.seq2seq else out[:, batch["input_ids"].shape[1] :]
@@ -233,10 +241,16 @@ class Generator:
             self.model.to("cpu")
         return texts
 
+    def _message(self, prompt: str) -> str:
+        """The text the model reads for ``prompt``: the user's turn of its chat template, or the prompt itself."""
+        if not self.chat:
+            return prompt
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
     def _cache_path(self, template: str, max_new_tokens: int, prompt: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = json.dumps([self.fingerprint(), template, max_new_tokens, prompt])
+        key = json.dumps([self.fingerprint(), template, max_new_tokens, prompt] + (["chat"] if self.chat else []))
         return self.cache_dir / f"{sha256(key.encode())[:32]}.json"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,40 @@ def test_a_seq2seq_generator_is_loaded_as_one(tmp_path):
     assert len(texts) == 2 and all(isinstance(text, str) for text in texts)
 
 
+CHAT = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_instruct_generator_reads_each_prompt_as_the_users_turn_of_its_chat_template(generator, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = shutil.copytree(generator, tmp_path / "instruct")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT
+    tokenizer.save_pretrained(folder)
+    chat, plain = Generator(str(folder), tmp_path / "cache"), Generator(generator, tmp_path / "cache")
+    assert chat.chat and not plain.chat
+    prompt = "Describe galaxy robots comedy:"
+    [written] = chat.write([prompt], PROMPT, 4, 1, torch.device("cpu"))
+    ids = tokenizer(f"<user>{prompt}<assistant>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = AutoModelForCausalLM.from_pretrained(folder).generate(ids, max_new_tokens=4, do_sample=False,
+                                                                pad_token_id=tokenizer.pad_token_id)
+    assert written == " ".join(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split())
+    plain.write([prompt], PROMPT, 4, 1, torch.device("cpu"))
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # the chat-wrapped text is cached apart
+
+
+@pytest.mark.slow
+def test_the_packaged_smollm2_describes_a_movie_in_words(tmp_path):
+    writer = Augment(method="generate", cache_dir=str(tmp_path / "cache"), models_dir=str(tmp_path / "models"), progress=False)
+    assert writer.generator.chat
+    [text] = writer.generator.write(["Describe the movie Toy Story (1995), genres Animation Children's Comedy, in one sentence:"],
+                                    writer.prompt, writer.max_new_tokens, 1, torch.device("cpu"))
+    print("SmolLM2 wrote:", text)
+    words = text.lower().split()
+    assert len(words) >= 8 and any(w.strip(".,'\"") in {"toy", "story", "woody", "buzz", "toys", "animated"} for w in words)
+
+
 def test_keywords_by_hand():
     texts = ["red apple", "red cherry", "green apple", "the blue sky"]
     embeddings = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.9, 0.44, 0], [0.5, 0, 0.87], [0.2, 1.0, 0]]), dim=1)
@@ -194,7 +229,7 @@ def test_keywords_add_neighbour_words_to_tail_items_only_and_are_deterministic(s
     (dict(batch_size=0), r"tail.batch_size=0 is not allowed"),
     (dict(keywords=2.5), r"tail.keywords=2.5 is not allowed"),
     (dict(head_fraction=1), r"tail.head_fraction=1 is not allowed: it must be a number in \(0, 1\)"),
-    (dict(method="generate"), r"tail.method=generate needs tail.generator"),
+    (dict(method="generate", generator=None), r"tail.method=generate needs tail.generator"),
     (dict(method="generate", generator="/no/such/generator"),
      r"Could not load tail.generator '/no/such/generator'(.|\n)*point tail.generator at a local folder"),
 ])

@@ -243,7 +243,7 @@ CASES = [
     ("augment_keywords_zero", [*AUGMENT, "tail.keywords=0"], "tail.keywords=0 is not allowed", "run"),
     ("augment_neighbours_zero", [*AUGMENT, "tail.neighbours=0"], "tail.neighbours=0 is not allowed", "run"),
     ("augment_max_new_tokens_zero", [*GENERATE, "tail.max_new_tokens=0"], "tail.max_new_tokens=0 is not allowed", "run"),
-    ("augment_generate_without_generator", [*AUGMENT, "tail.method=generate"], "tail.method=generate needs tail.generator", "run"),
+    ("augment_generate_without_generator", [*AUGMENT, "tail.method=generate", "tail.generator=null"], "tail.method=generate needs tail.generator", "run"),
     ("augment_generator_missing", [*AUGMENT, "tail.method=generate", "tail.generator={data}/no_model"],
      "point tail.generator at a local folder holding config.json", "run"),
     ("augment_prompt_unknown_field", [*GENERATE, "tail.prompt='Describe {plot}:'"],
