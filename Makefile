@@ -59,10 +59,11 @@ PAPER_COMPARE_ARGS ?= --segments all,warm,cold --reference bpr
 CONTINUAL_DIR ?= outputs/continual/ml100k
 LONGTAIL_DIR ?= outputs/longtail/ml100k
 FEWSHOT_DIR ?= outputs/fewshot
+FEWSHOT_LLM_DIR ?= outputs/fewshot_llm
 COLD_USER_DIR ?= outputs/cold_user
 SEQTEXT_DIR ?= outputs/seqtext/$(PRESET)
 SCIENTIFIC_DIR ?= ../shared/datasets/amazon-scientific
-.PHONY: sweep compare paper continual longtail fewshot cold-user seqtext
+.PHONY: sweep compare paper continual longtail fewshot fewshot-llm cold-user seqtext
 
 sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DIR; rerun to resume
 	$(PY) -m recexp -m hydra/launcher=local_parallel logger=none $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP_DIR)
@@ -100,4 +101,9 @@ seqtext: install ## sequential recommendation with item text on Amazon Scientifi
 fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores, measured 88 min) into FEWSHOT_DIR
 	$(PY) -m recexp -m experiment=fewshot_tallrec hydra.sweep.dir=$(FEWSHOT_DIR)/runs
 	$(PY) -m recexp.compare $(FEWSHOT_DIR)/runs --out $(FEWSHOT_DIR) --metrics auc,gauc \
+	  --row-key model,strategy,scenario.shots --reference user_rate $(COMPARE_ARGS)
+
+fewshot-llm: install ## user cold start, few-shot, with a decoder LLM: llm_ranker (SmolLM2 zero-shot, LoRA, IA3) next to user_rate and MiniLM arms, K=16,64,256 x 3 seeds (hours on 2 cores) into FEWSHOT_LLM_DIR
+	$(PY) -m recexp -m experiment=fewshot_llm hydra.sweep.dir=$(FEWSHOT_LLM_DIR)/runs
+	$(PY) -m recexp.compare $(FEWSHOT_LLM_DIR)/runs --out $(FEWSHOT_LLM_DIR) --metrics auc,gauc \
 	  --row-key model,strategy,scenario.shots --reference user_rate $(COMPARE_ARGS)

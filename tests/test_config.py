@@ -94,7 +94,8 @@ def test_arm_composes_inside_each_paper_preset(arm):
 
 PRESET_ARMS = [("continual_ml100k", "continual_arm", p.stem) for p in sorted((CONF / "continual_arm").glob("*.yaml"))] + \
               [("longtail_ml100k", "longtail_arm", p.stem) for p in sorted((CONF / "longtail_arm").glob("*.yaml"))]
-TAIL_PARTS = {"rerank": "recexp.tail.Rerank", "reweight": "recexp.tail.Reweight", "augment": "recexp.augment.Augment"}
+TAIL_PARTS = {"rerank": "recexp.tail.Rerank", "reweight": "recexp.tail.Reweight", "augment": "recexp.augment.Augment",
+              "generate": "recexp.augment.Augment"}  # an arm name part -> its tail strategy
 
 
 def swept_arms(preset: str, group: str) -> dict[str, list[str]]:

@@ -112,20 +112,33 @@ def test_p_yes_is_the_causal_lms_softmax_over_yes_and_no_for_each_prompt_alone(t
     assert module.yes_no == [module.encoder.tokenizer.encode(a, add_special_tokens=False)[0] for a in ("Yes.", "No.")]
 
 
-def test_zero_shot_trains_nothing_and_scores_each_pair_once(tiny_causal, tallrec, cache_dir):
-    recommender = ranker(tiny_causal, cache_dir)
+def counting(recommender) -> list[int]:
+    """The number of prompts each forward pass of ``recommender``'s LM reads, as a list that grows."""
+    calls, forward = [], recommender.module._yes_logits
+    recommender.module._yes_logits = lambda sequences: calls.append(len(sequences)) or forward(sequences)
+    return calls
+
+
+def test_zero_shot_trains_nothing_and_scores_each_prompt_once_across_runs(tiny_causal, tallrec, tmp_path):
+    recommender = ranker(tiny_causal, tmp_path)
     before = {k: v.clone() for k, v in recommender.module.state_dict().items()}
-    recommender.fit(tallrec, context(cache_dir))
+    recommender.fit(tallrec, context(tmp_path))
     assert recommender.parameter_counts()[0] == 0 and recommender.effective()["epochs_run"] == 0
     assert all(torch.equal(v, before[k]) for k, v in recommender.module.state_dict().items() if k in before)
-    calls = []
-    forward = recommender.module._yes_logits
-    recommender.module._yes_logits = lambda sequences: calls.append(len(sequences)) or forward(sequences)
+    calls = counting(recommender)
     test = tallrec.parts["test"].iloc[:10]
     users, items = torch.tensor(test["user"].to_numpy()), torch.tensor(test["item"].to_numpy())
     first = recommender.score_pairs(users, items, "test")
-    second = recommender.score_pairs(users, items, "test")
-    assert sum(calls) == 10 and torch.equal(first, second)
+    assert sum(calls) == 10 and torch.equal(first, recommender.score_pairs(users, items, "test")) and sum(calls) == 10
+    another = ranker(tiny_causal, tmp_path)  # another run (another K or seed): the cache on disk answers
+    another.fit(tallrec, context(tmp_path))
+    again = counting(another)
+    assert torch.equal(another.score_pairs(users, items, "test"), first) and not again
+    trained = ranker(tiny_causal, tmp_path, "lora")  # an adapted model never reads it
+    trained.module.prepare(tallrec, torch.device("cpu"))
+    calls = counting(trained)
+    trained.score_pairs(users, items, "test")
+    assert sum(calls) == 10
 
 
 def test_loss_is_the_causal_lms_on_the_answer_tokens(tiny_causal, tallrec, cache_dir):

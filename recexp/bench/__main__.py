@@ -1,7 +1,7 @@
 """``make bench``: time and memory of recexp's own hot paths on ml-100k; writes ``outputs/bench/bench.json``.
 
     python -m recexp.bench [--out outputs/bench] [--device auto] [--models pop,bpr,text_tower] [--only SECTIONS]
-                           [--no-fewshot] [--no-evaluator] [--no-recbole] [--no-startup] [--no-training]
+                           [--no-fewshot] [--no-evaluator] [--no-recbole] [--no-startup] [--no-training] [--no-llm]
 
 Each section measures one hot path against a reference in the same run; the closing table gives each
 ratio and whether it meets its target.
@@ -26,6 +26,8 @@ ratio, and the range of the pairs' ratios), against its target ratio of 1.05.
 processes interleaved, against its target of 1.5 s more; and which heavy packages the Pop run imported.
 
 ``bare_loop`` and ``strategies`` (``--no-training`` skips both): see :mod:`recexp.bench.training`.
+
+``llm_load``, ``llm_loop`` and ``llm_run`` (``--no-llm`` skips them): see :mod:`recexp.bench.llm`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from recexp.bench.evaluator import bench_evaluator
+from recexp.bench.llm import bench_llm_load, bench_llm_loop, bench_llm_run
 from recexp.bench.recbole import bench_recbole
 from recexp.bench.runs import bench_fewshot, bench_model, bench_pipeline
 from recexp.bench.startup import bench_startup
@@ -50,6 +53,9 @@ SECTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] 
     "bare_loop": ("training", lambda args: bench_bare_loop(args.out)),
     "strategies": ("training", lambda args: bench_strategies(args.out)),
     "fewshot": ("fewshot", lambda args: bench_fewshot(args.out)),
+    "llm_load": ("llm", lambda args: bench_llm_load(args.out)),
+    "llm_loop": ("llm", lambda args: bench_llm_loop(args.out)),
+    "llm_run": ("llm", lambda args: bench_llm_run(args.out)),
 }
 
 
@@ -69,6 +75,8 @@ def main() -> None:
                         help="skip a Pop run's start-up against `import torch`")
     parser.add_argument("--no-training", dest="training", action="store_false",
                         help="skip the trained-encoder sections (bare loop, strategy ladder)")
+    parser.add_argument("--no-llm", dest="llm", action="store_false",
+                        help="skip the decoder LLM sections (SmolLM2 load, llm_ranker's loop, a K=256 llm_ranker run)")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     device = pick_device(args.device)
@@ -124,6 +132,18 @@ def headlines(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.append(("K=256 cross-encoder run s (vs user_rate run)", f"{f['lm_classifier_lora']['wall_s']:.1f}",
                      f"{f['user_rate']['wall_s']:.1f}", f"{f['ratio_to_user_rate']:.1f}x",
                      f"< {f['target_s']:.0f} s: {ok(f['within_target'])}"))
+    if "llm_load" in report:
+        r = report["llm_load"]
+        rows.append(("SmolLM2 load s, cached (vs first, de-quantising)", f"{r['cached_s']:.2f}", f"{r['first_s']:.1f}",
+                     f"{r['cached_s'] / r['first_s']:.2f}x", f"< {r['target_s']:.0f} s: {ok(r['within_target'])}"))
+    if "llm_loop" in report:
+        r = report["llm_loop"]
+        rows.append(("LoRA llm_ranker training tokens/s (vs bare loop)", f"{r['recexp_tokens_per_s']:,.0f}",
+                     f"{r['bare_tokens_per_s']:,.0f}", f"{r['ratio']:.3f}x", f">= {r['target']}x: {ok(r['within_target'])}"))
+    if "llm_run" in report:
+        r = report["llm_run"]
+        rows.append(("K=256 LoRA llm_ranker run s", f"{r['wall_s']:.0f}", "-", "-",
+                     f"< {r['target_s']:.0f} s: {ok(r['within_target'])}"))
     return rows
 
 

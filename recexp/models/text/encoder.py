@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -346,26 +346,34 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         """texts [N] -> [N, dim] in eval mode, batched; read from / written to the disk cache if frozen."""
-        path = self._cache_path(texts)
-        cached = self._read_cache(path, len(texts))
+        def encode() -> torch.Tensor:
+            embeddings = torch.zeros(len(texts), self.dim, device=self.device)
+            with evaluating(self):
+                tokens = self.tokenized(texts)
+                for rows in tokens.by_length(self.batch_size):
+                    embeddings[rows] = self.encode_rows(tokens, rows)  # fp32 (pool)
+            return embeddings
+        return self.cached(texts, self.dim, encode)
+
+    def cached(self, keys: list[str], width: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """[N, width] values that depend only on the frozen weights and ``keys`` (one string per row, e.g. its
+        text): read from the disk cache, else ``compute()``d and, when frozen, written to it."""
+        path = self._cache_path(keys)
+        cached = self._read_cache(path, (len(keys), width))
         if cached is not None:
             return cached
-        embeddings = torch.zeros(len(texts), self.dim, device=self.device)
-        with evaluating(self):
-            tokens = self.tokenized(texts)
-            for rows in tokens.by_length(self.batch_size):
-                embeddings[rows] = self.encode_rows(tokens, rows)  # fp32 (pool)
+        values = compute()
         if path is not None:
             self.cache_misses += 1
-            _save_atomically(embeddings, path)
-        return embeddings
+            _save_atomically(values, path)
+        return values
 
-    def _read_cache(self, path: Path | None, n: int) -> torch.Tensor | None:
-        """The [n, dim] embeddings cached at ``path`` (a hit), or None: no cache, no file, or a damaged one."""
+    def _read_cache(self, path: Path | None, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The values cached at ``path`` (a hit), or None: no cache, no file, or a damaged one."""
         if path is None or not path.is_file():
             return None
         try:
-            cached = read_embeddings(path, (n, self.dim))
+            cached = read_embeddings(path, shape)
         except DamagedCache as err:
             log.warning("Embedding cache damaged: %s; recomputing it.", err)
             return None
@@ -376,12 +384,12 @@ class TextEncoder(nn.Module):
         """How often :meth:`embed` read (hits) or wrote (misses) the disk cache."""
         return {"cache_hits": self.cache_hits, "cache_misses": self.cache_misses}
 
-    def _cache_path(self, texts: list[str]) -> Path | None:
+    def _cache_path(self, keys: list[str]) -> Path | None:
         if self.cache_dir is None or self.trainable:
             return None
         digest = hashlib.sha256(self.fingerprint().encode())
-        for text in texts:
-            digest.update(text.encode("utf-8") + b"\x00")
+        for key in keys:
+            digest.update(key.encode("utf-8") + b"\x00")
         return self.cache_dir / f"{digest.hexdigest()[:32]}.safetensors"
 
     def fingerprint(self) -> str:

@@ -11,7 +11,8 @@ score:   P(Yes) = softmax over the language-model logits of the first tokens of 
 loss:    cross-entropy of the language model on the answer, "Yes." or "No." and the end-of-text token
          (``train_on_prompt``: on the prompt's tokens as well, as TALLRec's ``--train_on_inputs`` runs).
 
-``strategy=frozen`` is a zero-shot LLM: nothing trains, and each prompt's score is computed once.
+``strategy=frozen`` is a zero-shot LLM: nothing trains, and the scores of a list of prompts are cached on disk
+with the encoder's embeddings (keyed by its weights and the prompts' tokens), so a sweep scores each stage once.
 ``lora`` (r 8, alpha 16 on q_proj and v_proj, as TALLRec, whose dropout 0.05 is
 ``strategy.config.lora_dropout``), ``ia3``, ``bottleneck``, ``partial`` and ``full_ft`` train. Prompts are
 tokenised once per pair, batched by length and padded on the left, so each batch is as long as its longest
@@ -81,7 +82,6 @@ class LLMRanker(HistoryPairModel):
         if self.yes_no[0] == self.yes_no[1]:
             raise ConfigError("The encoder's tokenizer starts 'Yes.' and 'No.' with the same token; llm_ranker cannot tell them apart.")
         self._ids: dict[tuple[str, int, int], list[int]] = {}  # (table, row, item) -> prompt token ids
-        self._frozen: dict[tuple[str, int, int], float] = {}  # zero-shot: (table, row, item) -> logit of P(Yes)
 
     @property
     def zero_shot(self) -> bool:
@@ -93,7 +93,7 @@ class LLMRanker(HistoryPairModel):
 
     def prepare(self, split, device: torch.device) -> None:
         super().prepare(split, device)
-        self._ids, self._frozen = {}, {}
+        self._ids = {}
 
     def prompt(self, history: list[int], labels: list[float], item: int, keep: int | None = None) -> str:
         """The prompt text of a history (newest first, -1 padding; its ``keep`` newest items) and a target item."""
@@ -147,22 +147,22 @@ class LLMRanker(HistoryPairModel):
         return F.linear(states.float(), weight.float(), bias)
 
     def _outputs(self, table: str, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """rows [n] of ``table``'s history rows, items [n] -> [n] logits of P(Yes), batched by prompt length."""
-        keys = list(zip(rows.tolist(), items.tolist()))
-        sequences = self.prompt_ids(table, *map(list, zip(*keys))) if keys else []
-        out = torch.zeros(len(keys))
-        todo = [n for n, key in enumerate(keys) if (table, *key) not in self._frozen]
-        todo.sort(key=lambda n: len(sequences[n]))
+        """rows [n] of ``table``'s history rows, items [n] -> [n] logits of P(Yes). Zero-shot, they are read from
+        the encoder's disk cache (keyed by its weights and the prompts) where it holds them."""
+        sequences = self.prompt_ids(table, rows.tolist(), items.tolist()) if len(rows) else []
+        if not self.zero_shot:
+            return self._batched(sequences)
+        keys = [f"llm_ranker P(Yes) {self.yes_no}: {' '.join(map(str, ids))}" for ids in sequences]
+        return self.encoder.cached(keys, 1, lambda: self._batched(sequences)[:, None])[:, 0].cpu()
+
+    def _batched(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Prompts [n] -> [n] logits of P(Yes), in batches of similar length."""
+        out = torch.zeros(len(sequences))
+        order = sorted(range(len(sequences)), key=lambda n: len(sequences[n]))
         size = self.encoder.batch_size
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
-            values = self._yes_logits([sequences[n] for n in batch]).cpu()
-            out[batch] = values
-            if self.zero_shot:
-                self._frozen.update({(table, *keys[n]): float(v) for n, v in zip(batch, values)})
-        done = [n for n in range(len(keys)) if n not in set(todo)]
-        if done:
-            out[done] = torch.tensor([self._frozen[(table, *keys[n])] for n in done])
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            out[batch] = self._yes_logits([sequences[n] for n in batch]).cpu()
         return out
 
     def _chunked(self, users: torch.Tensor, items: torch.Tensor, stage: str) -> torch.Tensor:
