@@ -95,7 +95,7 @@ cold-user: install ## user cold start on ml-100k cold_user (like rates, ID model
 seqtext: install ## sequential recommendation with item text on Amazon Scientific (UniSRec's files in SCIENTIFIC_DIR): Pop, RecBole SASRec, text_seq x item and strategy, 3 seeds (~3 h on 2 cores; PRESET=cpu|full) into SEQTEXT_DIR
 	SCIENTIFIC_DIR=$(SCIENTIFIC_DIR) $(PY) -m recexp -m experiment=seqtext_scientific$(if $(filter full,$(PRESET)),_full) hydra.sweep.dir=$(SEQTEXT_DIR)/runs
 	$(PY) -m recexp.compare $(SEQTEXT_DIR)/runs --out $(SEQTEXT_DIR) --metrics recall@10,ndcg@10,recall@50,ndcg@50 --segments all \
-	  --row-key model,strategy,model.item,model.softmax --reference sasrec \
+	  --row-key model,strategy,encoder,model.item,model.softmax --reference sasrec \
 	  --costs trainable_params,train_seconds,eval_seconds,encoder_tokens_per_second,peak_memory_mb $(COMPARE_ARGS)
 
 fewshot: install ## user cold start, few-shot: TALLRec's ml-100k protocol, 13 arms x K=16,64,256 x 3 seeds (~1.5 h on 2 cores, measured 88 min) into FEWSHOT_DIR

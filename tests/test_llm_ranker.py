@@ -107,6 +107,7 @@ def test_p_yes_is_the_causal_lms_softmax_over_yes_and_no_for_each_prompt_alone(t
     reference = AutoModelForCausalLM.from_pretrained(tiny_causal).eval()
     prompts = module.prompt_ids("test", module.tables["test"].rows(users, items).tolist(), items.tolist())
     assert len({len(p) for p in prompts}) > 5  # batches mix lengths: left padding is exercised
+    assert len(module.prefix) > 40 and all(p[: len(module.prefix)] == module.prefix for p in prompts)  # run once a batch
     expected = [yes_probability_alone(reference, ids, module.yes_no) for ids in prompts]
     torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=0)
     assert module.yes_no == [module.encoder.tokenizer.encode(a, add_special_tokens=False)[0] for a in ("Yes.", "No.")]
@@ -159,6 +160,7 @@ def test_loss_is_the_causal_lms_on_the_answer_tokens(tiny_causal, tallrec, cache
         total += float(reference(input_ids=torch.tensor([prompt + answer]), labels=targets).loss) * len(answer)
         count += len(answer)
     assert float(loss.detach()) == pytest.approx(total / count, abs=1e-5)
+    assert module.prefix  # the shared prompt start ran once for the batch
     loss.backward()
     assert module.encoder.model.layers[0].self_attn.q_proj.weight.grad is not None
 
@@ -247,3 +249,4 @@ def test_smollm2_p_yes_is_tallrecs_first_generated_step(tallrec, tmp_path):
         expected.append(float(torch.softmax(out.scores[0][0, module.yes_no], -1)[0]))
     torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-4, rtol=0)
     assert module.encoder.tokenizer.decode(module.answer_ids[0]) == "Yes.<|im_end|>"
+    assert module.encoder.tokenizer.decode(module.prefix).endswith("User Preference:")  # the system turn and the question

@@ -58,8 +58,10 @@ def bench_llm_loop(out: Path, rounds: int = 2, shots: int = 64) -> dict[str, Any
 
     model, split = compose_model("llm_ranker", [*LLM[1:], f"scenario.shots={shots}", "trainer.max_epochs=1",
                                                 "trainer.patience=1", "trainer.grad_accum=1"], out)
-    valid = split.parts["valid"].iloc[:16]  # validation is not timed: keep it short
-    split = dataclasses.replace(split, parts={**split.parts, "valid": valid})
+    valid = split.parts["valid"].iloc[:16]  # validation is not timed: 16 samples and their histories
+    history = split.parts["valid_history"]
+    split = dataclasses.replace(split, parts={**split.parts, "valid": valid,
+                                              "valid_history": history[history["sample"].isin(valid["sample"])]})
     ours, bare = [], []
     for round_ in range(rounds):
         model.fit(split, FitContext(NullLogger(), torch.device("cpu"), out / "llm_loop", round_, progress=False))

@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.utils import logging as hf_logging
 
@@ -254,14 +254,24 @@ class TextEncoder(nn.Module):
         hidden = self.model(**batch, **self._positions(batch["attention_mask"])).last_hidden_state  # [N, virtual + L, dim]
         return pool(hidden[:, -batch["attention_mask"].shape[1] :], batch["attention_mask"], self.pooling)
 
-    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [n, L], attention_mask [n, L] (padded on either side) -> last hidden states [n, L, dim], each
-        text at the positions it has alone; gradients flow when the encoder is trainable."""
+        text at the positions it has alone; gradients flow when the encoder is trainable. ``prefix`` [P]: token
+        ids that come before every row (a causal LM's shared prompt start), run once and read by every row
+        through the key/value cache, so each row computes what prefix + row computes alone."""
+        n = len(ids)
         if torch.is_grad_enabled() and self.trainable:
             self._trained_now()
-            self.tokens_trained += int(mask.sum())
+            self.tokens_trained += int(mask.sum()) + (0 if prefix is None else len(prefix) * n)  # tokens represented
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -mask.shape[1] :]
+        if prefix is None:
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -mask.shape[1] :]
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=prefix[None], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(n)
+        mask = torch.cat([mask.new_ones(n, len(prefix)), mask], dim=1)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions + len(prefix), cache=cache,
+                          use_cache=True).last_hidden_state
 
     def _positions(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Under left padding, position ids [N, L] counting from each text's first real token (0 in the padding),

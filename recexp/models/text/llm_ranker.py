@@ -82,6 +82,7 @@ class LLMRanker(HistoryPairModel):
         if self.yes_no[0] == self.yes_no[1]:
             raise ConfigError("The encoder's tokenizer starts 'Yes.' and 'No.' with the same token; llm_ranker cannot tell them apart.")
         self._ids: dict[tuple[str, int, int], list[int]] = {}  # (table, row, item) -> prompt token ids
+        self.prefix: list[int] = []  # token ids every prompt starts with, run once per batch (prepare finds them)
 
     @property
     def zero_shot(self) -> bool:
@@ -94,6 +95,19 @@ class LLMRanker(HistoryPairModel):
     def prepare(self, split, device: torch.device) -> None:
         super().prepare(split, device)
         self._ids = {}
+        self.prefix = self._shared_prefix()
+
+    def _shared_prefix(self) -> list[int]:
+        """The token ids every prompt starts with (the system turn, the instruction, up to the first history
+        title): those of two different prompts have in common, less their last (it may merge differently)."""
+        if self.train_on_prompt:
+            return []  # the loss reads every prompt token's prediction
+        first, second = ([self.encoder.tokenizer.encode(self.prompt([item], [1.0], item), add_special_tokens=not self.chat)]
+                         for item in (0, 1))
+        common = 0
+        while common < min(len(first[0]), len(second[0])) and first[0][common] == second[0][common]:
+            common += 1
+        return first[0][: max(common - 1, 0)]
 
     def prompt(self, history: list[int], labels: list[float], item: int, keep: int | None = None) -> str:
         """The prompt text of a history (newest first, -1 padding; its ``keep`` newest items) and a target item."""
@@ -121,16 +135,22 @@ class LLMRanker(HistoryPairModel):
                 if len(ids) > limit:
                     raise ConfigError(f"encoder.max_length={self.encoder.max_length} cannot hold llm_ranker's prompt without "
                                       f"its history ({len(ids)} tokens and the answer): raise it.")
+                if ids[: len(self.prefix)] != self.prefix:
+                    self.prefix = []  # a tokenizer that merges across it: every prompt runs whole
                 self._ids[(table, row, item)] = ids
         return [self._ids[(table, r, i)] for r, i in zip(rows, items)]
 
-    def _last_hidden(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """sequences [n] of token ids -> (last hidden states [n, L, dim], attention mask [n, L]), left-padded."""
-        width = max(len(s) for s in sequences)
+    def _last_hidden(self, sequences: list[list[int]]) -> tuple[torch.Tensor, int]:
+        """sequences [n] of token ids -> (last hidden states [n, L, dim] of what follows the shared prefix, left-padded,
+        and the prefix's length), the prefix run once for all of them."""
+        cut = len(self.prefix)
+        rest = [s[cut:] for s in sequences]
+        width = max(len(s) for s in rest)
         pad = self.encoder.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.encoder.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=ids.device)
-        return self.encoder.hidden_states(ids, mask), mask
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in rest], device=self.encoder.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in rest], device=ids.device)
+        prefix = torch.tensor(self.prefix, device=ids.device) if cut else None
+        return self.encoder.hidden_states(ids, mask, prefix), cut
 
     def _yes_logits(self, sequences: list[list[int]]) -> torch.Tensor:
         """Prompts [n] -> [n] log P(Yes) - log P(No) over the two answers' first tokens at the answer position."""
@@ -175,12 +195,12 @@ class LLMRanker(HistoryPairModel):
         rows, items, labels = batch
         prompts = self.prompt_ids(TRAIN, rows.tolist(), items.tolist())
         answers = [self.answer_ids[0 if y > 0.5 else 1] for y in labels.tolist()]
-        hidden, mask = self._last_hidden([p + a for p, a in zip(prompts, answers)])
+        hidden, cut = self._last_hidden([p + a for p, a in zip(prompts, answers)])
         width = hidden.shape[1]
         targets = torch.full((len(prompts), width), IGNORE, dtype=torch.long)
         for n, (p, a) in enumerate(zip(prompts, answers)):
-            start = 1 if self.train_on_prompt else len(p)  # the first token is never predicted
-            sequence = torch.tensor(p + a)
+            start = 1 if self.train_on_prompt else len(p) - cut  # the first token is never predicted
+            sequence = torch.tensor(p + a)[cut:]
             targets[n, width - len(sequence) + start :] = sequence[start:]
         predicted = targets[:, 1:] != IGNORE  # position t predicts token t + 1
         states = hidden[:, :-1][predicted.to(hidden.device)]  # [T, dim]
