@@ -81,7 +81,7 @@ continual: install ## continual learning on ml-100k time blocks (update rules x 
 	$(PY) -m recexp.compare $(CONTINUAL_DIR)/runs --out $(CONTINUAL_DIR) --metrics ndcg@10,recall@10 --segments all,new_items,new_users \
 	  --row-key model,strategy,task.update --reference "bpr (task.update=fine_tune)" $(COMPARE_ARGS)
 
-longtail: install ## the long tail on item cold start: 7 arms x 3 seeds, λ/α points, table and trade-off plot (~16 min on 2 cores) into LONGTAIL_DIR
+longtail: install ## the long tail on item cold start: 8 arms x 3 seeds, λ/α points, table and trade-off plot (~16 min on 2 cores before the generated-text arm) into LONGTAIL_DIR
 	$(PY) -m recexp -m experiment=longtail_ml100k hydra.sweep.dir=$(LONGTAIL_DIR)/runs
 	$(PY) -m recexp -m experiment=longtail_ml100k_tradeoff hydra.sweep.dir=$(LONGTAIL_DIR)/runs
 	$(PY) -m recexp.compare $(LONGTAIL_DIR)/runs --out $(LONGTAIL_DIR) --metrics ndcg@10,recall@10,aplt@10,itemcoverage@10,gini@10 \

@@ -102,12 +102,10 @@ class LLMRanker(HistoryPairModel):
         title): those of two different prompts have in common, less their last (it may merge differently)."""
         if self.train_on_prompt:
             return []  # the loss reads every prompt token's prediction
-        first, second = ([self.encoder.tokenizer.encode(self.prompt([item], [1.0], item), add_special_tokens=not self.chat)]
+        first, second = (self.encoder.tokenizer.encode(self.prompt([item], [1.0], item), add_special_tokens=not self.chat)
                          for item in (0, 1))
-        common = 0
-        while common < min(len(first[0]), len(second[0])) and first[0][common] == second[0][common]:
-            common += 1
-        return first[0][: max(common - 1, 0)]
+        common = next((n for n, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+        return first[: max(common - 1, 0)]
 
     def prompt(self, history: list[int], labels: list[float], item: int, keep: int | None = None) -> str:
         """The prompt text of a history (newest first, -1 padding; its ``keep`` newest items) and a target item."""
