@@ -783,7 +783,7 @@ def test_fewshot_arms_are_labelled_model_or_model_strategy(arm):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=fewshot_tallrec", f"+fewshot_arm={arm}", "logger=none"])
     run = Run(Path("runs") / arm, {"config": OmegaConf.to_container(cfg, resolve=False)})
-    text = arm.startswith(("lm_classifier", "text_", "fusion_"))
+    text = arm.startswith(("lm_classifier", "llm_ranker", "text_", "fusion_"))
     assert uses_text_encoder(run) is text
 
 
