@@ -72,7 +72,7 @@ sweep: install ## small sweep (Pop, BPR x 2 seeds, 2 jobs at once) into SWEEP_DI
 compare: install ## tables and plots of the runs under DIR (default SWEEP_DIR) into OUT (default DIR/compare)
 	$(PY) -m recexp.compare $(DIR) --out $(or $(OUT),$(DIR)/compare) $(COMPARE_ARGS)
 
-paper: install ## paper comparison end to end (PRESET=cpu: < 30 min on 2 cores; PRESET=full: GPU) into PAPER_DIR
+paper: install ## paper comparison end to end (PRESET=cpu: < 30 min on 2 cores before the SmolLM2 arms; PRESET=full: GPU) into PAPER_DIR
 	$(PY) -m recexp -m experiment=paper_$(PRESET) hydra.sweep.dir=$(PAPER_DIR)/paper_$(PRESET)
 	$(PY) -m recexp.compare $(PAPER_DIR)/paper_$(PRESET) --out $(PAPER_DIR) $(PAPER_COMPARE_ARGS) $(COMPARE_ARGS)
 

@@ -177,7 +177,7 @@ def test_optuna_study_continues_in_its_storage(tmp_path):
 
 PAPER_ARMS = {
     "pop", "bpr", "lightgcn", "text_tower_frozen", "text_tower_partial", "text_tower_lora", "text_tower_full_ft",
-    "fusion_frozen", "fusion_partial", "fusion_lora",
+    "fusion_frozen", "fusion_partial", "fusion_lora", "text_tower_frozen_smollm2", "text_tower_lora_smollm2",
 }
 # arm -> (model, strategy or None for models without a text encoder, budget key or None)
 ARMS = {
@@ -186,6 +186,8 @@ ARMS = {
     "lightgcn": ("lightgcn", None, "lightgcn_epochs"),
     **{f"{m}_frozen": (m, "frozen", "frozen_text_epochs") for m in ("text_tower", "fusion")},
     **{f"{m}_{s}": (m, s, "tuned_text_epochs") for m in ("text_tower", "fusion") for s in ("partial", "lora", "full_ft")},
+    "text_tower_frozen_smollm2": ("text_tower", "frozen", "frozen_text_epochs"),  # encoder=smollm2 (the arm's suffix)
+    "text_tower_lora_smollm2": ("text_tower", "lora", "tuned_text_epochs"),
 }
 
 
@@ -213,6 +215,7 @@ def test_arm_selects_its_pair_and_reads_the_budget(preset, arm):
     model, strategy, budget = ARMS[arm]
     cfg = compose_paper(f"experiment={preset}", f"+arm={arm}")
     assert cfg.hydra.runtime.choices.model == model
+    assert cfg.hydra.runtime.choices.encoder == ("smollm2" if arm.endswith("_smollm2") else "minilm")
     if strategy:
         assert cfg.hydra.runtime.choices.strategy == strategy
     assert cfg.trainer.max_epochs == (cfg.budget[budget] if budget else None)
