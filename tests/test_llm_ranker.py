@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from recexp.config import build
 from recexp.errors import ConfigError
+from recexp.evaluate import Evaluator
 from recexp.interfaces import TRAIN
 from recexp.models.text.encoder import TextEncoder
 from recexp.models.text.llm_ranker import LLMRanker
@@ -195,6 +196,43 @@ def test_lora_trains_the_adapters_and_reloads_the_same_scores(tiny_causal, tallr
     fresh = ranker(tiny_causal, cache_dir, "lora", *settings)
     fresh.load(tmp_path / "model", tallrec)
     torch.testing.assert_close(fresh.score_pairs(users, items, "test"), scores, atol=1e-6, rtol=0)
+
+
+def test_the_final_evaluation_reads_the_scores_validation_computed_with_the_same_weights(tiny_causal, tallrec, cache_dir,
+                                                                                        tmp_path):
+    recommender = ranker(tiny_causal, cache_dir, "lora", "trainer.max_epochs=2", "trainer.patience=2", "trainer.grad_accum=1",
+                         "model.module.samples_per_epoch=8")
+    recommender.fit(tallrec, context(tmp_path))  # validates every valid pair after each epoch, keeps the best weights
+    calls, evaluator = counting(recommender), Evaluator(ks=[10])
+    remembered = evaluator.evaluate(recommender, tallrec, "valid", torch.device("cpu"))
+    assert not calls  # the kept epoch's weights were scored on these prompts during training
+    recommender.module._scores.clear()
+    assert evaluator.evaluate(recommender, tallrec, "valid", torch.device("cpu")).metrics == remembered.metrics
+    assert sum(calls) == len(tallrec.parts["valid"])
+    with torch.no_grad():  # other weights: scored afresh
+        next(p for n, p in recommender.module.named_parameters() if "lora_B" in n).add_(0.5)
+    changed = evaluator.evaluate(recommender, tallrec, "valid", torch.device("cpu"))
+    assert sum(calls) == 2 * len(tallrec.parts["valid"]) and changed.metrics != remembered.metrics
+
+
+def test_training_batches_hold_prompts_of_similar_length(tiny_causal, ml100k, cache_dir, tmp_path):
+    split = build_or_load(ml100k, TallRecScenario(shots=256), 0, cache_dir)
+    recommender = ranker(tiny_causal, cache_dir, "lora", "trainer.max_epochs=1", "trainer.grad_accum=1")
+    module, seen = recommender.module, []
+    forward = module.forward
+    module.forward = lambda batch: seen.append(batch[0].tolist()) or forward(batch)
+    module.prepare(split, torch.device("cpu"))
+    module._outputs = lambda table, rows, items: torch.zeros(len(rows))
+    recommender.fit(split, context(tmp_path, seed=0))
+    drawn = module.train_data(split, 0)  # the epoch's pairs in their ungrouped order
+    rows = [r for batch in seen for r in batch]
+    assert sorted(rows) == sorted(drawn.rows[drawn.order].tolist()) and len(seen) == 32
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(max(lengths) * len(lengths) for lengths in
+                   ([len(module._ids[(TRAIN, r, int(split.train["item"].iat[r]))]) for r in batch] for batch in batches))
+    ungrouped = drawn.rows[drawn.order].tolist()
+    assert padded(seen) < 0.97 * padded([ungrouped[i : i + 8] for i in range(0, 256, 8)])
 
 
 def test_llm_ranker_refuses_an_encoder_without_a_language_model_head(tiny_bert, cache_dir):

@@ -84,6 +84,7 @@ def bare_llm_epoch(module, split, seed: int, batch_size: int, lr: float = 1e-4) 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
     data = module.train_data(split, seed)
+    data.group_by_length(batch_size)  # the batches recexp's loop trains on, prompts of similar length together
     batches = [data.__getitems__(list(range(i, min(i + batch_size, len(data))))) for i in range(0, len(data), batch_size)]
     texts = []
     for rows, items, labels in batches:  # the prompts recexp reads (tokenising is not timed in either loop)

@@ -17,6 +17,7 @@ A label is the row's ``label`` column where the split has one, else ``rating >= 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,19 +175,34 @@ def rate_logit(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class LabelledPairs(Dataset):
     """One epoch of labelled train pairs: batches (rows, items, targets), rows indexing the train
-    :class:`HistoryTable`; ``limit`` pairs per epoch (a fresh seeded sample; all when null)."""
+    :class:`HistoryTable`; ``limit`` pairs per epoch (a fresh seeded sample; all when null). With ``lengths``
+    ((rows, items) -> tokens of each pair), :meth:`group_by_length` makes batches of pairs of similar length."""
 
-    def __init__(self, frame: pd.DataFrame, targets: np.ndarray, seed: int, limit: int | None):
+    def __init__(self, frame: pd.DataFrame, targets: np.ndarray, seed: int, limit: int | None,
+                 lengths: Callable[[torch.Tensor, torch.Tensor], list[int]] | None = None):
         known = ~np.isnan(targets)
         self.rows = torch.as_tensor(np.flatnonzero(known))
         self.items = torch.as_tensor(frame["item"].to_numpy()[known])
         self.targets = torch.as_tensor(targets[known])
-        self.seed, self.limit, self.epoch = seed, limit, None
+        self.seed, self.limit, self.lengths, self.batch_size, self.epoch = seed, limit, lengths, None, None
         self.set_epoch(0)
+
+    def group_by_length(self, batch_size: int) -> None:
+        """From now on each run of ``batch_size`` pairs holds pairs of similar length (where ``lengths`` is
+        given): the training loop calls it with its batch size, so batches pad little."""
+        if self.lengths is not None:
+            self.batch_size, self.epoch = batch_size, None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.epoch, self.order = epoch, epoch_order(len(self.rows), self.seed, epoch, self.limit)
+            order = epoch_order(len(self.rows), self.seed, epoch, self.limit)
+            if self.batch_size:  # transformers' group_by_length order: shuffled, sorted within mega-batches
+                from transformers.trainer_pt_utils import get_length_grouped_indices  # 1.5 s to import
+
+                lengths = self.lengths(self.rows[order], self.items[order])
+                generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+                order = order[get_length_grouped_indices(lengths, self.batch_size, generator=generator)]
+            self.epoch, self.order = epoch, order
 
     def __len__(self) -> int:
         return len(self.order)

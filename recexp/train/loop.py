@@ -77,6 +77,8 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
     torch.manual_seed(ctx.seed)
     accelerator = make_accelerator(ctx.device, config)
     per_process = max(1, config.batch_size // accelerator.num_processes)  # each global batch is shared out
+    if hasattr(data, "group_by_length"):  # texts of varying length: batches of similar lengths pad little
+        data.group_by_length(per_process)
     loader = DataLoader(data, batch_size=per_process, shuffle=False, collate_fn=keep_batch)
     if len(loader) == 0:
         raise TrainingError(f"{type(model).__name__} got no training examples: the split's train part is empty.")

@@ -14,12 +14,16 @@ loss:    cross-entropy of the language model on the answer, "Yes." or "No." and 
 ``strategy=frozen`` is a zero-shot LLM: nothing trains, and the scores of a list of prompts are cached on disk
 with the encoder's embeddings (keyed by its weights and the prompts' tokens), so a sweep scores each stage once.
 ``lora`` (r 8, alpha 16 on q_proj and v_proj, as TALLRec, whose dropout 0.05 is
-``strategy.config.lora_dropout``), ``ia3``, ``bottleneck``, ``partial`` and ``full_ft`` train. Prompts are
-tokenised once per pair, batched by length and padded on the left, so each batch is as long as its longest
-prompt and every prompt ends at the answer position. A history too long for ``encoder.max_length`` loses its
+``strategy.config.lora_dropout``), ``ia3``, ``bottleneck``, ``partial`` and ``full_ft`` train; their scores
+are kept in memory by weights, so the final evaluation reads those the trainer's validation computed with
+the kept weights. Prompts are tokenised once per pair, batched by length (training batches as transformers'
+``group_by_length`` draws them) and padded on the left, so each batch is as long as its longest prompt and
+every prompt ends at the answer position. A history too long for ``encoder.max_length`` loses its
 oldest items, never the question. Ranking stages re-rank a shortlist as ``lm_classifier`` does.
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +86,7 @@ class LLMRanker(HistoryPairModel):
         if self.yes_no[0] == self.yes_no[1]:
             raise ConfigError("The encoder's tokenizer starts 'Yes.' and 'No.' with the same token; llm_ranker cannot tell them apart.")
         self._ids: dict[tuple[str, int, int], list[int]] = {}  # (table, row, item) -> prompt token ids
+        self._scores: dict[tuple[str, str], torch.Tensor] = {}  # (table, weights and prompts digest) -> scores
         self.prefix: list[int] = []  # token ids every prompt starts with, run once per batch (prepare finds them)
 
     @property
@@ -94,7 +99,7 @@ class LLMRanker(HistoryPairModel):
 
     def prepare(self, split, device: torch.device) -> None:
         super().prepare(split, device)
-        self._ids = {}
+        self._ids, self._scores = {}, {}
         self.prefix = self._shared_prefix()
 
     def _shared_prefix(self) -> list[int]:
@@ -169,9 +174,26 @@ class LLMRanker(HistoryPairModel):
         the encoder's disk cache (keyed by its weights and the prompts) where it holds them."""
         sequences = self.prompt_ids(table, rows.tolist(), items.tolist()) if len(rows) else []
         if not self.zero_shot:
-            return self._batched(sequences)
+            key = (table, self._digest(sequences))
+            if key not in self._scores:
+                self._scores[key] = self._batched(sequences)
+            return self._scores[key].clone()
         keys = [f"llm_ranker P(Yes) {self.yes_no}: {' '.join(map(str, ids))}" for ids in sequences]
         return self.encoder.cached(keys, 1, lambda: self._batched(sequences)[:, None])[:, 0].cpu()
+
+    def _digest(self, sequences: list[list[int]]) -> str:
+        """What a trained model's scores of ``sequences`` depend on: the prompts and every trainable weight (a
+        restored epoch's weights hash as they did then). The final evaluation reads the scores the trainer's
+        validation computed with the same weights (one scoring pass of the valid pairs less a run)."""
+        digest = hashlib.blake2b(str(sequences).encode())
+        for weight in self.parameters():
+            if weight.requires_grad:
+                digest.update(weight.detach().cpu().contiguous().view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    def pair_lengths(self, rows: torch.Tensor, items: torch.Tensor) -> list[int]:
+        """Train rows [n], items [n] -> tokens of each prompt (tokenised once: training reads the same ids)."""
+        return [len(ids) for ids in self.prompt_ids(TRAIN, rows.tolist(), items.tolist())]
 
     def _batched(self, sequences: list[list[int]]) -> torch.Tensor:
         """Prompts [n] -> [n] logits of P(Yes), in batches of similar length."""

@@ -55,6 +55,7 @@ class HistoryPairModel(nn.Module):
 
     sampling = None  # trains on rated pairs, no sampled negatives (tail=reweight refuses it)
     pointwise_output = "probability"
+    pair_lengths = None  # (train rows, items) -> tokens of each pair, where training batches group by length
 
     def __init__(self, encoder: TextEncoder, threshold: float, history_items: int, rerank: int | None,
                  samples_per_epoch: int | None):
@@ -95,7 +96,7 @@ class HistoryPairModel(nn.Module):
             targets = split.train["rating"].to_numpy(np.float32)
         else:
             targets = like_labels(split.train, self.threshold)
-        return LabelledPairs(split.train, targets, seed, self.samples_per_epoch)
+        return LabelledPairs(split.train, targets, seed, self.samples_per_epoch, self.pair_lengths)
 
     def _outputs(self, table: str, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
