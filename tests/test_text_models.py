@@ -130,10 +130,13 @@ def test_same_seed_same_scores(tiny_bert, small_split, tmp_path):
 def test_frozen_text_tower_reuses_cached_embeddings(tiny_bert, small_split, tmp_path):
     first = build_model("text_tower", "frozen", tiny_bert, tmp_path)
     first.fit(small_split, context(tmp_path))
-    assert first.cost_extras()["cache_misses"] == 1
+    cost, tokens = first.cost_extras(), first.module.encoder.tokenized(first.module.texts).lengths
+    assert cost["cache_misses"] == 1 and cost["encoder_tokens_encoded"] == int(tokens.sum())  # every item text once
+    assert cost["encoder_encode_tokens_per_second"] > 0
     second = build_model("text_tower", "frozen", tiny_bert, tmp_path)
     second.fit(small_split, context(tmp_path))
-    assert second.cost_extras()["cache_misses"] == 0 and second.cost_extras()["cache_hits"] >= 1
+    cost = second.cost_extras()
+    assert cost["cache_misses"] == 0 and cost["cache_hits"] >= 1 and "encoder_encode_tokens_per_second" not in cost
     assert len(list((tmp_path / "embeddings").glob("*.safetensors"))) == 1
 
 

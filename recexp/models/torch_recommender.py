@@ -112,6 +112,9 @@ class TorchRecommender(RecommenderBase):
             if self.stats.train_seconds > 0 and encoder.tokens_trained:
                 extras["encoder_tokens_trained"] = encoder.tokens_trained
                 extras["encoder_tokens_per_second"] = encoder.tokens_trained / self.stats.train_seconds
+            if encoder.encode_seconds > 0:  # embedding passes run (not read from the cache): inference throughput
+                extras["encoder_tokens_encoded"] = encoder.tokens_encoded
+                extras["encoder_encode_tokens_per_second"] = encoder.tokens_encoded / encoder.encode_seconds
         if self.lp_ft:
             extras["probe"] = self.probe_stats.cost()  # the fine-tuning phase's figures are the top-level ones
         return extras

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -166,6 +167,7 @@ class TextEncoder(nn.Module):
         self._pristine: str | None = None  # the pretrained fingerprint while the adapted encoder still computes the same
         self._tokenized: dict[tuple[str, ...], TokenizedTexts] = {}  # a few text lists (items, users)
         self.tokens_trained = 0  # real tokens encoded with gradient (cost ledger)
+        self.tokens_encoded, self.encode_seconds = 0, 0.0  # real tokens embedded without gradient, and the seconds it took
 
     @property
     def dim(self) -> int:
@@ -358,10 +360,13 @@ class TextEncoder(nn.Module):
         """texts [N] -> [N, dim] in eval mode, batched; read from / written to the disk cache if frozen."""
         def encode() -> torch.Tensor:
             embeddings = torch.zeros(len(texts), self.dim, device=self.device)
+            start = time.perf_counter()
             with evaluating(self):
                 tokens = self.tokenized(texts)
                 for rows in tokens.by_length(self.batch_size):
                     embeddings[rows] = self.encode_rows(tokens, rows)  # fp32 (pool)
+            self.tokens_encoded += int(tokens.lengths.sum())
+            self.encode_seconds += time.perf_counter() - start
             return embeddings
         return self.cached(texts, self.dim, encode)
 
