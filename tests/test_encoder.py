@@ -1,4 +1,4 @@
-"""The text encoder's settings (``encoder.*``) on the packaged all-MiniLM-L6-v2: max length and dtype."""
+"""The text encoder's settings (``encoder.*``): max length, dtype, device_map and gradient checkpointing."""
 from __future__ import annotations
 
 import pytest
@@ -38,3 +38,32 @@ def test_bf16_weights_give_fp32_vectors_close_to_fp32_ones(minilm):
 def test_unknown_dtype_is_refused():
     with pytest.raises(ConfigError, match="encoder.dtype='fp8' is unknown; choose one of fp32, bf16, fp16"):
         TextEncoder(dtype="fp8", progress=False)
+
+
+def test_device_map_places_the_weights_when_they_load(tiny_bert):
+    encoder = TextEncoder(str(tiny_bert), device_map="cpu", progress=False)
+    assert next(encoder.model.parameters()).device.type == "cpu" and encoder(TEXTS).isfinite().all()
+    with pytest.raises(ConfigError, match="Unsupported device type 'meta'"):  # transformers reads the map
+        TextEncoder(str(tiny_bert), device_map="meta", progress=False)
+
+
+def test_a_device_map_over_several_devices_is_refused(tiny_bert, monkeypatch):
+    import recexp.models.text.encoder as encoder_module
+
+    load = encoder_module.load_model
+
+    def spread(*args):
+        model, head = load(*args)
+        model.hf_device_map = {"embeddings": 0, "encoder": 1}
+        return model, head
+    monkeypatch.setattr(encoder_module, "load_model", spread)
+    with pytest.raises(ConfigError, match=r"encoder.device_map='auto' spreads the model over \['0', '1'\]"):
+        TextEncoder(str(tiny_bert), device_map="auto", progress=False)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_refused(tiny_bert, monkeypatch):
+    from transformers import BertModel
+
+    monkeypatch.setattr(BertModel, "supports_gradient_checkpointing", False)
+    with pytest.raises(ConfigError, match="encoder.gradient_checkpointing=true, but BertModel does not support it"):
+        TextEncoder(str(tiny_bert), gradient_checkpointing=True, progress=False)

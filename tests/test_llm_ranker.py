@@ -166,6 +166,27 @@ def test_loss_is_the_causal_lms_on_the_answer_tokens(tiny_causal, tallrec, cache
     assert module.encoder.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
+def test_gradient_checkpointing_computes_the_same_loss_and_gradients(tiny_causal, tallrec, cache_dir):
+    train = tallrec.train.iloc[:6]
+    batch = (torch.arange(len(train)), torch.tensor(train["item"].to_numpy()), torch.tensor(train["label"].to_numpy(), dtype=torch.float32))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = ranker(tiny_causal, cache_dir, "lora", "strategy.config.lora_dropout=0.0",
+                        f"encoder.gradient_checkpointing={checkpointing}").module
+        module.prepare(tallrec, torch.device("cpu"))
+        module.train()
+        assert module.prefix and module.encoder.model.is_activation_checkpointing == checkpointing
+        loss = module(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-6)
+    assert plain_grads.keys() == checkpointed_grads.keys() and any(g.abs().sum() > 0 for g in plain_grads.values())
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
 def test_a_long_history_loses_its_oldest_items_not_the_question(tiny_causal, tallrec, cache_dir):
     module = ranker(tiny_causal, cache_dir, "frozen", "encoder.max_length=180").module
     module.prepare(tallrec, torch.device("cpu"))

@@ -131,6 +131,8 @@ class TextEncoder(nn.Module):
         dtype: str = "fp32",
         padding_side: str | None = None,
         models_dir: str | None = None,
+        gradient_checkpointing: bool = False,
+        device_map: str | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -145,13 +147,23 @@ class TextEncoder(nn.Module):
         path = resolve(name_or_path, models_dir) if name_or_path else default_model_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model, self.lm_head = load_model(path, DTYPES[dtype])
+            self.model, self.lm_head = load_model(path, DTYPES[dtype], device_map)
         except (OSError, ValueError) as error:
             raise ConfigError(
                 f"Could not load encoder {path!r}: {error}\nOn an offline machine, set "
                 "encoder.name_or_path to a local folder holding config.json, the weights and the "
                 "tokenizer files (or null for the packaged all-MiniLM-L6-v2)."
             ) from error
+        placed = set(getattr(self.model, "hf_device_map", {}).values())
+        if len(placed) > 1:
+            raise ConfigError(f"encoder.device_map={device_map!r} spreads the model over {sorted(map(str, placed))}: a run moves "
+                              "it whole to its device; use a map onto one device, and accelerate launch for several GPUs.")
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:  # recompute each layer in the backward pass: activations of one layer kept, not all
+            if not self.model.supports_gradient_checkpointing:
+                raise ConfigError(f"encoder.gradient_checkpointing=true, but {type(self.model).__name__} does not support it: "
+                                  "set it to false.")
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
         if self.tokenizer.pad_token is None:  # decoder-only models: pad with end-of-text (masked out)
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if padding_side is not None:
@@ -266,6 +278,12 @@ class TextEncoder(nn.Module):
             self._trained_now()
             self.tokens_trained += int(mask.sum()) + (0 if prefix is None else len(prefix) * n)  # tokens represented
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if prefix is not None and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # checkpointed layers drop the key/value cache while training: the prefix runs with every row instead
+            ids, mask = torch.cat([prefix.expand(n, -1), ids], dim=1), torch.cat([mask.new_ones(n, len(prefix)), mask], dim=1)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            return hidden[:, len(prefix) :]
         if prefix is None:
             return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -mask.shape[1] :]
         cache = DynamicCache(config=self.model.config)
@@ -426,14 +444,14 @@ class TextEncoder(nn.Module):
         self._forget_lower_states()
 
 
-def load_model(path: str, dtype: torch.dtype) -> tuple[nn.Module, nn.Module | None]:
-    """(the base transformer, the language-model head or None) of the checkpoint at ``path``. A causal LM is
-    loaded whole, so its head (tied to the input embeddings or not) is read with it; the head stays frozen
-    unless tied to embeddings that a strategy trains."""
+def load_model(path: str, dtype: torch.dtype, device_map: str | None = None) -> tuple[nn.Module, nn.Module | None]:
+    """(the base transformer, the language-model head or None) of the checkpoint at ``path``, its weights placed by
+    ``device_map`` (transformers'; None: on the CPU). A causal LM is loaded whole, so its head (tied to the input
+    embeddings or not) is read with it; the head stays frozen unless tied to embeddings that a strategy trains."""
     architectures = AutoConfig.from_pretrained(path).architectures or []
     if not any(name.endswith("ForCausalLM") for name in architectures):
-        return AutoModel.from_pretrained(path, dtype=dtype), None
-    causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModel.from_pretrained(path, dtype=dtype, device_map=device_map), None
+    causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
     return causal.base_model, causal.get_output_embeddings().requires_grad_(False)
 
 
