@@ -382,7 +382,7 @@ class TorchModel(Scorer, Protocol):
         """Build what scoring ``split`` needs (histories, tables) and move to ``device``."""
 
     def train_data(self, split: Split, seed: int) -> Any:
-        """A torch ``Dataset`` whose ``__getitems__`` returns a batch; ``set_epoch(e)`` re-draws it."""
+        """A :class:`recexp.train.EpochData`: ``__getitems__`` returns a batch, ``set_epoch(e)`` re-draws it."""
 
     def forward(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """One micro-batch -> scalar training loss."""

@@ -26,7 +26,7 @@ from recexp.models.torch_recommender import TorchRecommender
 from recexp.records import RunRecord
 from recexp.strategies import Frozen
 from recexp.tail import Rerank, Reranked
-from recexp.train import TrainerConfig, fit, warmup_then_decay
+from recexp.train import EpochData, TrainerConfig, fit, warmup_then_decay
 
 MODELS = ["text_tower", "fusion", "lm_classifier"]
 
@@ -226,7 +226,7 @@ def test_effective_settings_name_what_the_fit_used(tiny_bert, small_split, tmp_p
 # --- the shared loop, on a toy recommender
 
 
-class Batches(torch.utils.data.Dataset):
+class Batches(EpochData):
     """``n`` examples of item 0, handed out as whole batches."""
 
     def __init__(self, n):

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from recexp.errors import DataError
 from recexp.interfaces import TRAIN, Split
-from recexp.train import Batch, epoch_order
+from recexp.train import Batch, EpochData, epoch_order
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ def rate_logit(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.logit((liked + 1) / (count + 2))
 
 
-class LabelledPairs(Dataset):
+class LabelledPairs(EpochData):
     """One epoch of labelled train pairs: batches (rows, items, targets), rows indexing the train
     :class:`HistoryTable`; ``limit`` pairs per epoch (a fresh seeded sample; all when null). With ``lengths``
     ((rows, items) -> tokens of each pair), :meth:`group_by_length` makes batches of pairs of similar length."""

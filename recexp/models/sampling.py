@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import Dataset
 
 from recexp.interfaces import Split
-from recexp.train import Batch, epoch_order
+from recexp.train import Batch, EpochData, epoch_order
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class Sampling:
     negative_alpha: float = 0.0
 
 
-class InteractionData(Dataset):
+class InteractionData(EpochData):
     """One epoch of shuffled train interactions, each with a negative: batches (users, items, negatives).
 
     ``limit`` keeps only that many interactions per epoch (a fresh sample each epoch). Negatives are
@@ -76,7 +75,7 @@ class ItemBatch(NamedTuple):
     items: torch.Tensor  # [C] distinct item ids
 
 
-class ItemData(Dataset):
+class ItemData(EpochData):
     """One epoch organised around items, for models whose encoder trains: an epoch costs one encoding
     pass over the training items, not one per interaction.
 

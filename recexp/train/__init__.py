@@ -8,12 +8,13 @@
 * :mod:`~recexp.train.weights`: trainable weights, their counts, and saving and loading them.
 """
 from recexp.train.devices import default_device, process_info, single_cpu_launch, torch_threads
-from recexp.train.loop import Batch, FitStats, epoch_order, fit, validate, warmup_then_decay
+from recexp.train.loop import Batch, EpochData, FitStats, epoch_order, fit, validate, warmup_then_decay
 from recexp.train.settings import TrainerConfig, refuse_training, with_defaults
 from recexp.train.weights import load_weights, parameter_counts, save_weights
 
 __all__ = [
     "Batch",
+    "EpochData",
     "FitStats",
     "TrainerConfig",
     "default_device",

@@ -29,6 +29,18 @@ from recexp.train.weights import snapshot, trainable
 Batch = tuple[torch.Tensor, ...]  # a micro-batch; its first tensor has one row per training example
 
 
+class EpochData(Dataset):
+    """What a model's ``train_data`` returns: ``__getitems__`` gives a whole batch, ``set_epoch(e)`` draws
+    epoch ``e``, and ``group_by_length(size)``, which :func:`fit` calls with its batch size, makes runs of
+    ``size`` examples of similar length where examples have one (texts of varying length pad little)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+    def group_by_length(self, batch_size: int) -> None:
+        """Nothing to group: the examples have no length."""
+
+
 def keep_batch(batch: Batch) -> Batch:
     """DataLoader ``collate_fn`` for datasets whose ``__getitems__`` already returns a batch."""
     return batch
@@ -63,7 +75,7 @@ class FitStats:
         }
 
 
-def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, data: Dataset,
+def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, data: EpochData,
         keep_start: bool = False, step_offset: int = 0) -> FitStats:
     """Train ``model``'s trainable weights on ``data``; keep the weights of the best validation epoch.
 
@@ -77,8 +89,7 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
     torch.manual_seed(ctx.seed)
     accelerator = make_accelerator(ctx.device, config)
     per_process = max(1, config.batch_size // accelerator.num_processes)  # each global batch is shared out
-    if hasattr(data, "group_by_length"):  # texts of varying length: batches of similar lengths pad little
-        data.group_by_length(per_process)
+    data.group_by_length(per_process)
     loader = DataLoader(data, batch_size=per_process, shuffle=False, collate_fn=keep_batch)
     if len(loader) == 0:
         raise TrainingError(f"{type(model).__name__} got no training examples: the split's train part is empty.")

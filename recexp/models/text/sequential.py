@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from recexp.errors import ConfigError, check_int, check_number
 from recexp.interfaces import TRAIN, Sequences, Split, Strategy, windows
@@ -35,7 +34,7 @@ from recexp.models.text.encoder import TextEncoder
 from recexp.models.text.items import item_texts
 from recexp.models.torch_recommender import TorchRecommender
 from recexp.strategies import Frozen
-from recexp.train import TrainerConfig, epoch_order
+from recexp.train import EpochData, TrainerConfig, epoch_order
 
 ITEMS = ("id", "text", "id+text")
 SOFTMAXES = ("auto", "full", "sampled")
@@ -78,7 +77,7 @@ def chunks(order: torch.Tensor, lengths: np.ndarray) -> list[torch.Tensor]:
     return pieces
 
 
-class PrefixData(Dataset):
+class PrefixData(EpochData):
     """``softmax=full``: an epoch of shuffled samples; batches (histories [B, l], lengths [B], targets [B])."""
 
     def __init__(self, prefixes: Prefixes, pad: int, seed: int):
@@ -108,7 +107,7 @@ class ItemStep(NamedTuple):
     live: int  # C
 
 
-class ItemPrefixData(Dataset):
+class ItemPrefixData(EpochData):
     """``softmax=sampled``: an epoch over the training target items, shuffled; a batch of C of them comes with every
     sample whose target is among them and ``negatives`` shared items drawn by training frequency (:class:`ItemStep`)."""
 
@@ -232,7 +231,7 @@ class TextSeq(nn.Module):
             self.features = torch.cat([encoded, encoded.new_zeros(1, encoded.shape[1])])  # the padding item: zeros
         self.stale = False
 
-    def train_data(self, split: Split, seed: int) -> Dataset:
+    def train_data(self, split: Split, seed: int) -> EpochData:
         prefixes = Prefixes(split.sequences(TRAIN), self.read)
         if self.softmax == "sampled":
             return ItemPrefixData(prefixes, split.n_items, self.n_items, seed, self.negatives)

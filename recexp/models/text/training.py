@@ -2,11 +2,10 @@
 trains, else interactions) their trainer defaults and their CPU threads."""
 from __future__ import annotations
 
-from torch.utils.data import Dataset
-
 from recexp.errors import ConfigError
 from recexp.interfaces import Split
 from recexp.models.sampling import InteractionData, ItemData
+from recexp.train import EpochData
 
 # Trainer defaults while the encoder trains (batch = items per step); each model sets its own over a frozen one.
 TRAINED_ENCODER = dict(max_epochs=10, patience=2, batch_size=64, lr=1e-3, mixed_precision="bf16")
@@ -19,7 +18,7 @@ def check_samples(given: int | None) -> int | None:
     return given
 
 
-def train_data(model, split: Split, seed: int) -> Dataset:
+def train_data(model, split: Split, seed: int) -> EpochData:
     """A text model's epoch: item-organised (:class:`ItemData`) while its encoder trains, else shuffled
     interactions (:class:`InteractionData`, ``model.samples_per_epoch`` of them)."""
     if model.encoder.trainable:
