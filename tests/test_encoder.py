@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import save_tiny_causal_llama
+from transformers import AutoModelForCausalLM
 
 from recexp.errors import ConfigError
 from recexp.models.text.encoder import DEFAULT_MAX_LENGTH, TextEncoder
@@ -47,18 +49,18 @@ def test_device_map_places_the_weights_when_they_load(tiny_bert):
         TextEncoder(str(tiny_bert), device_map="meta", progress=False)
 
 
-def test_a_device_map_over_several_devices_is_refused(tiny_bert, monkeypatch):
+def test_a_device_map_over_several_devices_is_refused(tmp_path, monkeypatch):
     import recexp.models.text.encoder as encoder_module
 
-    load = encoder_module.load_model
-
-    def spread(*args):
-        model, head = load(*args)
-        model.hf_device_map = {"embeddings": 0, "encoder": 1}
-        return model, head
-    monkeypatch.setattr(encoder_module, "load_model", spread)
+    class Dispatched(AutoModelForCausalLM):  # what accelerate leaves on a model it spread over two GPUs
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            model = AutoModelForCausalLM.from_pretrained(*args, **kwargs)
+            model.hf_device_map = {"model.embed_tokens": 0, "model.layers": 1, "lm_head": 1}
+            return model
+    monkeypatch.setattr(encoder_module, "AutoModelForCausalLM", Dispatched)
     with pytest.raises(ConfigError, match=r"encoder.device_map='auto' spreads the model over \['0', '1'\]"):
-        TextEncoder(str(tiny_bert), device_map="auto", progress=False)
+        TextEncoder(str(save_tiny_causal_llama(tmp_path)), device_map="auto", progress=False)
 
 
 def test_gradient_checkpointing_on_a_model_without_it_is_refused(tiny_bert, monkeypatch):

@@ -220,20 +220,26 @@ def test_lora_trains_the_adapters_and_reloads_the_same_scores(tiny_causal, tallr
 
 
 def test_the_final_evaluation_reads_the_scores_validation_computed_with_the_same_weights(tiny_causal, tallrec, cache_dir,
-                                                                                        tmp_path):
+                                                                                        tmp_path, monkeypatch):
     recommender = ranker(tiny_causal, cache_dir, "lora", "trainer.max_epochs=2", "trainer.patience=2", "trainer.grad_accum=1",
                          "model.module.samples_per_epoch=8")
-    recommender.fit(tallrec, context(tmp_path))  # validates every valid pair after each epoch, keeps the best weights
-    calls, evaluator = counting(recommender), Evaluator(ks=[10])
+    monkeypatch.setattr("recexp.train.loop._better", lambda value, best, higher: False)  # epoch 0 stays the best
+    recommender.fit(tallrec, context(tmp_path))  # validates every valid pair after each epoch, restores epoch 0's weights
+    assert recommender.effective()["best_epoch"] == 0 and recommender.effective()["epochs_run"] == 2
+    calls, evaluator, valid = counting(recommender), Evaluator(ks=[10]), tallrec.parts["valid"]
     remembered = evaluator.evaluate(recommender, tallrec, "valid", torch.device("cpu"))
-    assert not calls  # the kept epoch's weights were scored on these prompts during training
+    assert not calls  # the restored weights were scored on these prompts during training
+    some = valid.iloc[::7]  # other calls, pair by pair: the same scores
+    users, items = torch.tensor(some["user"].to_numpy()), torch.tensor(some["item"].to_numpy())
+    assert recommender.score_pairs(users, items, "valid").isfinite().all() and not calls
     recommender.module._scores.clear()
     assert evaluator.evaluate(recommender, tallrec, "valid", torch.device("cpu")).metrics == remembered.metrics
-    assert sum(calls) == len(tallrec.parts["valid"])
-    with torch.no_grad():  # other weights: scored afresh
+    assert sum(calls) == len(valid)
+    with torch.no_grad():  # other weights (a change outside training marks the module stale, as loading does)
         next(p for n, p in recommender.module.named_parameters() if "lora_B" in n).add_(0.5)
+    recommender.module.stale = True
     changed = evaluator.evaluate(recommender, tallrec, "valid", torch.device("cpu"))
-    assert sum(calls) == 2 * len(tallrec.parts["valid"]) and changed.metrics != remembered.metrics
+    assert sum(calls) == 2 * len(valid) and changed.metrics != remembered.metrics
 
 
 def test_training_batches_hold_prompts_of_similar_length(tiny_causal, ml100k, cache_dir, tmp_path):

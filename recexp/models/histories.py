@@ -187,10 +187,11 @@ class LabelledPairs(EpochData):
         self.set_epoch(0)
 
     def group_by_length(self, batch_size: int) -> None:
-        """From now on each run of ``batch_size`` pairs holds pairs of similar length (where ``lengths`` is
-        given): the training loop calls it with its batch size, so batches pad little."""
+        """Re-draw the epoch so that each run of ``batch_size`` pairs holds pairs of similar length (where
+        ``lengths`` is given), and every epoch after it: the training loop calls it with its batch size."""
         if self.lengths is not None:
-            self.batch_size, self.epoch = batch_size, None
+            epoch, self.batch_size, self.epoch = self.epoch, batch_size, None
+            self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

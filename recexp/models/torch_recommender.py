@@ -71,9 +71,12 @@ class TorchRecommender(RecommenderBase):
         return self.trainer.valid_metric
 
     def fit(self, split: Split, ctx: FitContext) -> None:
+        encoder = self.module.encoder
+        if encoder is not None:  # this fit's (prepare may embed)
+            encoder.tokens_encoded, encoder.encode_seconds = 0, 0.0
         self.module.prepare(split, ctx.device)
-        if self.module.encoder is not None:
-            self.module.encoder.tokens_trained = 0  # this fit's
+        if encoder is not None:
+            encoder.tokens_trained = 0
         if not any(p.requires_grad for p in self.module.parameters()):  # a zero-shot model (llm_ranker, frozen)
             if self.trainer.explicit():
                 log.warning("%s has no trainable weights: trainer settings %s are not used.", self.name, self.trainer.explicit())

@@ -3,8 +3,8 @@
 :func:`fit` reads top to bottom: optimiser and schedule, the model and data prepared by
 ``accelerate`` (one process, or DDP under ``accelerate launch``), then per epoch one pass of
 micro-batches (:func:`train_epoch`), a validation metric for early stopping (users sharded over the
-processes, sums reduced), and a log line. A model supplies ``forward(batch) -> loss`` and a torch
-``Dataset`` of batches.
+processes, sums reduced), and a log line. A model supplies ``forward(batch) -> loss`` and an
+:class:`EpochData` of batches.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class EpochData(Dataset):
         raise NotImplementedError
 
     def group_by_length(self, batch_size: int) -> None:
-        """Nothing to group: the examples have no length."""
+        """No grouping here (examples of one length, or batches already organised)."""
 
 
 def keep_batch(batch: Batch) -> Batch:

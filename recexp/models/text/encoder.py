@@ -154,10 +154,6 @@ class TextEncoder(nn.Module):
                 "encoder.name_or_path to a local folder holding config.json, the weights and the "
                 "tokenizer files (or null for the packaged all-MiniLM-L6-v2)."
             ) from error
-        placed = set(getattr(self.model, "hf_device_map", {}).values())
-        if len(placed) > 1:
-            raise ConfigError(f"encoder.device_map={device_map!r} spreads the model over {sorted(map(str, placed))}: a run moves "
-                              "it whole to its device; use a map onto one device, and accelerate launch for several GPUs.")
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:  # recompute each layer in the backward pass: activations of one layer kept, not all
             if not self.model.supports_gradient_checkpointing:
@@ -179,7 +175,7 @@ class TextEncoder(nn.Module):
         self._pristine: str | None = None  # the pretrained fingerprint while the adapted encoder still computes the same
         self._tokenized: dict[tuple[str, ...], TokenizedTexts] = {}  # a few text lists (items, users)
         self.tokens_trained = 0  # real tokens encoded with gradient (cost ledger)
-        self.tokens_encoded, self.encode_seconds = 0, 0.0  # real tokens embedded without gradient, and the seconds it took
+        self.tokens_encoded, self.encode_seconds = 0, 0.0  # real tokens of embed()'s passes (not cache reads), their seconds
 
     @property
     def dim(self) -> int:
@@ -272,7 +268,8 @@ class TextEncoder(nn.Module):
         """input_ids [n, L], attention_mask [n, L] (padded on either side) -> last hidden states [n, L, dim], each
         text at the positions it has alone; gradients flow when the encoder is trainable. ``prefix`` [P]: token
         ids that come before every row (a causal LM's shared prompt start), run once and read by every row
-        through the key/value cache, so each row computes what prefix + row computes alone."""
+        through the key/value cache (run with every row where checkpointed training would drop that cache),
+        so each row computes what prefix + row computes alone."""
         n = len(ids)
         if torch.is_grad_enabled() and self.trainable:
             self._trained_now()
@@ -383,6 +380,8 @@ class TextEncoder(nn.Module):
                 tokens = self.tokenized(texts)
                 for rows in tokens.by_length(self.batch_size):
                     embeddings[rows] = self.encode_rows(tokens, rows)  # fp32 (pool)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the last batch's kernels finish inside the time
             self.tokens_encoded += int(tokens.lengths.sum())
             self.encode_seconds += time.perf_counter() - start
             return embeddings
@@ -449,10 +448,15 @@ def load_model(path: str, dtype: torch.dtype, device_map: str | None = None) -> 
     ``device_map`` (transformers'; None: on the CPU). A causal LM is loaded whole, so its head (tied to the input
     embeddings or not) is read with it; the head stays frozen unless tied to embeddings that a strategy trains."""
     architectures = AutoConfig.from_pretrained(path).architectures or []
-    if not any(name.endswith("ForCausalLM") for name in architectures):
-        return AutoModel.from_pretrained(path, dtype=dtype, device_map=device_map), None
-    causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
-    return causal.base_model, causal.get_output_embeddings().requires_grad_(False)
+    causal = any(name.endswith("ForCausalLM") for name in architectures)
+    loaded = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=dtype, device_map=device_map)
+    placed = set(getattr(loaded, "hf_device_map", {}).values())  # set where accelerate dispatched it
+    if len(placed) > 1:
+        raise ConfigError(f"encoder.device_map={device_map!r} spreads the model over {sorted(map(str, placed))}: a run moves "
+                          "it whole to its device; use a map onto one device, and accelerate launch for several GPUs.")
+    if not causal:
+        return loaded, None
+    return loaded.base_model, loaded.get_output_embeddings().requires_grad_(False)
 
 
 def is_rotary_decoder(model: nn.Module) -> bool:

@@ -15,8 +15,8 @@ loss:    cross-entropy of the language model on the answer, "Yes." or "No." and 
 with the encoder's embeddings (keyed by its weights and the prompts' tokens), so a sweep scores each stage once.
 ``lora`` (r 8, alpha 16 on q_proj and v_proj, as TALLRec, whose dropout 0.05 is
 ``strategy.config.lora_dropout``), ``ia3``, ``bottleneck``, ``partial`` and ``full_ft`` train; their scores
-are kept in memory by weights, so the final evaluation reads those the trainer's validation computed with
-the kept weights. Prompts are tokenised once per pair, batched by length (training batches as transformers'
+are kept in memory per pair and weights, so the final evaluation reads those the trainer's validation
+computed with the kept weights. Prompts are tokenised once per pair, batched by length (training batches as transformers'
 ``group_by_length`` draws them) and padded on the left, so each batch is as long as its longest prompt and
 every prompt ends at the answer position. A history too long for ``encoder.max_length`` loses its
 oldest items, never the question. Ranking stages re-rank a shortlist as ``lm_classifier`` does.
@@ -86,7 +86,8 @@ class LLMRanker(HistoryPairModel):
         if self.yes_no[0] == self.yes_no[1]:
             raise ConfigError("The encoder's tokenizer starts 'Yes.' and 'No.' with the same token; llm_ranker cannot tell them apart.")
         self._ids: dict[tuple[str, int, int], list[int]] = {}  # (table, row, item) -> prompt token ids
-        self._scores: dict[tuple[str, str], torch.Tensor] = {}  # (table, weights and prompts digest) -> scores
+        self._scores: dict[str, dict[tuple[str, int, int], float]] = {}  # weights digest -> (table, row, item) -> score
+        self._weights: str | None = None  # digest of the trainable weights; None once training changes them
         self.prefix: list[int] = []  # token ids every prompt starts with, run once per batch (prepare finds them)
 
     @property
@@ -99,7 +100,7 @@ class LLMRanker(HistoryPairModel):
 
     def prepare(self, split, device: torch.device) -> None:
         super().prepare(split, device)
-        self._ids, self._scores = {}, {}
+        self._ids, self._scores, self._weights = {}, {}, None
         self.prefix = self._shared_prefix()
 
     def _shared_prefix(self) -> list[int]:
@@ -174,22 +175,25 @@ class LLMRanker(HistoryPairModel):
         the encoder's disk cache (keyed by its weights and the prompts) where it holds them."""
         sequences = self.prompt_ids(table, rows.tolist(), items.tolist()) if len(rows) else []
         if not self.zero_shot:
-            key = (table, self._digest(sequences))
-            if key not in self._scores:
-                self._scores[key] = self._batched(sequences)
-            return self._scores[key].clone()
+            known = self._scores.setdefault(self._weights_digest(), {})
+            keys = [(table, r, i) for r, i in zip(rows.tolist(), items.tolist())]
+            todo = {key: ids for key, ids in zip(keys, sequences) if key not in known}  # distinct pairs not scored yet
+            known.update(zip(todo, self._batched(list(todo.values())).tolist()))
+            return torch.tensor([known[key] for key in keys])
         keys = [f"llm_ranker P(Yes) {self.yes_no}: {' '.join(map(str, ids))}" for ids in sequences]
         return self.encoder.cached(keys, 1, lambda: self._batched(sequences)[:, None])[:, 0].cpu()
 
-    def _digest(self, sequences: list[list[int]]) -> str:
-        """What a trained model's scores of ``sequences`` depend on: the prompts and every trainable weight (a
-        restored epoch's weights hash as they did then). The final evaluation reads the scores the trainer's
-        validation computed with the same weights (one scoring pass of the valid pairs less a run)."""
-        digest = hashlib.blake2b(str(sequences).encode())
-        for weight in self.parameters():
-            if weight.requires_grad:
-                digest.update(weight.detach().cpu().contiguous().view(torch.uint8).numpy())
-        return digest.hexdigest()
+    def _weights_digest(self) -> str:
+        """Digest of every trainable weight, kept until a training step or a restore (``stale``) changes them: a
+        restored epoch's weights hash as they did then, so the final evaluation reads the scores the trainer's
+        validation computed with the kept weights (TALLRec's 1,000 valid pairs are not scored again)."""
+        if self._weights is None or self.stale:
+            digest = hashlib.blake2b()
+            for weight in self.parameters():
+                if weight.requires_grad:
+                    digest.update(weight.detach().reshape(-1).cpu().view(torch.uint8).numpy())
+            self._weights, self.stale = digest.hexdigest(), False
+        return self._weights
 
     def pair_lengths(self, rows: torch.Tensor, items: torch.Tensor) -> list[int]:
         """Train rows [n], items [n] -> tokens of each prompt (tokenised once: training reads the same ids)."""
@@ -213,6 +217,7 @@ class LLMRanker(HistoryPairModel):
     def forward(self, batch: Batch) -> torch.Tensor:
         """(rows [B] of train pairs, items [B], labels [B] 0/1) -> the language model's loss on the answers."""
         rows, items, labels = batch
+        self._weights = None  # the step this loss drives changes them
         prompts = self.prompt_ids(TRAIN, rows.tolist(), items.tolist())
         answers = [self.answer_ids[0 if y > 0.5 else 1] for y in labels.tolist()]
         hidden, cut = self._last_hidden([p + a for p, a in zip(prompts, answers)])

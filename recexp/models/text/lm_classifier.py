@@ -89,7 +89,7 @@ class HistoryPairModel(nn.Module):
         self.register_buffer("prior", F.normalize(self.encoder.embed(self.texts), dim=-1))  # [n_items, enc]
 
     def refresh(self) -> None:
-        """Nothing is cached from trained weights (frozen encoders' outputs never change)."""
+        """Nothing to recompute: frozen encoders' outputs never change (llm_ranker keys its scores by the weights)."""
 
     def train_data(self, split: Split, seed: int) -> LabelledPairs:
         if self.pointwise_output == "rating":
