@@ -207,39 +207,36 @@ class Generator:
 
     def write(self, prompts: list[str], template: str, max_new_tokens: int, batch_size: int,
               device: torch.device, progress: bool = False) -> list[str]:
-        """One text per prompt: read from the cache where it holds one, else generated and cached."""
+        """One text per prompt: read from the cache where it holds one, else generated, ``batch_size`` prompts a
+        call, and cached batch by batch (a run stopped midway keeps the texts written so far)."""
         paths = [self._cache_path(template, max_new_tokens, prompt) for prompt in prompts]
         texts = [_read_cached(path, prompt) for path, prompt in zip(paths, prompts)]
         missing = [i for i, text in enumerate(texts) if text is None]
         self.cache_hits += len(prompts) - len(missing)
-        new = self._generate([prompts[i] for i in missing], max_new_tokens, batch_size, device, progress)
-        for i, text in zip(missing, new):
-            texts[i] = text
-            if paths[i] is not None:
-                _save_atomically(paths[i], prompts[i], text)
-        self.generated += len(missing)
-        return texts
-
-    @torch.no_grad()
-    def _generate(self, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device,
-                  progress: bool) -> list[str]:
-        """prompts [N] -> N greedy continuations (whitespace collapsed), ``batch_size`` prompts per call."""
-        if not prompts:
-            return []
+        if not missing:
+            return texts
         self.model.to(device)
-        texts = []
         try:
-            for start in tqdm(range(0, len(prompts), batch_size), desc="tail=augment", disable=not progress, leave=False):
-                batch = self.tokenizer([self._message(p) for p in prompts[start : start + batch_size]], padding=True,
-                                       return_tensors="pt", return_token_type_ids=False,
-                                       add_special_tokens=not self.chat).to(device)
-                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-                new = out if self.seq2seq else out[:, batch["input_ids"].shape[1] :]
-                texts += [" ".join(text.split()) for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            for start in tqdm(range(0, len(missing), batch_size), desc="tail=augment", disable=not progress, leave=False):
+                batch = missing[start : start + batch_size]
+                for i, text in zip(batch, self._generate([prompts[i] for i in batch], max_new_tokens, device)):
+                    texts[i] = text
+                    if paths[i] is not None:
+                        _save_atomically(paths[i], prompts[i], text)
+                self.generated += len(batch)
         finally:
             self.model.to("cpu")
         return texts
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[str], max_new_tokens: int, device: torch.device) -> list[str]:
+        """prompts [n] -> n greedy continuations (whitespace collapsed), in one call."""
+        batch = self.tokenizer([self._message(p) for p in prompts], padding=True, return_tensors="pt",
+                               return_token_type_ids=False, add_special_tokens=not self.chat).to(device)
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = out if self.seq2seq else out[:, batch["input_ids"].shape[1] :]
+        return [" ".join(text.split()) for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def _message(self, prompt: str) -> str:
         """The text the model reads for ``prompt``: the user's turn of its chat template, or the prompt itself."""

@@ -151,6 +151,25 @@ def test_attach_and_load_also_read_the_augmented_texts(split, generator, encoder
     assert read_texts(model) == texts
 
 
+def test_a_generation_stopped_midway_keeps_the_texts_it_wrote(generator, tmp_path):
+    prompts, cpu = [PROMPT.format(title=f"Film {n}") for n in range(6)], torch.device("cpu")
+    stopped, calls = Generator(generator, tmp_path / "cache"), []
+    generate = stopped.model.generate
+
+    def stop_at_the_second_batch(**inputs):
+        calls.append(len(inputs["input_ids"]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(**inputs)
+    stopped.model.generate = stop_at_the_second_batch
+    with pytest.raises(KeyboardInterrupt):
+        stopped.write(prompts, PROMPT, 4, 2, cpu)
+    again = Generator(generator, tmp_path / "cache")
+    texts = again.write(prompts, PROMPT, 4, 2, cpu)
+    assert (again.cache_hits, again.generated) == (2, 4)  # the first batch's two texts were kept
+    assert texts == Generator(generator, None).write(prompts, PROMPT, 4, 2, cpu)
+
+
 def test_a_seq2seq_generator_is_loaded_as_one(tmp_path):
     model = Generator(str(save_tiny_generator(tmp_path / "t5", seq2seq=True)), None)
     assert model.seq2seq and model.model.config.is_encoder_decoder
