@@ -41,7 +41,7 @@ from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError, check_int, check_number
 from recexp.files import atomic_file
 from recexp.interfaces import Recommender, Split
-from recexp.models.text.encoder import TextEncoder, weight_progress_bars
+from recexp.models.text.encoder import DTYPES, TextEncoder, weight_progress_bars
 from recexp.models.text.weights import resolve
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
@@ -67,6 +67,7 @@ class Augment:
         prompt: str = "Describe the movie {movie_title} ({release_year}), genres {class}, in one sentence:",
         max_new_tokens: int = 32,
         batch_size: int = 16,
+        dtype: str = "fp32",
         keywords: int = 5,
         neighbours: int = 10,
         head_fraction: float = 0.2,
@@ -80,6 +81,8 @@ class Augment:
         self.head_fraction = check_number("tail.head_fraction", head_fraction, above=0, below=1)
         self.max_new_tokens = check_int("tail.max_new_tokens", max_new_tokens, 1)
         self.batch_size = check_int("tail.batch_size", batch_size, 1)
+        if dtype not in DTYPES:
+            raise ConfigError(f"tail.dtype={dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
         self.keywords, self.neighbours = check_int("tail.keywords", keywords, 1), check_int("tail.neighbours", neighbours, 1)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
@@ -90,7 +93,7 @@ class Augment:
                 raise ConfigError("tail.method=generate needs tail.generator: packaged:smollm2, a local Hugging Face model "
                                   "folder (config.json, weights, tokenizer), a model id or a .gguf file; or use tail.method=keywords.")
             weight_progress_bars(progress)
-            self.generator = Generator(generator, self.cache_dir, models_dir)
+            self.generator = Generator(generator, self.cache_dir, models_dir, DTYPES[dtype])
         self._encoder: TextEncoder | None = None
         self.items_augmented = 0
 
@@ -172,13 +175,14 @@ class Generator:
     """A Hugging Face causal or seq2seq language model that writes text greedily, each output cached on disk;
     prompts go through its chat template where its tokenizer has one."""
 
-    def __init__(self, name_or_path: str, cache_dir: Path | None, models_dir: str | None = None):
+    def __init__(self, name_or_path: str, cache_dir: Path | None, models_dir: str | None = None,
+                 dtype: torch.dtype = torch.float32):
         path = resolve(os.path.expanduser(name_or_path), models_dir)
         try:
             config = AutoConfig.from_pretrained(path)
             self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = (AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM).from_pretrained(path)
+            self.model = (AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM).from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as error:
             raise ConfigError(
                 f"Could not load tail.generator {name_or_path!r}: {error}\nOn an offline machine, point tail.generator "

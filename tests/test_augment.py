@@ -170,6 +170,17 @@ def test_a_generation_stopped_midway_keeps_the_texts_it_wrote(generator, tmp_pat
     assert texts == Generator(generator, None).write(prompts, PROMPT, 4, 2, cpu)
 
 
+def test_the_generator_runs_in_the_precision_asked_and_caches_apart(generator, tmp_path):
+    prompts, cpu = [PROMPT.format(title="Heat")], torch.device("cpu")
+    full = Generator(generator, tmp_path / "cache")
+    half = Generator(generator, tmp_path / "cache", dtype=torch.bfloat16)
+    assert next(half.model.parameters()).dtype == torch.bfloat16 and half.fingerprint() != full.fingerprint()
+    full.write(prompts, PROMPT, 4, 1, cpu)
+    assert half.write(prompts, PROMPT, 4, 1, cpu)[0] and half.generated == 1  # not read from fp32's cache
+    with pytest.raises(ConfigError, match="tail.dtype='int8' is unknown"):
+        Augment(method="generate", generator=generator, dtype="int8")
+
+
 def test_a_seq2seq_generator_is_loaded_as_one(tmp_path):
     model = Generator(str(save_tiny_generator(tmp_path / "t5", seq2seq=True)), None)
     assert model.seq2seq and model.model.config.is_encoder_decoder
