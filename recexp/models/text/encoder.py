@@ -274,15 +274,14 @@ class TextEncoder(nn.Module):
         if torch.is_grad_enabled() and self.trainable:
             self._trained_now()
             self.tokens_trained += int(mask.sum()) + (0 if prefix is None else len(prefix) * n)  # tokens represented
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        width = ids.shape[1]
         if prefix is not None and self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # checkpointed layers drop the key/value cache while training: the prefix runs with every row instead
             ids, mask = torch.cat([prefix.expand(n, -1), ids], dim=1), torch.cat([mask.new_ones(n, len(prefix)), mask], dim=1)
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-            return hidden[:, len(prefix) :]
+            prefix = None
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if prefix is None:
-            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -mask.shape[1] :]
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state[:, -width:]
         cache = DynamicCache(config=self.model.config)
         self.model(input_ids=prefix[None], cache=cache, use_cache=True)
         cache.batch_repeat_interleave(n)
