@@ -11,12 +11,18 @@ from recexp.bench.__main__ import headlines, table
 
 REPORT = {
     "evaluator": {
-        "ml100k_size": {"recexp_users_per_s": 70000.0, "recbole_users_per_s": 50000.0, "speedup": 1.4},
-        "25k_items": {"recexp_users_per_s": 20000.0, "recbole_users_per_s": 5000.0, "speedup": 4.0},
+        "runs": {"first_run/ml100k/bpr/512": {"recexp_users_per_s": 70000.0, "recbole_users_per_s": 50000.0},
+                 "steady/25k_items/mf+popularity/defaults": {"recexp_users_per_s": 20000.0, "recbole_users_per_s": 5000.0}},
+        "first_run/ml100k": {"slowest": "first_run/ml100k/bpr/512", "speedup": 1.4, "same_topk_share": 1.0},
+        "steady/25k_items": {"slowest": "steady/25k_items/mf+popularity/defaults", "speedup": 4.0, "same_topk_share": 0.999},
         "bookcrossing_size": {"wall_s": 2.0, "wall_s_one_thread": 1.5, "target_s": 10.0, "within_target": True},
     },
-    "recbole": {"recexp_s_per_epoch": 0.33, "recbole_s_per_epoch": 0.33, "ratio": 1.0, "target_ratio": 1.05,
-                "within_target": True, "pair_ratios": [1.02, 0.97, 1.0]},
+    "recbole": {"train_s_vs_recbole": {"recexp": 0.21, "recbole": 0.2, "ratio": 1.05, "ratios": [1.05, 0.97, 1.1]},
+                "valid_s_vs_recbole": {"recexp": 0.05, "recbole": 0.1, "ratio": 0.5, "ratios": [0.5, 0.4, 0.6]},
+                "epoch_s_vs_files": {"recexp": 0.3, "files": 0.4, "ratio": 0.75, "ratios": [0.75, 0.7, 0.8]},
+                "target_ratio": 1.05, "within_target": True,
+                "scientific_size": {"recexp": {"valid_s": 0.12, "train_s": 0.1}, "files": {"valid_s": 2.0, "train_s": 0.1},
+                                    "valid_over_train": 1.2, "within_target": False}},
     "startup": {"pop_run_s": 2.2, "import_torch_s": 1.2, "startup_s": 1.0, "target_s": 1.5, "within_target": True},
     "bare_loop": {"recexp_interactions_per_s": 9000.0, "bare_interactions_per_s": 10000.0, "ratio": 0.9,
                   "target": 0.95, "within_target": False},
@@ -27,20 +33,28 @@ REPORT = {
 
 def test_the_table_has_a_row_per_measure_and_says_which_targets_are_missed():
     rows = headlines(REPORT)
-    assert len(rows) == 7
+    assert len(rows) == 10
     verdicts = {row[0].split(" (")[0]: row[-1] for row in rows}
-    assert verdicts["evaluator users/s, ml-100k"].endswith("NO") and verdicts["evaluator users/s, 25k items"].endswith("yes")
+    assert verdicts["evaluator users/s, ml-100k, first run path, slowest case: bpr scores, 512 users a batch"] == (
+        ">= 3x: NO, same top-K lists: 100.0%")
+    assert rows[1][:4] == ("evaluator users/s, 25k items, steady path, slowest case: mf+popularity scores, each side "
+                           "at its default batch (vs RecBole full sort)", "20,000", "5,000", "4.00x")
+    assert rows[1][4] == ">= 3x: yes, same top-K lists: 99.9%"
     assert verdicts["LoRA text_tower interactions/s"] == ">= 0.95x: NO"
-    assert verdicts["RecBole BPR s/epoch, median of 3 pairs"] == "<= 1.05x: yes (pairs 0.97x to 1.02x)"
+    assert verdicts["RecBole BPR s/epoch, training phase"] == "<= 1.05x: yes (rounds 0.97x to 1.10x)"
+    assert verdicts["RecBole BPR s/epoch, whole epoch"] == "(rounds 0.70x to 0.80x)"  # a reference, no target
+    assert verdicts["RecBole BPR validation s per training s, Scientific-sized"] == "<= 1x: NO"
     assert "frozen 100,000, partial 30,000, lora 10,000, full_ft 5,000" in rows[-1][0]
     text = table(REPORT)
-    assert text.splitlines()[0] == "| measure | recexp | reference | ratio | target |" and len(text.splitlines()) == 9
+    assert text.splitlines()[0] == "| measure | recexp | reference | ratio | target |" and len(text.splitlines()) == 12
 
 
 def test_sections_not_run_leave_no_row():
-    assert headlines({"recbole": REPORT["recbole"]}) == [
-        ("RecBole BPR s/epoch, median of 3 pairs (vs raw RecBole)", "0.330", "0.330", "1.000x",
-         "<= 1.05x: yes (pairs 0.97x to 1.02x)")]
+    assert headlines({"startup": REPORT["startup"]}) == [
+        ("Pop run start-up s (vs import torch)", "2.20", "1.20", "+1.00 s", "<= +1.5 s: yes")]
+    assert headlines({"recbole": REPORT["recbole"]})[1] == (
+        "RecBole BPR s/epoch, validation phase (vs RecBole's own pipeline), median of 3 rounds", "0.050", "0.100",
+        "0.500x", "<= 1.05x: yes (rounds 0.40x to 0.60x)")
 
 
 @pytest.mark.subprocess
@@ -51,7 +65,8 @@ def test_raw_recbole_side_writes_only_in_its_own_folder(tmp_path, monkeypatch):
     here.mkdir()
     monkeypatch.chdir(here)
     folder = tmp_path / "recbole0"
-    assert run_side("recbole", folder, tmp_path / "cache", epochs=2) > 0  # one gap between two epochs' ends
+    phases = run_side("recbole", folder, tmp_path / "cache", epochs=2)  # RecBole's own pipeline on ml-100k
+    assert set(phases) == {"train_s", "valid_s", "epoch_s"} and min(phases.values()) > 0
     assert list(here.iterdir()) == []
     assert (folder / "log_tensorboard").is_dir()
 

@@ -851,6 +851,15 @@ def test_saved_per_user_files_keep_ids_that_look_missing(tmp_path):
     assert read["user"].tolist() == ["NA", "null", "u3"] and read["ndcg@10"].isna().tolist() == [False, True, False]
 
 
+def test_curves_average_the_seeds_still_running_at_the_epochs_that_validated():
+    from recexp.compare.plots import mean_curve
+
+    epochs, mean = mean_curve([[None, 0.2, None, 0.4], [None, 0.4]])  # trainer.valid_every=2; one seed stopped early
+    assert epochs.tolist() == [2, 4] and mean.tolist() == pytest.approx([0.3, 0.4])
+    epochs, mean = mean_curve([[0.1, 0.2], [0.3]])
+    assert epochs.tolist() == [1, 2] and mean.tolist() == pytest.approx([0.2, 0.2])
+
+
 def test_cost_columns_are_chosen_and_curves_drawn(three_models, tmp_path, capsys):
     for folder in three_models.glob("tt-*"):  # the LoRA runs trained an encoder and recorded their validation curve
         record = json.loads((folder / "results.json").read_text())

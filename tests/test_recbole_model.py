@@ -23,6 +23,7 @@ from recexp.models.random_scores import RandomRecommender
 from recexp.models.recbole import RecBoleRecommender
 from recexp.models.recbole.config import model_class
 from recexp.models.recbole.files import augment_train, with_history, write_benchmark
+from recexp.scenarios import LeaveOneOutScenario
 from recexp.train import TrainerConfig
 
 SHORT = TrainerConfig(max_epochs=2)
@@ -164,9 +165,45 @@ def test_effective_reads_back_what_recbole_ran(random_split, tmp_path):
         "lr": 0.001,
         "weight_decay": 0.0,
         "valid_metric": "ndcg@10",
+        "valid_every": 1,
         "epochs_run": 2,
         "best_epoch": best,
     }
+
+
+@pytest.mark.parametrize(("name", "params", "mask_history"), [("BPR", {}, True), ("SASRec", TINY_SEQ, False)])
+def test_recbole_validates_through_recexp_as_its_own_full_sort_would(name, params, mask_history, random_split, ml100k,
+                                                                      tmp_path, monkeypatch):
+    """recexp's evaluator on the valid stage gives RecBole's own validation numbers (rounded as RecBole rounds), under
+    RecBole's conventions (history masked for general models; for sequential ones unmasked, one target a user:
+    RecBole ranks each valid interaction on its own, recexp each user's positives together), so early stopping keeps
+    the same epoch."""
+    import recexp.models.recbole.adapter as adapter
+
+    split = LeaveOneOutScenario().build(ml100k, 0) if name == "SASRec" else random_split
+
+    def fitted(folder: str) -> tuple[RecBoleRecommender, list[float]]:
+        model, logger = RecBoleRecommender(name, params=params, trainer=TrainerConfig(max_epochs=4, patience=4)), RecordingLogger()
+        model.fit(split, FitContext(logger, torch.device("cpu"), tmp_path / folder, seed=2020, progress=False,
+                                    mask_history=mask_history))
+        return model, [row["valid/ndcg@10"] for _, row in logger.rows]
+
+    ours, curve = fitted("ours")
+    monkeypatch.setattr(adapter, "validated_by_recexp", lambda trainer_class: trainer_class)  # RecBole's full sort
+    theirs, their_curve = fitted("theirs")
+    assert curve == their_curve and len(set(curve)) == 4
+    assert ours.effective() == theirs.effective()
+    users = torch.arange(split.n_users)
+    torch.testing.assert_close(ours.score(users, "test"), theirs.score(users, "test"))
+
+
+def test_recbole_valid_every_validates_every_nth_epoch_with_patience_in_epochs(random_split, tmp_path):
+    trainer = TrainerConfig(max_epochs=4, patience=3, valid_every=2)
+    assert RecBoleRecommender("BPR", trainer=trainer).trainer_values.items() >= {"eval_step": 2, "stopping_step": 1}.items()
+    model = RecBoleRecommender("BPR", trainer=trainer)
+    logger = fit(model, random_split, tmp_path)
+    assert [step for step, _ in logger.rows] == [1, 3]  # validated after the second and the fourth epoch
+    assert model.effective()["valid_every"] == 2 and model.effective()["patience"] == 4  # 2 missed validations
 
 
 def test_score_pairs_matches_full_ranking(random_split, tmp_path, monkeypatch):
@@ -198,7 +235,7 @@ def test_a_refit_that_saves_no_checkpoint_keeps_its_own_weights(random_split, tm
     model = RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=1, patience=1))
     fit(model, random_split, tmp_path)
     first = {k: v.clone() for k, v in model._model.state_dict().items()}
-    monkeypatch.setattr(recbole_trainer.Trainer, "_valid_epoch", lambda self, data, show_progress=False: (float("nan"), {}))
+    monkeypatch.setattr(Evaluator, "value", lambda *args, **kwargs: float("nan"))
     fit(model, random_split, tmp_path)  # continues from ``first``, trains one epoch, never validates better
     assert model.effective()["best_epoch"] == -1
     assert any(not torch.equal(first[k], v) for k, v in model._model.state_dict().items())

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import CONF, build_model, context, ranking_metrics
+from helpers import CONF, RecordingLogger, build_model, context, ranking_metrics
 from hydra import compose, initialize_config_dir
 
 from recexp.config import build
@@ -317,6 +317,21 @@ def test_a_failed_first_validation_is_beaten_by_the_next_number(keep_start, smal
     assert stats.best_epoch == 1 and stats.best_valid == 0.3 and stats.epochs == 4
 
 
+def test_valid_every_validates_every_nth_epoch_and_patience_counts_epochs(small_split, tmp_path, monkeypatch):
+    import recexp.train.loop
+
+    script = iter([0.3, 0.2, 0.1, 0.4])
+    monkeypatch.setattr(recexp.train.loop, "validate", lambda *args: next(script))
+    config = TrainerConfig(max_epochs=8, patience=4, valid_every=2, batch_size=8, lr=0.1, warmup_ratio=0.0,
+                           weight_decay=0.0, grad_accum=1, mixed_precision="no", progress=False)
+    logger = RecordingLogger()
+    stats = fit(Toy(small_split.n_items), small_split, context(tmp_path).with_logger(logger), config, Batches(16))
+    # validated after epochs 1, 3 and 5; two misses of 2 epochs each use up a patience of 4 epochs
+    assert stats.curve == [None, 0.3, None, 0.2, None, 0.1] and stats.epochs == 6 and stats.best_epoch == 1
+    assert [("valid/ndcg@10" in row) for _, row in logger.rows] == [False, True] * 3
+    assert next(script) == 0.4  # epoch 7 never ran
+
+
 @pytest.mark.parametrize("spelling", ["NDCG@10", " ndcg@10", "ndcg@010"])
 def test_valid_metric_has_one_spelling(spelling):
     """Per-user columns and logs are keyed by the canonical name (a multi-process validation looks it up)."""
@@ -338,7 +353,7 @@ def test_nan_loss_raises_training_error(small_split, tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"max_epochs": 0}, {"max_epochs": -1}, {"patience": 0}, {"grad_accum": 0}, {"lr": 0.0}, {"lr": float("inf")},
+    [{"max_epochs": 0}, {"max_epochs": -1}, {"patience": 0}, {"valid_every": 0}, {"grad_accum": 0}, {"lr": 0.0}, {"lr": float("inf")},
      {"batch_size": 0}, {"warmup_ratio": 1.0}, {"weight_decay": -1.0}, {"mixed_precision": "fp8"},
      {"max_epochs": 2.5}, {"valid_metric": "ndcg"}, {"valid_metric": "ndgc@10"}, {"valid_metric": "auc@10"}],
 )

@@ -9,13 +9,22 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recexp.evaluate.top import among, among_by_keys, compiled_largest, masked_largest
+from recexp.evaluate.top import among, among_by_keys, compiled_largest, masked_largest, non_finite
 
 
 def history_of(n_rows, n_items, density, seed):
     matrix = sp.random(n_rows, n_items, density=density, format="csr", random_state=seed)
     matrix.sort_indices()
     return matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
+
+
+def test_non_finite_counts_as_the_elementwise_tests_do():
+    inf, nan = float("inf"), float("nan")
+    rows = torch.tensor([[1.0, 2.0, 3.0], [nan, 1.0, inf], [-inf, -inf, -inf], [3e38, 3e38, 1.0], [-inf, 2.0, nan],
+                         [inf, -inf, 0.0]])  # row 3's sum overflows although every score is finite
+    broken, finite = non_finite(rows)
+    assert broken.tolist() == (rows.isnan() | rows.isposinf()).sum(1).tolist() == [0, 2, 0, 0, 1, 1]
+    assert finite.tolist() == rows.isfinite().any(1).tolist() == [True, True, False, True, True, True]
 
 
 @pytest.mark.parametrize("n_items", [7, 300, 1682, 25000])

@@ -1,6 +1,20 @@
-"""Full-ranking evaluation against RecBole's full-sort path on the same stored scores."""
+"""Full-ranking evaluation against RecBole's full-sort path on the same stored scores.
+
+Score matrices, named in the report: at ml-100k's size (its random split, 943 x 1,682), the test scores of a
+trained BPR (RecBole through recexp, 30 epochs) and of a frozen-MiniLM ``text_tower``, a tiny random matrix
+factorisation plus log popularity, and log popularity plus noise; at 5k users x 25k items (synthetic, Zipf-like
+popularity), the last two. Each is evaluated at 512 users a batch on both sides, and with each side at its
+default batch (recexp 512, RecBole ``eval_batch_size`` 4,096 scores: 2 users a batch at 1,682 items, 1 at 25k);
+first on the path a fresh process takes (torch.topk over a masked copy), then with the compiled pass loaded.
+"""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,8 +24,9 @@ import torch
 
 from recexp.bench.common import timed
 from recexp.evaluate import Evaluator
-from recexp.interfaces import Dataset, Split
+from recexp.interfaces import Dataset, FitContext, Split
 from recexp.scenarios import ColdItemScenario, RandomScenario
+from recexp.tracking import NullLogger
 
 RANKING = ["recall", "precision", "hit", "mrr", "ndcg", "map"]  # the metrics RecBole's full sort also computes
 EVAL_KS = [5, 10, 20]
@@ -94,33 +109,106 @@ def recbole_full_sort(padded: torch.Tensor, split: Split, stage: str, metrics: l
     return run, len(users)
 
 
-def bench_against_recbole(n_users: int, n_items: int, batch_size: int = 512) -> dict[str, Any]:
-    """users/s of recexp's evaluator and of RecBole's full sort on the same stored scores (one thread)."""
-    split = RandomScenario().build(synthetic_dataset(n_users, n_items), 0)
-    padded = stored_scores(split, pad=1)
-    repeat = 10 if n_users * n_items < 10**7 else 3  # best of: the machine may be busy
+def recbole_default_batch(n_items: int) -> int:
+    """Users a batch of RecBole's full sort at its default ``eval_batch_size`` (4,096 scores, padding item included)."""
+    return max(4096 // (n_items + 1), 1)
+
+
+def mf_scores(split: Split, rank: int = 8, seed: int = 0) -> torch.Tensor:
+    """[n_users, n_items]: a tiny random matrix factorisation (rank 8, scaled 0.3) plus log(1 + training count)."""
+    generator = torch.Generator().manual_seed(seed)
+    users, items = (torch.randn(n, rank, generator=generator) for n in (split.n_users, split.n_items))
+    counts = torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), dtype=torch.float32)
+    return 0.3 * users @ items.T + counts.log1p()
+
+
+def model_scores(split: Split, model: Any, folder: Path) -> torch.Tensor:
+    """[n_users, n_items] scores on the test stage of ``model`` once fitted on ``split``."""
+    model.fit(split, FitContext(NullLogger(), torch.device("cpu"), folder, 0, progress=False))
+    with torch.no_grad():
+        return torch.cat([model.score(users, "test") for users in torch.arange(split.n_users).split(512)]).float()
+
+
+def score_matrices(size: str, folder: Path) -> tuple[Split, dict[str, torch.Tensor]]:
+    """The split of ``size`` (``ml100k``: ml-100k's random split; ``25k_items``: a synthetic 5k x 25k one) and its
+    score matrices by name: trained BPR and frozen-MiniLM text_tower scores (ml-100k), a tiny MF plus popularity,
+    and popularity plus noise."""
+    if size == "25k_items":
+        split = RandomScenario().build(synthetic_dataset(5000, 25000), 0)
+        return split, {"mf+popularity": mf_scores(split), "popularity+noise": stored_scores(split)}
+    from recexp.bench.runs import compose_model
+    from recexp.models.recbole import RecBoleRecommender
+    from recexp.train import TrainerConfig
+
+    tower, split = compose_model("text_tower", ["scenario=random"], folder)
+    bpr = RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=30, patience=30, progress=False))
+    return split, {"bpr": model_scores(split, bpr, folder / "bpr"), "text_tower": model_scores(split, tower, folder / "tower"),
+                   "mf+popularity": mf_scores(split), "popularity+noise": stored_scores(split)}
+
+
+def against_recbole(split: Split, scores: torch.Tensor, batch_size: int, recbole_batch: int, repeat: int) -> dict[str, Any]:
+    """users/s of recexp's evaluator (``batch_size`` users a batch) and of RecBole's full sort (``recbole_batch``) on
+    the same ``scores`` [n_users, n_items] (one thread), with whether both give the same top-K lists and metrics."""
+    padded = torch.cat([torch.zeros(split.n_users, 1), scores], dim=1)
     ours = Evaluator(ks=EVAL_KS, metrics=RANKING, batch_size=batch_size)
-    model = _StoredScores(padded[:, 1:].contiguous())  # as a model's output is
+    model = _StoredScores(scores.contiguous())  # as a model's output is
     ours_s, result = timed(lambda: ours.evaluate(model, split, "test", segments=("all",)), repeat)
-    run, users = recbole_full_sort(padded, split, "test", RANKING, batch_size)
+    run, users = recbole_full_sort(padded, split, "test", RANKING, recbole_batch)
     theirs_s, _ = timed(run, repeat)
     metrics, lists = run(keep_lists=True)
     diff = {k: abs(result.metrics["all"][k] - metrics[k]) for k in metrics}
     worst = max(diff, key=diff.get)
-    return {"users": users, "items": n_items, "recexp_users_per_s": users / ours_s,
-            "recbole_users_per_s": users / theirs_s, "speedup": theirs_s / ours_s,
+    return {"users": users, "items": split.n_items, "batch_size": batch_size, "recbole_batch_size": recbole_batch,
+            "recexp_users_per_s": users / ours_s, "recbole_users_per_s": users / theirs_s, "speedup": theirs_s / ours_s,
             "same_topk_share": float(np.mean(np.all(result.topk["all"] == torch.cat(lists).numpy(), axis=1))),
             "max_metric_diff": f"{diff[worst]:.1e} ({worst})"}  # precision@K: recexp's per-user values are float32
 
 
+def measure(folder: str) -> dict[str, Any]:
+    """Every size, score matrix and batch setting, first on the path a process takes before it loads the compiled
+    pass (torch.topk over a masked copy: what an ordinary run on a small catalog uses throughout), then with the
+    compiled pass loaded (the steady state of a long run or a large catalog). Run in a fresh process."""
+    from recexp.evaluate import top
+
+    if top.compiled_loaded():
+        raise RuntimeError("measure() needs a process that has not loaded the compiled pass; run it in a fresh one")
+    torch.set_num_threads(1)
+    top.COMPILE_AFTER = float("inf")  # the first-run path throughout, until the compiled pass is loaded below
+    matrices = {size: score_matrices(size, Path(folder) / size) for size in ("ml100k", "25k_items")}
+    report: dict[str, Any] = {}
+    for path in ("first_run", "steady"):
+        if path == "steady":
+            import recexp.evaluate.kernels  # noqa: F401  (loads the compiled pass)
+        for size, (split, by_name) in matrices.items():
+            repeat = 10 if split.n_users * split.n_items < 10**7 else 3  # best of: the machine may be busy
+            default = recbole_default_batch(split.n_items)
+            for name, scores in by_name.items():
+                report[f"{path}/{size}/{name}/512"] = against_recbole(split, scores, 512, 512, repeat)
+                report[f"{path}/{size}/{name}/defaults"] = against_recbole(split, scores, 512, default, repeat)
+    return report
+
+
 def bench_evaluator() -> dict[str, Any]:
-    # The steady state: the compiled pass, as a process has it once it has ranked top.COMPILE_AFTER scores
-    import recexp.evaluate.kernels  # noqa: F401
+    """:func:`measure` in a fresh one-thread process; then a BookCrossing-sized evaluation, every segment and
+    metric, on all threads and on one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        code = f"import json; from recexp.bench.evaluator import measure; print(json.dumps(measure({tmp!r})))"
+        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp,
+                              capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"evaluator bench failed:\n{done.stderr[-3000:]}")
+    report: dict[str, Any] = {"runs": json.loads(done.stdout.strip().splitlines()[-1])}
+    for path in ("first_run", "steady"):
+        for size in ("ml100k", "25k_items"):
+            runs = {key: run for key, run in report["runs"].items() if key.startswith(f"{path}/{size}/")}
+            report[f"{path}/{size}"] = {"slowest": min(runs, key=lambda key: runs[key]["speedup"]),
+                                        "speedup": min(run["speedup"] for run in runs.values()),
+                                        "same_topk_share": min(run["same_topk_share"] for run in runs.values())}
+    import recexp.evaluate.kernels  # noqa: F401  (the compiled pass, as a process has it once it has ranked enough)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = {"ml100k_size": bench_against_recbole(943, 1682), "25k_items": bench_against_recbole(5000, 25000)}
         split = ColdItemScenario().build(synthetic_dataset(5000, 27000), 0)
         model = _StoredScores(stored_scores(split))
         one_s, result = timed(lambda: Evaluator().evaluate(model, split, "test"), repeat=1)

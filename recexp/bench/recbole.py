@@ -1,10 +1,21 @@
-"""Seconds per epoch of a RecBole model fitted by recexp against raw RecBole on the same configuration.
+"""Seconds per epoch of a RecBole model fitted by recexp against RecBole's own pipeline, phase by phase.
 
-Both sides train BPR on the same ml-100k split (the benchmark files recexp writes for RecBole), with
-RecBole's defaults, the early-stopping metric recexp asks for (NDCG@10) and one torch thread. Each fit
-runs in a fresh process, as a user would start it (a setting one side leaves behind in its process, like
-autograd's anomaly mode, would otherwise slow both), the two sides in interleaved pairs. An epoch is the
-median time between two of RecBole's end-of-epoch callbacks: training, validation and its checkpoint.
+Three sides train BPR on ml-100k with RecBole's defaults, the early-stopping metric recexp asks for
+(NDCG@10) and one torch thread:
+
+- ``recexp``: ``RecBoleRecommender`` on recexp's random split (8:1:1 per user);
+- ``recbole``: RecBole's own quick-start pipeline, reading ml-100k's atomic files and splitting them itself
+  (8:1:1 per user, random order): the reference, as a user would run RecBole;
+- ``files``: raw RecBole reading the benchmark files recexp writes for the same split, reported beside.
+
+Each fit runs in a fresh process, as a user would start it (a setting one side leaves behind in its process,
+like autograd's anomaly mode, would otherwise slow both), the sides in interleaved rounds. An epoch's
+training phase is RecBole's ``_train_epoch``; its validation phase runs from there to the end-of-epoch callback
+(the validation, its checkpoint when it improved, the logging). Each is a median over the fit's epochs.
+
+``scientific_size``: recexp's BPR on a synthetic split of Amazon Scientific's size (8,442 users, 4,385 items,
+about 59k interactions, ``cold_item``), where each validation ranks every item for 8.4k users: its validation
+phase against its own training phase (target: no more), and raw RecBole's on the same files for reference.
 """
 from __future__ import annotations
 
@@ -19,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "BPR"
-TARGET_RATIO = 1.05  # recexp's seconds per epoch over raw RecBole's
+TARGET_RATIO = 1.05  # recexp's seconds per phase over RecBole's own pipeline's
 SEED = 2020
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-SIDES = {"recexp": "recexp_epochs", "recbole": "raw_epochs"}  # side -> the function of this module fitting it
+SIDES = {"recexp": "recexp_fit", "recbole": "own_fit", "files": "files_fit"}  # side -> the function fitting it
+SCIENTIFIC = {"n_users": 8442, "n_items": 4385, "per_user": 7}  # Amazon Scientific's size (UniSRec's release)
 
 
 class _EpochClock:
@@ -41,85 +53,132 @@ class _EpochClock:
         pass
 
 
-def _split(cache: Path) -> Any:
-    """The ml-100k random split (RecBole's 8:1:1 per user), built once and then read from ``cache``."""
-    from recexp.data import AtomicDataset
-    from recexp.scenarios import RandomScenario, build_or_load
+def _split(cache: Path, data: str) -> Any:
+    """``data``: ``ml-100k`` (its random split, RecBole's 8:1:1 per user) or ``scientific`` (a synthetic
+    Scientific-sized cold_item split); built once, then read from ``cache``."""
+    from recexp.scenarios import ColdItemScenario, RandomScenario, build_or_load
 
-    return build_or_load(AtomicDataset(name="ml-100k").load(), RandomScenario(), SEED, cache)
+    if data == "ml-100k":
+        from recexp.data import AtomicDataset
+
+        return build_or_load(AtomicDataset(name="ml-100k").load(), RandomScenario(), SEED, cache)
+    from recexp.bench.evaluator import synthetic_dataset
+
+    return build_or_load(synthetic_dataset(**SCIENTIFIC), ColdItemScenario(), SEED, cache)
 
 
-def recexp_epochs(folder: Path, cache: Path, epochs: int) -> list[float]:
-    """End-of-epoch times of ``RecBoleRecommender(MODEL)`` fitting for ``epochs`` epochs (no early stop)."""
+def _train_spans() -> list[tuple[float, float]]:
+    """Start and end of every ``_train_epoch`` of RecBole's trainers from now on in this process."""
+    from recexp.models.recbole.compat import apply
+
+    apply()
+    from recbole.trainer import Trainer
+
+    spans: list[tuple[float, float]] = []
+    train_epoch = Trainer._train_epoch
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return train_epoch(self, *args, **kwargs)
+        finally:
+            spans.append((start, time.perf_counter()))
+
+    Trainer._train_epoch = timed
+    return spans
+
+
+def recexp_fit(folder: Path, cache: Path, epochs: int, data: str) -> tuple[list[tuple[float, float]], list[float]]:
+    """(training spans, end-of-epoch times) of ``RecBoleRecommender(MODEL)`` fitting for ``epochs`` epochs."""
     import torch
 
     from recexp.interfaces import FitContext
     from recexp.models.recbole import RecBoleRecommender
     from recexp.train import TrainerConfig
 
-    split, clock = _split(cache), _EpochClock()
+    split, clock, spans = _split(cache, data), _EpochClock(), _train_spans()
     model = RecBoleRecommender(MODEL, trainer=TrainerConfig(max_epochs=epochs, patience=epochs, progress=False))
     model.fit(split, FitContext(clock, torch.device("cpu"), folder, SEED, progress=False))
-    return clock.times
+    return spans, clock.times
 
 
-def raw_config(folder: Path, epochs: int) -> dict[str, Any]:
-    """RecBole's config for the benchmark files in ``folder``: its defaults, the data recexp's adapter
-    loads, NDCG@10 for early stopping, no progress bars, CPU."""
-    return {
-        "data_path": str(folder),
-        "benchmark_filename": ["train", "valid", "test"],
-        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"], "item": ["item_id"], "user": ["user_id"]},
-        "eval_args": {"group_by": "user", "order": "RO", "mode": "full"},
-        "metrics": ["NDCG"], "topk": [10], "valid_metric": "NDCG@10",
-        "epochs": epochs, "stopping_step": epochs,
-        "seed": SEED, "device": "cpu", "use_gpu": False, "show_progress": False,
-        "checkpoint_dir": str(folder / "checkpoints"),
-    }
+def raw_config(epochs: int) -> dict[str, Any]:
+    """RecBole's config apart from its data: its defaults, NDCG@10 for early stopping, no progress bars, CPU."""
+    return {"metrics": ["NDCG"], "topk": [10], "valid_metric": "NDCG@10",
+            "epochs": epochs, "stopping_step": epochs,
+            "seed": SEED, "device": "cpu", "use_gpu": False, "show_progress": False}
 
 
-def raw_epochs(folder: Path, cache: Path, epochs: int) -> list[float]:
-    """End-of-epoch times of raw RecBole (its quick_start steps, repaired to run on today's stack)."""
-    from recexp.models.recbole.compat import apply
-    from recexp.models.recbole.files import DATASET, write_benchmark
+def files_config(folder: Path) -> dict[str, Any]:
+    """RecBole's data settings for the benchmark files recexp writes into ``folder``."""
+    return {"data_path": str(folder), "benchmark_filename": ["train", "valid", "test"],
+            "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"], "item": ["item_id"], "user": ["user_id"]},
+            "eval_args": {"group_by": "user", "order": "RO", "mode": "full"}}
 
-    write_benchmark(_split(cache), folder / DATASET)
-    apply()
+
+def _raw_fit(dataset: str, config_dict: dict[str, Any]) -> tuple[list[tuple[float, float]], list[float]]:
+    """RecBole's quick_start steps (repaired to run on today's stack): (training spans, end-of-epoch times)."""
+    spans = _train_spans()
     import torch
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
 
     torch.set_num_threads(1)
-    config = Config(model=MODEL, dataset=DATASET, config_dict=raw_config(folder, epochs))
+    config = Config(model=MODEL, dataset=dataset, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, dataset)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    times: list[float] = []
+    ends: list[float] = []
     trainer.fit(train_data, valid_data, saved=True, show_progress=False,
-                callback_fn=lambda epoch, score: times.append(time.perf_counter()))
-    return times
+                callback_fn=lambda epoch, score: ends.append(time.perf_counter()))
+    return spans, ends
 
 
-def seconds_per_epoch(times: list[float]) -> float:
-    """Median time between successive end-of-epoch callbacks."""
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
+def own_fit(folder: Path, cache: Path, epochs: int, data: str) -> tuple[list[tuple[float, float]], list[float]]:
+    """RecBole's own pipeline on ml-100k: its packaged atomic files, split by RecBole itself."""
+    import recbole
+
+    if data != "ml-100k":
+        raise ValueError(f"RecBole's own pipeline reads ml-100k only, not {data}")
+    examples = Path(recbole.__file__).parent / "dataset_example"
+    return _raw_fit("ml-100k", raw_config(epochs) | {"data_path": str(examples),
+                                                     "checkpoint_dir": str(folder / "checkpoints")})
 
 
-def run_side(side: str, folder: Path, cache: Path, epochs: int) -> float:
-    """Seconds per epoch of one fit (``side``: recexp | recbole) in a fresh one-thread process working in
+def files_fit(folder: Path, cache: Path, epochs: int, data: str) -> tuple[list[tuple[float, float]], list[float]]:
+    """Raw RecBole on the benchmark files recexp writes for the same split."""
+    from recexp.models.recbole.compat import apply
+
+    apply()
+    from recexp.models.recbole.files import DATASET, write_benchmark
+
+    write_benchmark(_split(cache, data), folder / DATASET)
+    return _raw_fit(DATASET, raw_config(epochs) | files_config(folder) | {"checkpoint_dir": str(folder / "checkpoints")})
+
+
+def phases(spans: list[tuple[float, float]], ends: list[float]) -> dict[str, float]:
+    """Median seconds of an epoch's training phase, of its validation phase (from the end of training to the
+    end-of-epoch callback) and of a whole epoch (between successive callbacks)."""
+    return {"train_s": statistics.median(end - start for start, end in spans),
+            "valid_s": statistics.median(end - trained for (_, trained), end in zip(spans, ends)),
+            "epoch_s": statistics.median(b - a for a, b in zip(ends, ends[1:]))}
+
+
+def run_side(side: str, folder: Path, cache: Path, epochs: int, data: str = "ml-100k") -> dict[str, float]:
+    """:func:`phases` of one fit (``side``: recexp | recbole | files) in a fresh one-thread process working in
     ``folder``: what raw RecBole writes under its working directory (``log_tensorboard/``) stays there."""
     folder.mkdir(parents=True, exist_ok=True)
-    code = (f"from pathlib import Path; from recexp.bench import recbole as b; "
-            f"print(b.seconds_per_epoch(b.{SIDES[side]}(Path({str(folder.resolve())!r}), Path({str(cache.resolve())!r}), {epochs})))")
+    code = (f"import json; from pathlib import Path; from recexp.bench import recbole as b; "
+            f"print(json.dumps(b.phases(*b.{SIDES[side]}(Path({str(folder.resolve())!r}), "
+            f"Path({str(cache.resolve())!r}), {epochs}, {data!r}))))")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD}, cwd=folder,
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{side} fit failed:\n{done.stderr[-3000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def median_index(ratios: list[float]) -> int:
@@ -127,26 +186,35 @@ def median_index(ratios: list[float]) -> int:
     return ratios.index(statistics.median_high(ratios))
 
 
-def bench_recbole(epochs: int = 20, pairs: int = 5) -> dict[str, Any]:
-    """Seconds per epoch of recexp's RecBole BPR and of raw RecBole over ``pairs`` pairs of fits, the two sides
-    of a pair run back to back (which goes first alternates). The ratio is the median pair's (a busy neighbour
-    slows both fits of a pair, where the two sides' best fits may come from different moments), and the seconds
-    reported beside it are that pair's, so they read as the ratio."""
-    runs: dict[str, list[float]] = {"recexp": [], "recbole": []}
+def bench_recbole(epochs: int = 20, rounds: int = 5) -> dict[str, Any]:
+    """Each side's phases over ``rounds`` rounds of fits, the sides of a round back to back (their order rotates).
+    A phase's ratio is the median round's (a busy neighbour slows every fit of a round, where the sides' best
+    fits may come from different moments), and the seconds reported beside it are that round's."""
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        _split(cache)  # build the split once, outside the timed fits
-        for pair in range(pairs):
-            for side in (list(runs) if pair % 2 == 0 else list(runs)[::-1]):
-                runs[side].append(run_side(side, Path(tmp) / f"{side}{pair}", cache, epochs))
-    pair_ratios = [a / b for a, b in zip(runs["recexp"], runs["recbole"])]
-    median_pair = median_index(pair_ratios)
-    ratio = pair_ratios[median_pair]
-    return {"model": MODEL, "epochs": epochs, "pairs": pairs, "threads": 1, "median_pair": median_pair,
-            "recexp_s_per_epoch": runs["recexp"][median_pair],
-            "recbole_s_per_epoch": runs["recbole"][median_pair],
-            "recexp_runs": runs["recexp"], "recbole_runs": runs["recbole"], "pair_ratios": pair_ratios,
-            "ratio": ratio, "target_ratio": TARGET_RATIO, "within_target": ratio <= TARGET_RATIO}
+        _split(cache, "ml-100k"), _split(cache, "scientific")  # built once, outside the timed fits
+        for round_ in range(rounds):
+            order = list(SIDES)[round_ % len(SIDES):] + list(SIDES)[: round_ % len(SIDES)]
+            for side in order:
+                runs[side].append(run_side(side, Path(tmp) / f"{side}{round_}", cache, epochs))
+        scientific = {side: run_side(side, Path(tmp) / f"scientific_{side}", cache, epochs // 2, "scientific")
+                      for side in ("recexp", "files")}
+    report: dict[str, Any] = {"model": MODEL, "epochs": epochs, "rounds": rounds, "threads": 1, "runs": runs}
+    for phase in ("train_s", "valid_s", "epoch_s"):
+        for reference in ("recbole", "files"):
+            ratios = [ours[phase] / theirs[phase] for ours, theirs in zip(runs["recexp"], runs[reference])]
+            middle = median_index(ratios)
+            report[f"{phase}_vs_{reference}"] = {"recexp": runs["recexp"][middle][phase],
+                                                 reference: runs[reference][middle][phase],
+                                                 "ratio": ratios[middle], "ratios": ratios}
+    report["within_target"] = all(report[f"{phase}_vs_recbole"]["ratio"] <= TARGET_RATIO for phase in ("train_s", "valid_s"))
+    report["target_ratio"] = TARGET_RATIO
+    ours = scientific["recexp"]
+    report["scientific_size"] = {**SCIENTIFIC, "scenario": "cold_item", "recexp": ours, "files": scientific["files"],
+                                 "valid_over_train": ours["valid_s"] / ours["train_s"],
+                                 "within_target": ours["valid_s"] <= ours["train_s"]}
+    return report
 
 
 if __name__ == "__main__":

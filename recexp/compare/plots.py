@@ -126,17 +126,25 @@ def tail_tradeoff(points: pd.DataFrame, accuracy: str, exposures: list[str], pat
     return _save(figure, path)
 
 
+def mean_curve(runs: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs counted from 1, the mean over ``runs`` of the metric after them): over the runs still going at
+    that epoch, at the epochs where some run validated (``None`` marks an epoch that did not)."""
+    longest = max(len(c) for c in runs)
+    values = np.full((len(runs), longest), np.nan)
+    for i, curve in enumerate(runs):
+        values[i, : len(curve)] = np.array(curve, dtype=float)  # None -> NaN
+    validated = ~np.isnan(values).all(axis=0)
+    return np.arange(1, longest + 1)[validated], np.nanmean(values[:, validated], axis=0)
+
+
 def valid_curves(curves: dict[str, list[list[float]]], metric: str, path: Path) -> Path:
     """The early-stopping metric after each epoch, one line per row: the mean over its seeds (each seed's curve up to
-    where it stopped; the mean of the seeds still running at that epoch)."""
+    where it stopped; the mean of the seeds still running at that epoch), through the epochs that validated
+    (``None`` marks one that did not: ``trainer.valid_every``)."""
     figure = Figure(figsize=(6.5, 4.0), layout="constrained")
     ax = figure.subplots()
     for label, runs in curves.items():
-        longest = max(len(c) for c in runs)
-        values = np.full((len(runs), longest), np.nan)
-        for i, curve in enumerate(runs):
-            values[i, : len(curve)] = curve
-        ax.plot(np.arange(1, longest + 1), np.nanmean(values, axis=0), marker=".", lw=1.2, label=label)
+        ax.plot(*mean_curve(runs), marker=".", lw=1.2, label=label)
     ax.set_xlabel("epoch (LP-FT: probing epochs, then fine-tuning)")
     ax.set_ylabel(f"valid {metric}")
     ax.grid(alpha=0.3)

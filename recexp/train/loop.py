@@ -56,7 +56,8 @@ class FitStats:
     optimizer_steps: int = 0
     samples: int = 0
     train_seconds: float = 0.0
-    curve: list[float] = field(default_factory=list)  # the early-stopping metric after each epoch (the start first, if kept)
+    # the early-stopping metric after each epoch (the start first, if kept; None after an epoch that did not validate)
+    curve: list[float | None] = field(default_factory=list)
 
     @property
     def ended_on_best(self) -> bool:
@@ -81,8 +82,8 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
 
     ``model(batch)`` returns a scalar loss; ``data`` yields whole batches (``__getitems__``) and is
     re-drawn by ``data.set_epoch(epoch)``. ``model`` also scores (it is a recommender's module): the
-    valid stage is evaluated after every epoch, and training stops after ``config.patience`` epochs
-    without improvement. ``keep_start`` also validates the starting weights, which are kept when no
+    valid stage is evaluated after every ``config.valid_every``-th epoch, and training stops after
+    ``config.patience`` epochs without improvement. ``keep_start`` also validates the starting weights, which are kept when no
     epoch beats them (``best_epoch`` -1). Logged steps start at ``step_offset`` (a second fit logs after
     the first's). Its ``stale`` flag is raised whenever weights are restored.
     """
@@ -112,6 +113,7 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
                                                                                config.schedule == "constant"))
     evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256, mask_history=ctx.mask_history)
     stats, best_state, misses = FitStats(), {}, 0
+    valid_every = config.pick("valid_every", 1)
     start_norm = weight_norm(model)
     if keep_start:
         model.refresh()
@@ -123,16 +125,20 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
         model.refresh()
         loss = train_epoch(wrapped, loader, optimizer, scheduler, accelerator, config, ctx, epoch, stats)
         check_weights(model, start_norm, epoch, config)
+        stats.epochs = epoch + 1
+        logged = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "epoch": epoch}
+        if stats.epochs % valid_every:  # not an epoch that validates
+            stats.curve.append(None)
+            ctx.logger.log(logged, step=step_offset + stats.optimizer_steps)
+            continue
         value = validate(model, split, evaluator, key, accelerator)
         stats.curve.append(value)
-        ctx.logger.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], f"valid/{key}": value,
-                        "epoch": epoch}, step=step_offset + stats.optimizer_steps)
-        stats.epochs = epoch + 1
+        ctx.logger.log({**logged, f"valid/{key}": value}, step=step_offset + stats.optimizer_steps)
         first = stats.best_epoch < 0 and not keep_start  # nothing to beat yet
         if first or _better(value, stats.best_valid, metric.higher_is_better):
             stats.best_epoch, stats.best_valid, best_state, misses = epoch, value, snapshot(model), 0
         else:
-            misses += 1
+            misses += valid_every  # patience counts epochs
             if misses >= config.patience:
                 break
     if not stats.ended_on_best:

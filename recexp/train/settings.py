@@ -20,7 +20,8 @@ class TrainerConfig:
     """Flat training settings; ``None`` means "the model's own default". Values are checked on creation."""
 
     max_epochs: int | None = None  # cap on training epochs
-    patience: int | None = None  # validation checks without improvement before stopping
+    patience: int | None = None  # epochs without improvement before stopping
+    valid_every: int | None = None  # validate after every N-th epoch (default 1)
     valid_metric: str = "ndcg@10"  # early-stopping metric on the valid stage (all segment), e.g. ndcg@10 or auc
     batch_size: int | None = None  # training batch size, over all processes together
     lr: float | None = None  # peak learning rate
@@ -47,7 +48,7 @@ class TrainerConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip and getattr(self, f.name) is not None}
 
 
-_INT_RULES = {"max_epochs": 1, "patience": 1, "batch_size": 1, "grad_accum": 1}  # name -> minimum
+_INT_RULES = {"max_epochs": 1, "patience": 1, "valid_every": 1, "batch_size": 1, "grad_accum": 1}  # name -> minimum
 _NUMBER_RULES = {"lr": dict(above=0), "weight_decay": dict(low=0), "warmup_ratio": dict(low=0, below=1)}  # name -> bounds
 
 
@@ -72,7 +73,7 @@ def check_trainer(config: TrainerConfig) -> None:
         raise ConfigError(f"trainer.valid_metric={config.valid_metric!r}: {err}") from None
 
 
-TORCH_DEFAULTS = dict(weight_decay=0.0, warmup_ratio=0.1, grad_accum=1, schedule="linear")
+TORCH_DEFAULTS = dict(valid_every=1, weight_decay=0.0, warmup_ratio=0.1, grad_accum=1, schedule="linear")
 
 
 def with_defaults(config: TrainerConfig, device: torch.device, **defaults: Any) -> TrainerConfig:

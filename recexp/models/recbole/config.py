@@ -23,7 +23,8 @@ VALID_METRICS = {"recall": "Recall", "precision": "Precision", "hit": "Hit", "mr
 # TrainerConfig field -> RecBole config key (None in TrainerConfig keeps RecBole's default)
 TRAINER_KEYS = {
     "max_epochs": "epochs",
-    "patience": "stopping_step",  # RecBole stops after stopping_step + 1 misses: patience - 1
+    "valid_every": "eval_step",
+    "patience": "stopping_step",  # RecBole stops after stopping_step + 1 missed validations (see trainer_values)
     "batch_size": "train_batch_size",
     "lr": "learning_rate",
     "weight_decay": "weight_decay",
@@ -106,7 +107,9 @@ def trainer_values(trainer: TrainerConfig, model: str) -> dict[str, Any]:
     for ours, theirs in TRAINER_KEYS.items():
         value = getattr(trainer, ours)
         if value is not None:
-            values[theirs] = value - 1 if ours == "patience" else value
+            values[theirs] = value
+    if trainer.patience is not None:  # patience counts epochs; RecBole counts missed validations, one more than it says
+        values["stopping_step"] = -(-trainer.patience // trainer.pick("valid_every", 1)) - 1
     return values
 
 
@@ -115,7 +118,8 @@ def used_settings(trainer: Any, config: Config) -> dict[str, Any]:
     values, except that memory-based models get one epoch)."""
     return {
         "max_epochs": trainer.epochs,
-        "patience": trainer.stopping_step + 1,
+        "valid_every": trainer.eval_step,
+        "patience": (trainer.stopping_step + 1) * trainer.eval_step,
         "batch_size": config["train_batch_size"],
         "lr": trainer.learning_rate,
         "weight_decay": trainer.weight_decay,
