@@ -197,9 +197,34 @@ def test_recbole_validates_through_recexp_as_its_own_full_sort_would(name, param
     torch.testing.assert_close(ours.score(users, "test"), theirs.score(users, "test"))
 
 
+def test_recbole_validates_on_the_metric_its_params_name_and_a_failed_fit_keeps_the_last_model(random_split, tmp_path,
+                                                                                                monkeypatch):
+    params = {"valid_metric": "Recall@20", "metrics": ["Recall"], "topk": [20]}  # RecBole's own keys win over trainer
+    model = RecBoleRecommender("BPR", params=params, trainer=TrainerConfig(max_epochs=1, patience=1))
+    (_, row), = fit(model, random_split, tmp_path / "first").rows
+    assert row["valid/recall@20"] == round(Evaluator().value(model, random_split, "valid", "recall@20"), 4)
+    kept, scores = model._model, model.score(torch.arange(5), "test")
+
+    def broken(*args, **kwargs):
+        raise TrainingError("validation failed")
+
+    monkeypatch.setattr(Evaluator, "value", broken)
+    with pytest.raises(TrainingError, match="validation failed"):
+        fit(model, random_split, tmp_path / "second")
+    assert model._model is kept and torch.equal(model.score(torch.arange(5), "test"), scores)
+
+
+def test_a_model_fitted_without_gradients_validates_its_one_epoch_whatever_valid_every(random_split, tmp_path):
+    model = RecBoleRecommender("Pop", trainer=TrainerConfig(valid_every=3))
+    assert len(fit(model, random_split, tmp_path).rows) == 1
+    assert model.effective()["best_epoch"] == 0 and model.cost_extras()["artifact_bytes"] > 0
+
+
 def test_recbole_valid_every_validates_every_nth_epoch_with_patience_in_epochs(random_split, tmp_path):
     trainer = TrainerConfig(max_epochs=4, patience=3, valid_every=2)
     assert RecBoleRecommender("BPR", trainer=trainer).trainer_values.items() >= {"eval_step": 2, "stopping_step": 1}.items()
+    # RecBole's own patience (11 validations) becomes 11 epochs: 6 validations of 2 epochs
+    assert RecBoleRecommender("BPR", trainer=TrainerConfig(valid_every=2)).trainer_values["stopping_step"] == 5
     model = RecBoleRecommender("BPR", trainer=trainer)
     logger = fit(model, random_split, tmp_path)
     assert [step for step, _ in logger.rows] == [1, 3]  # validated after the second and the fourth epoch

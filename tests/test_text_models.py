@@ -353,7 +353,8 @@ def test_nan_loss_raises_training_error(small_split, tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"max_epochs": 0}, {"max_epochs": -1}, {"patience": 0}, {"valid_every": 0}, {"grad_accum": 0}, {"lr": 0.0}, {"lr": float("inf")},
+    [{"max_epochs": 0}, {"max_epochs": -1}, {"patience": 0}, {"valid_every": 0}, {"valid_every": 3, "max_epochs": 2},
+     {"grad_accum": 0}, {"lr": 0.0}, {"lr": float("inf")},
      {"batch_size": 0}, {"warmup_ratio": 1.0}, {"weight_decay": -1.0}, {"mixed_precision": "fp8"},
      {"max_epochs": 2.5}, {"valid_metric": "ndcg"}, {"valid_metric": "ndgc@10"}, {"valid_metric": "auc@10"}],
 )

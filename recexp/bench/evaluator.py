@@ -46,8 +46,10 @@ def synthetic_dataset(n_users: int, n_items: int, per_user: int = 50, seed: int 
 
 
 class _StoredScores:
-    """Scores [n_users, n_items] computed once (training popularity plus noise); a batch of consecutive users
+    """Scores [n_users, n_items] computed once; a batch of consecutive users
     is a view, so what is timed is the evaluation, not the scoring."""
+
+    pointwise_output = "score"  # a stage's labelled pairs (if any) are scored too
 
     def __init__(self, scores: torch.Tensor):
         self.scores = scores

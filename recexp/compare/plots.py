@@ -137,7 +137,7 @@ def mean_curve(runs: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(1, longest + 1)[validated], np.nanmean(values[:, validated], axis=0)
 
 
-def valid_curves(curves: dict[str, list[list[float]]], metric: str, path: Path) -> Path:
+def valid_curves(curves: dict[str, list[list[float | None]]], metric: str, path: Path) -> Path:
     """The early-stopping metric after each epoch, one line per row: the mean over its seeds (each seed's curve up to
     where it stopped; the mean of the seeds still running at that epoch), through the epochs that validated
     (``None`` marks one that did not: ``trainer.valid_every``)."""

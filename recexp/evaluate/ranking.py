@@ -233,7 +233,7 @@ def _top(scores, rows, history, history_rows, allowed, k, order, model, stage):
         picked = tied.cpu().numpy()
         part = mask(scores[torch.as_tensor(rows[picked], device=scores.device)].float(), history, history_rows[picked],
                     allowed)
-        again = part[:, order].topk(k, dim=1)
+        again = part.index_select(1, order).topk(k, dim=1)  # part[:, order], 3x faster on CPU
         values[tied], items[tied] = again.values, order[again.indices]
     filled = values > float("-inf")
     return torch.where(filled, items, -1), filled

@@ -125,7 +125,7 @@ class TorchRecommender(RecommenderBase):
     def effective(self) -> dict[str, Any]:
         """The trainer settings this fit used, with the epochs it ran (``best_epoch`` -1: lp_ft kept the probe) and
         ``valid_curve``: the early-stopping metric after each epoch (lp_ft: the probing epochs', then the fine-tuning's
-        from the probe on)."""
+        from the probe on; None after an epoch that did not validate, under ``trainer.valid_every``)."""
         used = dataclasses.asdict(self.used) if self.used else {}
         used.pop("progress", None)
         probe = {"lp_ft": True, "lp_epochs_run": self.probe_stats.epochs} if self.lp_ft else {}

@@ -60,6 +60,9 @@ def check_trainer(config: TrainerConfig) -> None:
     for name, bounds in _NUMBER_RULES.items():
         if getattr(config, name) is not None:
             check_number(f"trainer.{name}", getattr(config, name), **bounds)
+    if None not in (config.valid_every, config.max_epochs) and config.valid_every > config.max_epochs:
+        raise ConfigError(f"trainer.valid_every={config.valid_every} is more than trainer.max_epochs={config.max_epochs}, "
+                          "so no epoch would validate; lower it to at most max_epochs.")
     if config.mixed_precision is not None and config.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(
             f"trainer.mixed_precision={config.mixed_precision!r} is not allowed: choose {', '.join(MIXED_PRECISION)} "

@@ -11,6 +11,8 @@ after :func:`~recexp.models.recbole.compat.apply` (some repairs must be in place
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,10 +122,7 @@ class RecBoleRecommender(RecommenderBase):
             trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
             trainer = validated_by_recexp(without_optimizer(trainer_class) if self.gradient_free else trainer_class)(
                 config, model)
-            self._model = model
-            self._index(dataset, split, max_len, config["device"])
-            evaluator = Evaluator(mask_history=ctx.mask_history)
-            trainer.validate = lambda: evaluator.value(self, split, VALID, self.valid_metric, ctx.device)
+            trainer.validate = self._validation(model, dataset, split, max_len, config, ctx)
             # checkpoint names have one-second resolution: an earlier fit's file of the same name must not
             # pass for this fit's best when this one saves none
             Path(trainer.saved_model_file).unlink(missing_ok=True)
@@ -132,6 +131,7 @@ class RecBoleRecommender(RecommenderBase):
         load_best(model, trainer.saved_model_file, config["device"])
         self._checkpoint = Path(trainer.saved_model_file)
         self._model = model.eval()
+        self._index(dataset, split, max_len, config["device"])
 
     def attach(self, split: Split, device: torch.device) -> None:
         """Score ``split``'s stages from now on without training on it (same users and items as the fit)."""
@@ -230,7 +230,19 @@ class RecBoleRecommender(RecommenderBase):
                 values["MAX_ITEM_LIST_LENGTH"] = split.max_history
         if self.gradient_free:  # no gradients: sampled negatives would only
             values["train_neg_sample_args"] = None  # be counted by Pop as if they were interactions
+            values["eval_step"] = 1  # its trainer runs one epoch, which must validate
         return values | self.params
+
+    def _validation(self, model: Any, dataset: Any, split: Split, max_len: int, config: Any, ctx: FitContext
+                    ) -> Callable[[], float]:
+        """What RecBole's trainer calls to validate ``model`` while it trains: RecBole's final ``valid_metric`` (a
+        model param may set it) on the valid stage, by recexp's evaluator, scored through a copy of this
+        recommender (so a fit that fails leaves this one as it was)."""
+        scorer = copy.copy(self)
+        scorer._model = model
+        scorer._index(dataset, split, max_len, config["device"])
+        evaluator, key = Evaluator(mask_history=ctx.mask_history), config["valid_metric"].lower()
+        return lambda: evaluator.value(scorer, split, VALID, key, ctx.device)
 
     def _index(self, dataset: Any, split: Split, max_len: int, device: torch.device) -> None:
         """recexp id -> RecBole id maps (tokens are str(recexp id)) and, if sequential, each stage's histories."""

@@ -37,6 +37,7 @@ UNSUPPORTED = {
     "mixed_precision": (("no",), "recexp runs its trainer in full precision; leave it null or no"),
 }
 _PACKAGES = ("general_recommender", "sequential_recommender")
+RECBOLE_PATIENCE = 11  # RecBole's default stopping_step (10): it stops at the 11th validation without improvement
 
 
 def available_models() -> dict[str, dict[str, type]]:
@@ -108,8 +109,9 @@ def trainer_values(trainer: TrainerConfig, model: str) -> dict[str, Any]:
         value = getattr(trainer, ours)
         if value is not None:
             values[theirs] = value
-    if trainer.patience is not None:  # patience counts epochs; RecBole counts missed validations, one more than it says
-        values["stopping_step"] = -(-trainer.patience // trainer.pick("valid_every", 1)) - 1
+    if trainer.patience is not None or trainer.valid_every is not None:
+        # patience counts epochs (rounded up to whole validations); RecBole counts missed validations, one more than it says
+        values["stopping_step"] = -(-trainer.pick("patience", RECBOLE_PATIENCE) // trainer.pick("valid_every", 1)) - 1
     return values
 
 
