@@ -7,9 +7,7 @@ timed apart), a full evaluation of that BPR on the test stage (every metric and 
 seconds and the process's peak resident memory while it ran (what it holds from the steps before included).
 Each step's best time of 2 such processes is kept, and its growth from ml-100k is set against the growth of
 what it should be linear in: interactions (load, split, a BPR epoch), users x items (a full evaluation, and
-the runs, which rank every item for every user at least once) or item text tokens (the encoding pass). A
-RecBole BPR epoch also grows with the embedding rows: its Adam step updates every user's and item's row after
-every batch (RecBole's own pipeline does the same).
+the runs, which rank every item for every user at least once) or item text tokens (the encoding pass).
 
 The larger dataset is synthetic by default (:func:`write_movielens_1m_sized`): 6,040 users, 3,416 items,
 1,000,000 interactions, each user's count drawn from a log-normal (at least 20, median about 100, as in
