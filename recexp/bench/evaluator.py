@@ -9,10 +9,6 @@ first on the path a fresh process takes (torch.topk over a masked copy), then wi
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recexp.bench.common import timed
+from recexp.bench.common import json_from_fresh_process, timed
 from recexp.evaluate import Evaluator
 from recexp.interfaces import Dataset, FitContext, Split
 from recexp.scenarios import ColdItemScenario, RandomScenario
@@ -61,13 +57,17 @@ class _StoredScores:
         return self.scores[users]
 
 
+def log_popularity(split: Split) -> torch.Tensor:
+    """[n_items] float32: log(1 + each item's training count)."""
+    return torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), dtype=torch.float32).log1p()
+
+
 def stored_scores(split: Split, pad: int = 0, seed: int = 0) -> torch.Tensor:
     """[n_users, pad + n_items] float32: log(1 + training count) plus standard normal noise; ``pad`` leading
     columns of zeros (RecBole's item 0 is padding)."""
-    counts = torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), dtype=torch.float32)
     scores = torch.zeros(split.n_users, pad + split.n_items)
     torch.randn(split.n_users, split.n_items, generator=torch.Generator().manual_seed(seed), out=scores[:, pad:])
-    scores[:, pad:] += counts.log1p()
+    scores[:, pad:] += log_popularity(split)
     return scores
 
 
@@ -120,8 +120,7 @@ def mf_scores(split: Split, rank: int = 8, seed: int = 0) -> torch.Tensor:
     """[n_users, n_items]: a tiny random matrix factorisation (rank 8, scaled 0.3) plus log(1 + training count)."""
     generator = torch.Generator().manual_seed(seed)
     users, items = (torch.randn(n, rank, generator=generator) for n in (split.n_users, split.n_items))
-    counts = torch.as_tensor(np.bincount(split.train["item"], minlength=split.n_items), dtype=torch.float32)
-    return 0.3 * users @ items.T + counts.log1p()
+    return 0.3 * users @ items.T + log_popularity(split)
 
 
 def model_scores(split: Split, model: Any, folder: Path) -> torch.Tensor:
@@ -195,11 +194,7 @@ def bench_evaluator() -> dict[str, Any]:
     metric, on all threads and on one."""
     with tempfile.TemporaryDirectory() as tmp:
         code = f"import json; from recexp.bench.evaluator import measure; print(json.dumps(measure({tmp!r})))"
-        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp,
-                              capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"evaluator bench failed:\n{done.stderr[-3000:]}")
-    report: dict[str, Any] = {"runs": json.loads(done.stdout.strip().splitlines()[-1])}
+        report: dict[str, Any] = {"runs": json_from_fresh_process(code, Path(tmp), 3600, "evaluator bench")}
     for path in ("first_run", "steady"):
         for size in ("ml100k", "25k_items"):
             runs = {key: run for key, run in report["runs"].items() if key.startswith(f"{path}/{size}/")}

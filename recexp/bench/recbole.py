@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from recexp.bench.common import json_from_fresh_process
+
 MODEL = "BPR"
 TARGET_RATIO = 1.05  # recexp's seconds per phase over RecBole's own pipeline's
 SEED = 2020
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SIDES = {"recexp": "recexp_fit", "recbole": "own_fit", "files": "files_fit"}  # side -> the function fitting it
 SCIENTIFIC = {"n_users": 8442, "n_items": 4385, "per_user": 7}  # Amazon Scientific's size (UniSRec's release)
 
@@ -176,11 +174,7 @@ def run_side(side: str, folder: Path, cache: Path, epochs: int, data: str = "ml-
     code = (f"import json; from pathlib import Path; from recexp.bench import recbole as b; "
             f"print(json.dumps(b.phases(*b.{SIDES[side]}(Path({str(folder.resolve())!r}), "
             f"Path({str(cache.resolve())!r}), {epochs}, {data!r}))))")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD}, cwd=folder,
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"{side} fit failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json_from_fresh_process(code, folder, 900, f"{side} fit")
 
 
 def median_index(ratios: list[float]) -> int:

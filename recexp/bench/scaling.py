@@ -16,8 +16,6 @@ MovieLens-1M), items by a Zipf-like popularity; or a user's atomic files by path
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+from recexp.bench.common import json_from_fresh_process
+
 SEED = 0
 GROWTH_SLACK = 1.25  # a step is linear when it grows at most this much beyond what it is linear in
 BPR_MEMORY_TARGET_MB = 4096  # peak of a BPR run on 1M interactions
@@ -102,12 +101,14 @@ def steps(path: str | None, name: str, out: Path, item_template: str | None = "{
         Evaluator().evaluate(bpr, split, "test", cpu)
     with meter.phase("pop_run"):
         Evaluator().evaluate(fitted("Pop"), split, "test", cpu)
-    encoder = TextEncoder(progress=False)
-    if dataset.item_text is not None:
+    tokens = 0
+    if dataset.item_text is not None:  # the encoder is loaded only to be timed
+        encoder = TextEncoder(progress=False)
         with meter.phase("encode_items"):
             encoder.embed(list(dataset.item_text))
+        tokens = encoder.tokens_encoded
     sizes = {"users": split.n_users, "items": split.n_items, "interactions": len(dataset.inter),
-             "item_text_tokens": encoder.tokens_encoded}
+             "item_text_tokens": tokens}
     return {"sizes": sizes, "seconds": {**meter.seconds, "bpr_epoch": bpr_epoch}, "peak_mb": meter.peaks}
 
 
@@ -119,11 +120,7 @@ def run_steps(path: str | None, name: str, out: Path, item_template: str | None,
         folder.mkdir(parents=True, exist_ok=True)
         code = (f"import json; from pathlib import Path; from recexp.bench.scaling import steps; "
                 f"print(json.dumps(steps({path!r}, {name!r}, Path({str(folder.resolve())!r}), {item_template!r})))")
-        done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **ONE_THREAD}, cwd=folder,
-                              capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            raise RuntimeError(f"scaling steps on {name} failed:\n{done.stderr[-3000:]}")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        runs.append(json_from_fresh_process(code, folder, 1800, f"scaling steps on {name}"))
     return {**runs[0], "seconds": {step: min(run["seconds"][step] for run in runs) for step in runs[0]["seconds"]}}
 
 

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recexp.bench.common import ONE_THREAD
+
 TARGET_S = 1.5  # a Pop run's fixed start-up over `import torch`
 HEAVY = ("recbole", "transformers", "peft", "wandb", "sklearn", "torch._dynamo", "scipy.stats", "accelerate", "numba")
 NOT_FOR_POP = ("transformers", "peft", "wandb", "sklearn", "torch._dynamo", "numba")
 TINY = "tiny"  # dataset name: tiny.inter (+ tiny.item)
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def write_tiny_dataset(folder: Path, n_users: int = 40, n_items: int = 60, per_user: int = 12) -> Path:
