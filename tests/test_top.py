@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from recexp.evaluate import top
 from recexp.evaluate.top import among, among_by_keys, compiled_largest, masked_largest, non_finite
 
 
@@ -52,6 +53,26 @@ def test_compiled_pass_matches_topk_over_a_masked_copy(n_items, k):
     assert torch.equal(scores, before)  # read, never written
 
 
+@pytest.mark.parametrize("levels", [1, 3, 50])
+@pytest.mark.parametrize("n_items", [40, 1682, 25000])
+def test_compiled_pass_matches_topk_on_tied_scores(levels, n_items):
+    """Few distinct values: many blocks and candidates reach the floor (the sorted-buffer paths)."""
+    generator = torch.Generator().manual_seed(levels)
+    scores = torch.randint(0, levels, (12, n_items), generator=generator).float()
+    history = history_of(12, n_items, 0.05, levels)
+    allowed, rows, k = torch.ones(n_items, dtype=torch.bool), np.arange(12), 21
+    values, items, _, _ = compiled_largest(scores, rows, history, rows, allowed, k)
+    reference = masked_largest(scores, rows, history, rows, allowed, k)
+    assert torch.equal(values, reference[0])
+    assert torch.equal(scores.gather(1, items), values)  # each item carries its value
+    indptr, indices = history
+    for row in rows:  # none from the history, none twice; equal values by item
+        assert not set(items[row].tolist()) & set(indices[indptr[row] : indptr[row + 1]].tolist())
+        assert len(set(items[row].tolist())) == k
+        for a, b in zip(range(k - 1), range(1, k)):
+            assert values[row, a] > values[row, b] or items[row, a] < items[row, b]
+
+
 def test_compiled_pass_reads_views_and_counts_non_finite_scores():
     base = torch.tensor([0.5, float("nan"), 2.0, float("inf"), -1.0, 3.0])
     expanded = base.expand(3, -1)  # a shared row, as a popularity model gives: not contiguous, never written
@@ -67,7 +88,7 @@ def test_compiled_pass_reads_views_and_counts_non_finite_scores():
 
 @pytest.mark.parametrize("lookup", [among, among_by_keys])
 def test_among_finds_items_in_csr_rows(lookup):
-    import recexp.evaluate.kernels  # noqa: F401  (loaded: among takes the compiled scan)
+    top.load_compiled()  # among takes the compiled scan
 
     matrix = (np.array([0, 2, 2, 5]), np.array([1, 4, 0, 3, 9]))
     items = np.array([[4, 1, -1], [1, 2, 3], [9, 3, 1]])
@@ -76,7 +97,7 @@ def test_among_finds_items_in_csr_rows(lookup):
 
 @pytest.mark.parametrize("lookup", [among, among_by_keys])
 def test_among_agrees_with_a_set_lookup_on_random_rows(lookup):
-    import recexp.evaluate.kernels  # noqa: F401
+    top.load_compiled()
 
     rng = np.random.default_rng(0)
     matrix = history_of(30, 500, 0.04, 1)
@@ -102,6 +123,26 @@ assert 'numba' not in sys.modules and not top.compiled_loaded()
 third = top.largest(*args)
 assert top.compiled_loaded() and 'numba' in sys.modules
 assert torch.equal(first[0], third[0]) and torch.equal(first[1], third[1])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.subprocess
+def test_a_run_loads_the_compiled_pass_in_the_background():
+    code = """
+import sys, numpy as np, torch
+from recexp.evaluate import top
+args = (torch.randn(4, 50, generator=torch.Generator().manual_seed(0)), np.arange(4),
+        (np.array([0, 2, 2, 2, 3]), np.array([1, 7, 3])), np.arange(4), torch.ones(50, dtype=torch.bool), 3)
+first = top.largest(*args)  # ranked by torch.topk: nothing loaded
+assert not top.compiled_loaded() and 'numba' not in sys.modules
+top.load_compiled_in_background()
+top.load_compiled_in_background()  # one thread, however often a run asks
+top._loading.join()
+assert top.compiled_loaded()
+again = top.largest(*args)
+assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -5,11 +5,14 @@ trained BPR (RecBole through recexp, 30 epochs) and of a frozen-MiniLM ``text_to
 factorisation plus log popularity, and log popularity plus noise; at 5k users x 25k items (synthetic, Zipf-like
 popularity), the last two. Each is evaluated at 512 users a batch on both sides, and with each side at its
 default batch (recexp 512, RecBole ``eval_batch_size`` 4,096 scores: 2 users a batch at 1,682 items, 1 at 25k);
-first on the path a fresh process takes (torch.topk over a masked copy), then with the compiled pass loaded.
+first on the path a process takes before the compiled pass has loaded (torch.topk over a masked copy; every
+GPU ranking too), then with it loaded, as a CPU run has it from the start (it loads in the background while the
+model trains: :func:`paths_in_a_run` counts which path each ranking of a BPR fit took).
 """
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -166,9 +169,9 @@ def against_recbole(split: Split, scores: torch.Tensor, batch_size: int, recbole
 
 
 def measure(folder: str) -> dict[str, Any]:
-    """Every size, score matrix and batch setting, first on the path a process takes before it loads the compiled
-    pass (torch.topk over a masked copy: what an ordinary run on a small catalog uses throughout), then with the
-    compiled pass loaded (the steady state of a long run or a large catalog). Run in a fresh process."""
+    """Every size, score matrix and batch setting, first on the path a process takes before it has loaded the
+    compiled pass (torch.topk over a masked copy), then with the compiled pass loaded (what a CPU run ranks with
+    once its background load is done). Run in a fresh process."""
     from recexp.evaluate import top
 
     if top.compiled_loaded():
@@ -179,7 +182,7 @@ def measure(folder: str) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for path in ("first_run", "steady"):
         if path == "steady":
-            import recexp.evaluate.kernels  # noqa: F401  (loads the compiled pass)
+            top.load_compiled()
         for size, (split, by_name) in matrices.items():
             repeat = 10 if split.n_users * split.n_items < 10**7 else 3  # best of: the machine may be busy
             default = recbole_default_batch(split.n_items)
@@ -189,19 +192,60 @@ def measure(folder: str) -> dict[str, Any]:
     return report
 
 
+def paths_in_a_run(epochs: int = 10) -> dict[str, Any]:
+    """Which path ranked each batch of a BPR fit's validations on ml-100k (a fit that trains starts loading the
+    compiled pass in the background), and when that pass was ready after the fit started. Run in a fresh process."""
+    from recexp.data import AtomicDataset
+    from recexp.evaluate import top
+    from recexp.models.recbole import RecBoleRecommender
+    from recexp.train import TrainerConfig
+
+    if top.compiled_loaded():
+        raise RuntimeError("paths_in_a_run() needs a process that has not loaded the compiled pass; run it in a fresh one")
+    torch.set_num_threads(1)
+    batches, ready, start = {"torch_topk": 0, "compiled": 0}, [], 0.0
+
+    def counting(ranked, path):
+        def counted(*args):
+            batches[path] += 1
+            return ranked(*args)
+        return counted
+    for name, path in (("masked_largest", "torch_topk"), ("compiled_largest", "compiled")):
+        setattr(top, name, counting(getattr(top, name), path))
+    load = top.load_compiled
+
+    def timed_load():
+        load()
+        ready.append(time.perf_counter() - start)
+    top.load_compiled = timed_load
+    split = RandomScenario().build(AtomicDataset(name="ml-100k").load(), 0)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        bpr = RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=epochs, patience=epochs, progress=False))
+        bpr.fit(split, FitContext(NullLogger(), torch.device("cpu"), Path(tmp), 0, progress=False))
+    fit_s = time.perf_counter() - start
+    top._loading.join()
+    return {"model": "BPR", "epochs": epochs, "validations": epochs, "batches": batches, "ready_after_s": ready[0],
+            "fit_s": fit_s}
+
+
 def bench_evaluator() -> dict[str, Any]:
     """:func:`measure` in a fresh one-thread process; then a BookCrossing-sized evaluation, every segment and
     metric, on all threads and on one."""
     with tempfile.TemporaryDirectory() as tmp:
         code = f"import json; from recexp.bench.evaluator import measure; print(json.dumps(measure({tmp!r})))"
         report: dict[str, Any] = {"runs": json_from_fresh_process(code, Path(tmp), 3600, "evaluator bench")}
+        code = "import json; from recexp.bench.evaluator import paths_in_a_run; print(json.dumps(paths_in_a_run()))"
+        report["in_a_run"] = json_from_fresh_process(code, Path(tmp), 900, "evaluator paths in a run")
     for path in ("first_run", "steady"):
         for size in ("ml100k", "25k_items"):
             runs = {key: run for key, run in report["runs"].items() if key.startswith(f"{path}/{size}/")}
             report[f"{path}/{size}"] = {"slowest": min(runs, key=lambda key: runs[key]["speedup"]),
                                         "speedup": min(run["speedup"] for run in runs.values()),
                                         "same_topk_share": min(run["same_topk_share"] for run in runs.values())}
-    import recexp.evaluate.kernels  # noqa: F401  (the compiled pass, as a process has it once it has ranked enough)
+    from recexp.evaluate.top import load_compiled
+
+    load_compiled()  # as a CPU run has it
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

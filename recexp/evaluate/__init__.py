@@ -5,8 +5,9 @@ Metrics come from the one registry in :mod:`recexp.evaluate.metrics`; ranking li
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,17 @@ class Evaluation:
     """Mean metrics per segment (``{segment: {"ndcg@10": ..., "auc": ...}}``) and the per-user values behind them."""
 
     metrics: dict[str, dict[str, float]]
-    per_user: pd.DataFrame  # columns: segment, user, n_pos, <metric@k>..., n_pairs, <pointwise metric>...
+    per_user_table: Callable[[], pd.DataFrame] = field(repr=False, default=pd.DataFrame)  # builds ``per_user``
     topk: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U, maxK] item ids
     users: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> [U] user ids
     pairs: pd.DataFrame | None = None  # every scored labelled pair: user_id, item_id (raw tokens), label, score
     not_computed: dict[str, dict[str, str]] = field(default_factory=dict)  # segment -> {asked-for metric: why not}
+
+    @cached_property
+    def per_user(self) -> pd.DataFrame:
+        """Columns segment, user, n_pos, <metric@k>..., n_pairs, <pointwise metric>...: built when first read, as
+        validation reads only ``metrics``."""
+        return self.per_user_table()
 
 
 @dataclass(frozen=True)
@@ -141,21 +148,27 @@ def _as_list(value: object) -> list:
 
 
 def _combine(names, ranked, pointwise) -> Evaluation:
-    metrics, frames, topk, users = {}, [], {}, {}
+    metrics, topk, users = {}, {}, {}
     for name in names:
         values: dict[str, float] = {}
-        per_user = None
         if name in ranked:
             values.update(ranked[name].metrics)
-            per_user = ranked[name].per_user
             topk[name], users[name] = ranked[name].topk, ranked[name].users
         if name in pointwise:
             values.update(pointwise[name][0])
-            extra = pointwise[name][1]
-            per_user = extra if per_user is None else per_user.merge(extra, on=["segment", "user"], how="outer")
         if values:
             metrics[name] = values
-            frames.append(per_user)
-    per_user = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Evaluation(metrics=metrics, per_user=per_user, topk=topk, users=users)
+    return Evaluation(metrics=metrics, per_user_table=lambda: _per_user(metrics, ranked, pointwise), topk=topk, users=users)
+
+
+def _per_user(names, ranked, pointwise) -> pd.DataFrame:
+    """The per-user tables of the segments ``names``, ranked and pointwise values side by side, one under another."""
+    frames = []
+    for name in names:
+        per_user = ranked[name].per_user if name in ranked else None
+        if name in pointwise:
+            extra = pointwise[name][1]
+            per_user = extra if per_user is None else per_user.merge(extra, on=["segment", "user"], how="outer")
+        frames.append(per_user)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

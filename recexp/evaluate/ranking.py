@@ -12,6 +12,7 @@ per stage, on the ``all`` segment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -38,9 +39,14 @@ class SegmentRanking:
     """One segment's result: mean metrics, per-user values, and the top-K lists behind them."""
 
     metrics: dict[str, float]
-    per_user: pd.DataFrame  # columns segment, user (raw token), n_pos, <metric@k>...
+    columns: dict[str, object]  # segment, user (raw token), n_pos, <metric@k>...: one value or [U] values each
     topk: np.ndarray  # [U, maxK] item ids, -1 for empty slots
     users: np.ndarray  # [U] internal user ids
+
+    @cached_property
+    def per_user(self) -> pd.DataFrame:
+        """The per-user values as a table, built when first read (validation only reads ``metrics``)."""
+        return pd.DataFrame(self.columns)
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,9 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens, exp
             elif metric.kind == "exposure":
                 catalog[key] = metric.fn(topk_np, hits.cpu().numpy(), users, exposure, kk)
     summary = {c: float(np.mean(v, dtype=np.float64)) for c, v in columns.items() if "@" in c}
-    frame = pd.DataFrame(columns)
     summary.update(catalog)
     summary["n_users"] = float(len(users))
-    return SegmentRanking(summary, frame, topk_np, users)
+    return SegmentRanking(summary, columns, topk_np, users)
 
 
 def _top(scores, rows, history, history_rows, allowed, k, order, model, stage):
@@ -231,8 +236,8 @@ def _top(scores, rows, history, history_rows, allowed, k, order, model, stage):
     values, items = values[:, :k], items[:, :k]
     if len(tied):
         picked = tied.cpu().numpy()
-        part = mask(scores[torch.as_tensor(rows[picked], device=scores.device)].float(), history, history_rows[picked],
-                    allowed)
+        part = mask(scores.index_select(0, torch.as_tensor(rows[picked], device=scores.device)).float(), history,
+                    history_rows[picked], allowed)  # index_select: a faster row copy than indexing
         again = part.index_select(1, order).topk(k, dim=1)  # part[:, order], 3x faster on CPU
         values[tied], items[tied] = again.values, order[again.indices]
     filled = values > float("-inf")

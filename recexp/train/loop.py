@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from recexp.errors import TrainingError
 from recexp.evaluate import Evaluator, parse_metric
+from recexp.evaluate.top import load_compiled_in_background
 from recexp.interfaces import FitContext, Split
 from recexp.train.devices import Accelerator, make_accelerator, release
 from recexp.train.settings import TrainerConfig
@@ -89,6 +90,8 @@ def fit(model: nn.Module, split: Split, ctx: FitContext, config: TrainerConfig, 
     """
     torch.manual_seed(ctx.seed)
     accelerator = make_accelerator(ctx.device, config)
+    if accelerator.device.type == "cpu":  # it validates every epoch: ready by the first ones
+        load_compiled_in_background()
     per_process = max(1, config.batch_size // accelerator.num_processes)  # each global batch is shared out
     data.group_by_length(per_process)
     loader = DataLoader(data, batch_size=per_process, shuffle=False, collate_fn=keep_batch)

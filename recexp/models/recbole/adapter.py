@@ -21,6 +21,7 @@ import torch
 from recexp.errors import ConfigError, TrainingError
 from recexp.evaluate import Evaluator
 from recexp.evaluate.pointwise import scores_read_off
+from recexp.evaluate.top import load_compiled_in_background
 from recexp.interfaces import FitContext, RecommenderBase, Split
 from recexp.models.recbole import compat
 from recexp.models.recbole.config import config_class, model_class, trainer_values, used_settings
@@ -102,6 +103,8 @@ class RecBoleRecommender(RecommenderBase):
         from recbole.utils import get_trainer, init_seed
 
         valid_positives(split)
+        if ctx.device.type == "cpu" and not self.gradient_free:  # it validates every epoch: ready by the first ones
+            load_compiled_in_background()
         folder = Path(ctx.run_dir).resolve() / "recbole"
         folder.mkdir(parents=True, exist_ok=True)
         threads = self.cpu_threads if ctx.device.type == "cpu" else None
