@@ -437,3 +437,12 @@ def test_registry_refuses_a_second_metric_of_the_same_name():
         register("ndcg", "ranking")(lambda hits, pos_len, k: hits)
     assert {m.name for m in METRICS.values() if not m.higher_is_better} == {
         "gini", "averagepopularity", "popreo", "poprsp", "logloss", "rmse", "mae"}
+
+
+def test_cpu_validation_batches_hold_at_most_two_megabytes_of_scores():
+    from recexp.evaluate import cache_sized_batch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert cache_sized_batch(4385, cpu, 512) == 119 and cache_sized_batch(1682, cpu, 512) == 311
+    assert cache_sized_batch(1682, cpu, 256) == 256 and cache_sized_batch(25000, cpu, 512) == 20
+    assert cache_sized_batch(10**7, cpu, 512) == 1 and cache_sized_batch(4385, gpu, 512) == 512

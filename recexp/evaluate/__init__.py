@@ -20,9 +20,16 @@ from recexp.evaluate.pointwise import evaluate_pairs, raw_pairs
 from recexp.evaluate.ranking import FULL, rank_stage
 from recexp.interfaces import Scorer, Split
 
-__all__ = ["Evaluation", "Evaluator", "METRICS", "higher_is_better", "metric_key", "parse_metric"]
+__all__ = ["Evaluation", "Evaluator", "METRICS", "cache_sized_batch", "higher_is_better", "metric_key", "parse_metric"]
 
 ALL = "all"  # evaluator.metrics=all: every metric each stage and model can compute, none asked for by name
+CACHE_SCORES = 1 << 19  # 2 MB of float32: a CPU batch of this many scores is ranked while it is still in cache
+
+
+def cache_sized_batch(n_items: int, device: torch.device, most: int) -> int:
+    """Users a validation batch scores: at most ``most``, and on CPU at most what fills :data:`CACHE_SCORES` (at
+    Scientific's 4,385 items, 119 users a batch validate a BPR in about 0.7x the time of 512)."""
+    return most if device.type != "cpu" else max(1, min(most, CACHE_SCORES // max(n_items, 1)))
 
 
 @dataclass

@@ -12,6 +12,7 @@ two of the k best values are equal.
 """
 from __future__ import annotations
 
+import atexit
 import threading
 
 import numpy as np
@@ -62,6 +63,7 @@ def load_compiled_in_background() -> None:
         if _loading is None:
             _loading = threading.Thread(target=load_compiled, name="recexp-compiled-ranking", daemon=True)
             _loading.start()
+            atexit.register(_loading.join, 60)  # a process that ends early does not end inside LLVM's loading
 
 
 _start, _loading = threading.Lock(), None

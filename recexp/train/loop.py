@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from recexp.errors import TrainingError
-from recexp.evaluate import Evaluator, parse_metric
+from recexp.evaluate import Evaluator, cache_sized_batch, parse_metric
 from recexp.evaluate.top import load_compiled_in_background
 from recexp.interfaces import FitContext, Split
 from recexp.train.devices import Accelerator, make_accelerator, release
@@ -114,7 +114,8 @@ def _fit_prepared(model, wrapped, optimizer, loader, data, split, ctx, config, a
     total_steps = math.ceil(len(loader) / config.grad_accum) * config.max_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total_steps, config.warmup_ratio,
                                                                                config.schedule == "constant"))
-    evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=256, mask_history=ctx.mask_history)
+    evaluator = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=cache_sized_batch(split.n_items, accelerator.device, 256),
+                          mask_history=ctx.mask_history)
     stats, best_state, misses = FitStats(), {}, 0
     valid_every = config.pick("valid_every", 1)
     start_norm = weight_norm(model)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from recexp.errors import ConfigError, TrainingError
-from recexp.evaluate import Evaluator
+from recexp.evaluate import Evaluator, cache_sized_batch
 from recexp.evaluate.pointwise import scores_read_off
 from recexp.evaluate.top import load_compiled_in_background
 from recexp.interfaces import FitContext, RecommenderBase, Split
@@ -244,7 +244,8 @@ class RecBoleRecommender(RecommenderBase):
         scorer = copy.copy(self)
         scorer._model = model
         scorer._index(dataset, split, max_len, config["device"])
-        evaluator, key = Evaluator(mask_history=ctx.mask_history), config["valid_metric"].lower()
+        evaluator = Evaluator(batch_size=cache_sized_batch(split.n_items, ctx.device, 512), mask_history=ctx.mask_history)
+        key = config["valid_metric"].lower()
         return lambda: evaluator.value(scorer, split, VALID, key, ctx.device)
 
     def _index(self, dataset: Any, split: Split, max_len: int, device: torch.device) -> None:
