@@ -251,6 +251,33 @@ def test_score_pairs_matches_full_ranking(random_split, tmp_path, monkeypatch):
         model.score(users, "holdout")
 
 
+def test_the_best_epochs_checkpoint_is_written_once_when_the_fit_ends(random_split, tmp_path, monkeypatch):
+    """RecBole writes its checkpoint at every improving epoch; recexp keeps it in memory and writes the last one."""
+    import recexp.models.recbole.adapter as adapter
+    from recexp.models.recbole import training
+
+    written, scores, weights = [], iter([0.1, 0.3, 0.2, 0.25]), []
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda state, file, **kw: (written.append(file), save(state, file, **kw)))
+    model = RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=4, patience=4))
+    real = training.validated_by_recexp
+
+    def recording(trainer_class):  # the weights each epoch validates, and a scripted validation score
+        class Recording(real(trainer_class)):
+            def _valid_epoch(self, valid_data, show_progress=False):
+                weights.append({k: v.clone() for k, v in self.model.state_dict().items()})
+                score = next(scores)
+                return score, {self.valid_metric: score}
+        return Recording
+    monkeypatch.setattr(adapter, "validated_by_recexp", recording)
+    fit(model, random_split, tmp_path)
+    assert model.effective()["best_epoch"] == 1 and written == [str(model._checkpoint)]
+    state = torch.load(model._checkpoint, weights_only=False)
+    assert state["epoch"] == 1 and state["best_valid_score"] == 0.3
+    assert all(torch.equal(state["state_dict"][k], v) for k, v in weights[1].items())
+    assert all(torch.equal(model._model.state_dict()[k], v) for k, v in weights[1].items())  # loaded back
+
+
 def test_a_refit_that_saves_no_checkpoint_keeps_its_own_weights(random_split, tmp_path, monkeypatch):
     """RecBole names checkpoints by the second: a continual refit in the same second that never
     improves on validation must not load the previous fit's file as its best."""
