@@ -16,10 +16,12 @@ command in the same bench (start-up, data and split: what any run costs).
 (``Trainer._full_sort_batch_eval``, its ``Collector`` and ``Evaluator``) on the same stored scores, one
 thread, Recall/Precision/Hit/MRR/NDCG/MAP at 5, 10, 20 on the ``all`` segment, at ml-100k's size (943 x
 1,682; trained BPR, frozen text_tower and synthetic scores) and at 5k users x 25k items (synthetic), at 512
-users a batch and with each side at its default batch, on a fresh process's path and with the compiled pass
-loaded, with whether both give the same top-K lists and metrics (the table shows the slowest case of each
-size and path; :mod:`recexp.bench.evaluator`); and the wall time of a BookCrossing-sized evaluation (5k x 27k, every segment of a cold-item
-split, every metric) on all threads, against its target of 10 s on 2 CPU cores.
+users a batch and with each side at its default batch, with torch.topk (what ranks before the compiled pass
+has loaded) and with the compiled pass, with whether both give the same top-K lists and metrics (the table
+shows the slowest case of each size and path; :mod:`recexp.bench.evaluator`); which path ranked each
+validation batch of a BPR fit, which loads the compiled pass in the background; and the wall time of a
+BookCrossing-sized evaluation (5k x 27k, every segment of a cold-item split, every metric) on all threads,
+against its target of 10 s on 2 CPU cores.
 
 ``recbole``: seconds of a BPR epoch's training phase and of its validation phase fitted through recexp against
 RecBole's own quick-start pipeline on ml-100k (and the whole epoch against raw RecBole reading recexp's files),
