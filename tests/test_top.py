@@ -146,3 +146,15 @@ assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_large_k_is_ranked_by_topk_even_with_the_compiled_pass_loaded(monkeypatch):
+    top.load_compiled()
+    used = []
+    monkeypatch.setattr(top, "masked_largest", lambda *args: used.append("topk") or masked_largest(*args))
+    monkeypatch.setattr(top, "compiled_largest", lambda *args: used.append("compiled") or compiled_largest(*args))
+    scores, allowed = torch.randn(3, 500, generator=torch.Generator().manual_seed(0)), torch.ones(500, dtype=torch.bool)
+    history = history_of(3, 500, 0.05, 0)
+    for k in (top.COMPILED_MAX_K, top.COMPILED_MAX_K + 1):
+        top.largest(scores, np.arange(3), history, np.arange(3), allowed, k)
+    assert used == ["compiled", "topk"]

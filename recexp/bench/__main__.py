@@ -133,8 +133,9 @@ def headlines(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "in_a_run" in report.get("evaluator", {}):
         e = report["evaluator"]["in_a_run"]
         total = sum(e["batches"].values())
+        ready = "never ready" if e["ready_after_s"] is None else f"ready after {e['ready_after_s']:.1f} s"
         rows.append((f"validation batches ranked by the compiled pass in a {e['model']} fit on ml-100k, loaded in the "
-                     f"background (ready after {e['ready_after_s']:.1f} s of a {e['fit_s']:.1f} s fit)",
+                     f"background ({ready} of a {e['fit_s']:.1f} s fit)",
                      f"{e['batches']['compiled']} of {total}", "-", "-", f"all: {ok(e['batches']['compiled'] == total)}"))
     if "bookcrossing_size" in report.get("evaluator", {}):
         e = report["evaluator"]["bookcrossing_size"]

@@ -9,6 +9,7 @@ import numba
 import numpy as np
 
 WIDTH = 16  # scores a block holds: item j is in block j % n_blocks, so a block's maximum is one vector max per row
+COUNTED = 256  # values ranked by counting (a vector loop of COUNTED^2 at most); more are kept in a sorted buffer
 
 
 @numba.njit(cache=True, nogil=True)
@@ -72,7 +73,7 @@ def _floor(block, k, reached, counts):  # pragma: no cover
     for b in range(n_blocks):  # the maxima at or above it, gathered without a branch
         reached[s] = block[b]
         s += block[b] >= floor
-    if s > 8 * k:  # ties: counting would cost s^2
+    if s > COUNTED:  # ties, or a large k: counting would cost s^2
         return floor
     _count_at_least(reached[:s], reached[:s], counts)
     for q in range(s):  # branch-free: the largest with at least k at or above it
@@ -94,7 +95,7 @@ def _keep_best(candidates, candidate_items, c, best, best_items):  # pragma: no 
     """The best ``len(best)`` of the first ``c`` candidates into ``best`` (descending; equal values by item) and their
     items into ``best_items``: placed by rank where there are few, kept in a sorted buffer otherwise."""
     k = len(best)
-    if c <= 8 * k:
+    if c <= COUNTED:
         for q in range(c):  # rank = how many come first: larger, or equal with a smaller item (one vector loop)
             v, item, rank = candidates[q], candidate_items[q], 0
             for p in range(c):

@@ -23,6 +23,9 @@ import torch
 COMPILE_AFTER = 100_000_000
 _ranked_by_topk = 0
 _loaded = threading.Event()  # set once the compiled pass is imported and its machine code loaded
+# The largest k the compiled pass ranks: its sorted buffer grows with k, torch.topk's partial sort hardly
+# (at k = 1,001 the pass took 11x torch.topk's time at 1,682 items; at k = 101 about as long)
+COMPILED_MAX_K = 64
 
 
 def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, np.ndarray], history_rows: np.ndarray,
@@ -36,7 +39,7 @@ def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, n
     if scores.device.type == "cpu":
         if not compiled_loaded() and _ranked_by_topk >= COMPILE_AFTER:
             load_compiled()
-        if compiled_loaded():
+        if compiled_loaded() and k <= COMPILED_MAX_K:
             return compiled_largest(scores, rows, history, history_rows, allowed, k)
         _ranked_by_topk += len(rows) * scores.shape[1]
     return masked_largest(scores, rows, history, history_rows, allowed, k)

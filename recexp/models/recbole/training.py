@@ -72,21 +72,33 @@ def validated_by_recexp(trainer: type) -> type:
             optimiser's moments, the config) at every improving epoch, 10-30 ms an epoch for BPR on Scientific;
             :meth:`fit` writes the last one, the same file, when it ends."""
             state = {"config": self.config, "epoch": epoch, "cur_step": self.cur_step,
-                     "best_valid_score": self.best_valid_score,
-                     "state_dict": {name: value.detach().clone() for name, value in self.model.state_dict().items()},
-                     "other_parameter": copy.deepcopy(self.model.other_parameter()),
-                     "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+                     "best_valid_score": self.best_valid_score, "state_dict": cpu_copy(self.model.state_dict()),
+                     "other_parameter": cpu_copy(self.model.other_parameter()),
+                     "optimizer": cpu_copy(self.optimizer.state_dict())}
             self.best_checkpoint = (kwargs.get("saved_model_file", self.saved_model_file), state)
 
         def fit(self, *args: Any, **kwargs: Any) -> Any:
-            result = super().fit(*args, **kwargs)
-            if self.best_checkpoint is not None:
-                file, state = self.best_checkpoint
-                torch.save(state, file, pickle_protocol=4)
-                RECBOLE_LOG.info(f"Saving best epoch {state['epoch']}: {file}")
-            return result
+            try:
+                return super().fit(*args, **kwargs)
+            finally:  # a fit that fails still leaves its best epoch's file, as RecBole's did
+                if self.best_checkpoint is not None:
+                    file, state = self.best_checkpoint
+                    torch.save(state, file, pickle_protocol=4)
+                    RECBOLE_LOG.info(f"Saving best epoch {state['epoch']}: {file}")
 
     return RecexpValidatedTrainer
+
+
+def cpu_copy(value: Any) -> Any:
+    """``value`` with every tensor in it (nested in dicts, lists, tuples) copied to the CPU: a checkpoint kept in
+    memory holds no GPU memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def train(trainer: Any, train_data: Any, valid_data: Any, ctx: FitContext, name: str) -> int:
