@@ -226,7 +226,7 @@ def paths_in_a_run(epochs: int = 10) -> dict[str, Any]:
         bpr.fit(split, FitContext(NullLogger(), torch.device("cpu"), Path(tmp), 0, progress=False))
     fit_s = time.perf_counter() - start
     top._loading.join()
-    return {"model": "BPR", "epochs": epochs, "validations": epochs, "batches": batches, "ready_after_s": ready[0] if ready else None,
+    return {"model": "BPR", "epochs": epochs, "batches": batches, "ready_after_s": ready[0] if ready else None,
             "fit_s": fit_s}
 
 

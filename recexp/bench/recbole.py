@@ -88,17 +88,15 @@ def _train_spans() -> list[tuple[float, float]]:
 
 
 def recexp_fit(folder: Path, cache: Path, epochs: int, data: str) -> tuple[list[tuple[float, float]], list[float]]:
-    """(training spans, end-of-epoch times) of ``RecBoleRecommender(MODEL)`` fitting for ``epochs`` epochs, the
-    compiled ranking pass loading in the background as in a run."""
+    """(training spans, end-of-epoch times) of ``RecBoleRecommender(MODEL)`` fitting for ``epochs`` epochs (its fit
+    loads the compiled ranking pass in the background, as in a run)."""
     import torch
 
-    from recexp.evaluate.top import load_compiled_in_background
     from recexp.interfaces import FitContext
     from recexp.models.recbole import RecBoleRecommender
     from recexp.train import TrainerConfig
 
     split, clock, spans = _split(cache, data), _EpochClock(), _train_spans()
-    load_compiled_in_background()
     model = RecBoleRecommender(MODEL, trainer=TrainerConfig(max_epochs=epochs, patience=epochs, progress=False))
     model.fit(split, FitContext(clock, torch.device("cpu"), folder, SEED, progress=False))
     return spans, clock.times
