@@ -41,7 +41,7 @@ from recexp.data.text import render_texts, template_fields
 from recexp.errors import ConfigError, check_int, check_number
 from recexp.files import atomic_file
 from recexp.interfaces import Recommender, Split
-from recexp.models.text.encoder import DTYPES, TextEncoder, weight_progress_bars
+from recexp.models.text.encoder import TextEncoder, weight_progress_bars, weights_dtype
 from recexp.models.text.weights import resolve
 from recexp.scenarios.common import head_items
 from recexp.strategies import Frozen
@@ -81,8 +81,7 @@ class Augment:
         self.head_fraction = check_number("tail.head_fraction", head_fraction, above=0, below=1)
         self.max_new_tokens = check_int("tail.max_new_tokens", max_new_tokens, 1)
         self.batch_size = check_int("tail.batch_size", batch_size, 1)
-        if dtype not in DTYPES:
-            raise ConfigError(f"tail.dtype={dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
+        weights = weights_dtype(dtype, "tail.dtype")
         self.keywords, self.neighbours = check_int("tail.keywords", keywords, 1), check_int("tail.neighbours", neighbours, 1)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
@@ -93,7 +92,7 @@ class Augment:
                 raise ConfigError("tail.method=generate needs tail.generator: packaged:smollm2, a local Hugging Face model "
                                   "folder (config.json, weights, tokenizer), a model id or a .gguf file; or use tail.method=keywords.")
             weight_progress_bars(progress)
-            self.generator = Generator(generator, self.cache_dir, models_dir, DTYPES[dtype])
+            self.generator = Generator(generator, self.cache_dir, models_dir, weights)
         self._encoder: TextEncoder | None = None
         self.items_augmented = 0
 
@@ -102,6 +101,7 @@ class Augment:
             return {"tail": "augment", "tail_method": self.method, "tail_keywords": self.keywords,
                     "tail_neighbours": self.neighbours, "tail_items_augmented": self.items_augmented}
         return {"tail": "augment", "tail_method": self.method, "tail_generator": self.generator_name,
+                "tail_dtype": str(self.generator.model.dtype).removeprefix("torch."),
                 "tail_max_new_tokens": self.max_new_tokens, "tail_items_augmented": self.items_augmented,
                 "tail_generated": self.generator.generated, "tail_cache_hits": self.generator.cache_hits}
 

@@ -116,6 +116,7 @@ def test_generated_text_reaches_the_model_for_tail_items_only_and_is_read_back_f
     assert all(texts[i] == original[i] for i in range(split.n_items) if i not in tail)
     assert split.dataset.item_text == original  # the run's split is left as it was
     assert first.effective() == {"epochs_run": 1, "tail": "augment", "tail_method": "generate", "tail_generator": generator,
+                                 "tail_dtype": "float32",
                                  "tail_max_new_tokens": 4, "tail_items_augmented": len(tail),
                                  "tail_generated": len(tail), "tail_cache_hits": 0}
     assert len(list((tmp_path / "cache").glob("*.json"))) == len(tail)
@@ -177,6 +178,7 @@ def test_the_generator_runs_in_the_precision_asked_and_caches_apart(generator, t
     assert next(half.model.parameters()).dtype == torch.bfloat16 and half.fingerprint() != full.fingerprint()
     full.write(prompts, PROMPT, 4, 1, cpu)
     assert half.write(prompts, PROMPT, 4, 1, cpu)[0] and half.generated == 1  # not read from fp32's cache
+    assert Augment(method="generate", generator=generator, dtype="bf16").describe()["tail_dtype"] == "bfloat16"
     with pytest.raises(ConfigError, match="tail.dtype='int8' is unknown"):
         Augment(method="generate", generator=generator, dtype="int8")
 

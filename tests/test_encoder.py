@@ -8,7 +8,8 @@ from helpers import save_tiny_causal_llama
 from transformers import AutoModelForCausalLM
 
 from recexp.errors import ConfigError
-from recexp.models.text.encoder import DEFAULT_MAX_LENGTH, TextEncoder
+from recexp.models.text.encoder import DEFAULT_MAX_LENGTH, TextEncoder, weights_dtype
+from recexp.train import devices
 
 TEXTS = ["Toy Story (1995). Genres: Animation Children's Comedy", "Heat (1995). Genres: Action Crime Thriller"]
 
@@ -38,8 +39,24 @@ def test_bf16_weights_give_fp32_vectors_close_to_fp32_ones(minilm):
 
 
 def test_unknown_dtype_is_refused():
-    with pytest.raises(ConfigError, match="encoder.dtype='fp8' is unknown; choose one of fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match="encoder.dtype='fp8' is unknown; choose auto or one of fp32, bf16, fp16"):
         TextEncoder(dtype="fp8", progress=False)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(native, monkeypatch):
+    monkeypatch.setattr(devices, "bf16_supported", lambda device: native)
+    encoder = TextEncoder(dtype="auto", progress=False)
+    expected = torch.bfloat16 if native else torch.float32
+    assert encoder.precision == next(encoder.model.parameters()).dtype == expected
+
+
+def test_auto_dtype_agrees_with_torchs_own_checks_of_the_device():
+    if torch.cuda.is_available():
+        native = torch.cuda.get_device_capability()[0] >= 8
+    else:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert weights_dtype("auto") == (torch.bfloat16 if native else torch.float32)
 
 
 def test_device_map_places_the_weights_when_they_load(tiny_bert):

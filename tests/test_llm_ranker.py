@@ -211,6 +211,7 @@ def test_lora_trains_the_adapters_and_reloads_the_same_scores(tiny_causal, tallr
     trainable = {n for n, p in recommender.module.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert recommender.effective()["epochs_run"] == 1
+    assert recommender.cost_extras()["encoder_dtype"] == "float32"  # the record says which precision ran
     scores = recommender.score_pairs(users, items, "test")
     assert not torch.allclose(scores, untrained)
     recommender.save(tmp_path / "model")

@@ -4,16 +4,17 @@ transformers + peft loop, and a whole few-shot ``llm_ranker`` run.
 ``llm_load``: seconds to build the encoder from the packaged GGUF file the first time (de-quantising) and
 from its cached folder afterwards (best of 3 fresh loads), against a target of 3 s.
 
-``llm_loop``: training tokens per second of ``model=llm_ranker strategy=lora encoder.dtype=bf16`` through
+``llm_loop``: training tokens per second of ``model=llm_ranker strategy=lora encoder.dtype=auto`` through
 recexp's loop (one epoch over K=64 TALLRec samples, batches of 8), against a loop written here with
 transformers, peft and torch alone doing the same work per step: the same prompts and answers in the same
-batches, padded on the left with each text's own positions, LoRA r 8 on q_proj and v_proj over bf16 weights,
+batches, padded on the left with each text's own positions, LoRA r 8 on q_proj and v_proj over weights of recexp's
+dtype (``auto``: bf16 where the CPU has bf16 instructions, else fp32),
 the language model's logits at the answer positions only (``logits_to_keep``), cross-entropy on the answer
 tokens, AdamW. Rounds interleaved, best of each; validation reads 16 pairs (it is not timed). Target:
 recexp at least 0.95x.
 
 ``llm_run``: wall seconds of ``python -m recexp scenario=tallrec scenario.shots=256 model=llm_ranker
-strategy=lora encoder.dtype=bf16`` as a user starts it (training, validation, the 1,000 test pairs), with
+strategy=lora encoder.dtype=auto`` as a user starts it (training, validation, the 1,000 test pairs), with
 its AUC and GAUC, against a target of 10 minutes on 2 CPU cores.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from recexp.tracking import NullLogger
 LOAD_TARGET_S = 3.0
 PARITY_TARGET = 0.95
 RUN_TARGET_S = 600.0
-LLM = ["model=llm_ranker", "scenario=tallrec", "strategy=lora", "encoder.dtype=bf16"]
+LLM = ["model=llm_ranker", "scenario=tallrec", "strategy=lora", "encoder.dtype=auto"]
 
 
 def bench_llm_load(out: Path, rounds: int = 3) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def bench_llm_loop(out: Path, rounds: int = 2, shots: int = 64) -> dict[str, Any
     ratio = max(ours) / max(bare)
     return {"recexp_tokens_per_s": max(ours), "bare_tokens_per_s": max(bare), "ratio": ratio, "target": PARITY_TARGET,
             "within_target": ratio >= PARITY_TARGET, "shots": shots, "threads": torch.get_num_threads(),
+            "dtype": str(model.module.encoder.precision).removeprefix("torch."),
             "all_recexp": ours, "all_bare": bare}
 
 
@@ -81,7 +83,7 @@ def bare_llm_epoch(module, split, seed: int, batch_size: int, lr: float = 1e-4) 
 
     torch.manual_seed(seed)
     path = module.encoder.model.name_or_path
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=module.encoder.precision),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
     data = module.train_data(split, seed)
     data.group_by_length(batch_size)  # the batches recexp's loop trains on, prompts of similar length together
@@ -120,4 +122,4 @@ def bench_llm_run(out: Path) -> dict[str, Any]:
     return {"wall_s": wall, "target_s": RUN_TARGET_S, "within_target": wall < RUN_TARGET_S,
             "test_auc": record["metrics"]["test"]["auc"], "test_gauc": record["metrics"]["test"]["gauc"],
             "train_seconds": record["cost"]["train_seconds"], "eval_seconds": record["cost"]["eval_seconds"],
-            "epochs_run": record["effective"].get("epochs_run")}
+            "epochs_run": record["effective"].get("epochs_run"), "dtype": record["cost"].get("encoder_dtype")}

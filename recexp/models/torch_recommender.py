@@ -111,7 +111,7 @@ class TorchRecommender(RecommenderBase):
         encoder = self.module.encoder
         extras = {**self.stats.cost(), "artifact_bytes": self.artifact_bytes}
         if encoder is not None:
-            extras.update(encoder.cache_stats())
+            extras.update(encoder.cache_stats(), encoder_dtype=str(encoder.precision).removeprefix("torch."))
             if self.stats.train_seconds > 0 and encoder.tokens_trained:
                 extras["encoder_tokens_trained"] = encoder.tokens_trained
                 extras["encoder_tokens_per_second"] = encoder.tokens_trained / self.stats.train_seconds

@@ -139,21 +139,21 @@ class TextEncoder(nn.Module):
             raise ConfigError(f"encoder.pooling={pooling!r} is unknown; choose one of {', '.join(POOLINGS)}.")
         if (max_length is not None and max_length < 2) or batch_size < 1:
             raise ConfigError(f"encoder.max_length must be >= 2 (or null) and batch_size >= 1, got {max_length}, {batch_size}.")
-        if dtype not in DTYPES:
-            raise ConfigError(f"encoder.dtype={dtype!r} is unknown; choose one of {', '.join(DTYPES)}.")
+        weights = weights_dtype(dtype)
         if padding_side not in PADDING_SIDES:
             raise ConfigError(f"encoder.padding_side={padding_side!r} is unknown; choose left, right or null (the tokenizer's own).")
         weight_progress_bars(progress)
         path = resolve(name_or_path, models_dir) if name_or_path else default_model_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model, self.lm_head = load_model(path, DTYPES[dtype], device_map)
+            self.model, self.lm_head = load_model(path, weights, device_map)
         except (OSError, ValueError) as error:
             raise ConfigError(
                 f"Could not load encoder {path!r}: {error}\nOn an offline machine, set "
                 "encoder.name_or_path to a local folder holding config.json, the weights and the "
                 "tokenizer files (or null for the packaged all-MiniLM-L6-v2)."
             ) from error
+        self.precision = weights  # the frozen weights' dtype (encoder.dtype, auto resolved)
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:  # recompute each layer in the backward pass: activations of one layer kept, not all
             if not self.model.supports_gradient_checkpointing:
@@ -440,6 +440,19 @@ class TextEncoder(nn.Module):
         self.strategy.load(self.model, Path(directory))
         self._trained_now()
         self._forget_lower_states()
+
+
+def weights_dtype(name: str, setting: str = "encoder.dtype") -> torch.dtype:
+    """``setting``'s value as a torch dtype. ``auto``: bf16 where this process's device computes it natively (a CUDA
+    GPU of compute capability 8 or more, a CPU with AVX512-BF16 or AMX), else fp32: a CPU without them emulates bf16
+    several times slower than fp32."""
+    if name == "auto":
+        from recexp.train.devices import bf16_supported, default_device
+
+        return torch.bfloat16 if bf16_supported(default_device()) else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"{setting}={name!r} is unknown; choose auto or one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
 
 
 def load_model(path: str, dtype: torch.dtype, device_map: str | None = None) -> tuple[nn.Module, nn.Module | None]:
