@@ -143,8 +143,17 @@ def reference_ranking(scores, split, stage, name, k, tie_seed):
     return users, torch.where(best.values > float("-inf"), order[best.indices], -1).numpy(), positives[users]
 
 
+def own_column_order(scores, seed):
+    """``scores`` [U, n_items] as a model scoring in an order of its own gives them (a padding column first, as
+    RecBole's), and the column of each item."""
+    columns = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(seed)) + 1
+    own = torch.full((scores.shape[0], scores.shape[1] + 1), 100.0)  # the padding column scores highest
+    own[:, columns] = scores
+    return FixedScores(own), columns
+
+
 @pytest.mark.parametrize("seed, n_users, n_items", [(0, 40, 30), (1, 60, 300), (2, 90, 3000)])
-@pytest.mark.parametrize("model", [FixedScores, SharedScores])
+@pytest.mark.parametrize("model", [FixedScores, SharedScores, own_column_order])
 @pytest.mark.parametrize("path", ["compiled", "masked"])  # masked: what a GPU runs, here on CPU
 def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_items, model, path, monkeypatch):
     if path == "masked":
@@ -153,7 +162,8 @@ def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_ite
     scores = tie_heavy_scores(seed, split, 20)
     before = scores.clone()
     evaluator = Evaluator(ks=[1, 5, 20], metrics=["recall", "ndcg", "hit"], batch_size=16, tie_seed=seed)
-    result = evaluator.evaluate(model(scores), split, "test", segments=("all", "head", "tail", "cold", "odd"))
+    scorer, columns = model(scores, seed) if model is own_column_order else (model(scores), None)
+    result = evaluator.evaluate(scorer, split, "test", segments=("all", "head", "tail", "cold", "odd"), item_columns=columns)
     assert set(result.topk) == {"all", "head", "head_full", "tail", "tail_full", "cold", "cold_full", "odd"}
     for name, topk in result.topk.items():
         wanted = before[0].expand(n_users, -1) if model is SharedScores else before
@@ -168,6 +178,8 @@ def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_ite
     first = dict(zip(result.users["all"], result.topk["all"]))
     assert [int((first[u] == -1).sum()) for u in range(3)] == [20, 19, 16]  # histories leave 0, 1 and 4 candidates
     assert torch.equal(scores, before)  # the model's scores are left as they were
+    if columns is not None:
+        assert torch.equal(scorer.scores[:, columns], before)
 
 
 def test_per_user_values_average_to_reported_metrics(random_split):

@@ -214,6 +214,30 @@ def test_recbole_validates_on_the_metric_its_params_name_and_a_failed_fit_keeps_
     assert model._model is kept and torch.equal(model.score(torch.arange(5), "test"), scores)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_validation_ranks_recboles_own_columns_as_recexps_reordered_scores(compiled, random_split, tmp_path, monkeypatch):
+    """Validation ranks RecBole's score rows as RecBole orders its items (the compiled pass gathers them into
+    recexp's order; torch.topk reads a reordered copy): the same lists and metrics as the reordered scores."""
+    from recexp.evaluate import top
+    from recexp.models.recbole.adapter import _InRecBoleOrder
+
+    model = RecBoleRecommender("BPR", trainer=TrainerConfig(max_epochs=1, patience=1))
+    fit(model, random_split, tmp_path)
+    loaded = threading.Event()
+    if compiled:
+        top.load_compiled()
+        loaded.set()
+    monkeypatch.setattr(top, "_loaded", loaded)
+    evaluator = Evaluator(ks=[10, 20], metrics=["ndcg", "recall", "mrr"], batch_size=100)
+    reordered = evaluator.evaluate(model, random_split, "valid", segments=("all",))
+    own = evaluator.evaluate(_InRecBoleOrder(model), random_split, "valid", segments=("all",),
+                             item_columns=model._item_columns)
+    assert own.metrics == reordered.metrics and np.array_equal(own.topk["all"], reordered.topk["all"])
+    assert not torch.equal(model._item_columns, torch.arange(random_split.n_items) + 1)  # RecBole's order is its own
+    with pytest.raises(ValueError, match="item_columns"):
+        Evaluator(metrics=["auc"]).evaluate(_InRecBoleOrder(model), random_split, "valid", item_columns=model._item_columns)
+
+
 def test_a_model_fitted_without_gradients_validates_its_one_epoch_whatever_valid_every(random_split, tmp_path):
     model = RecBoleRecommender("Pop", trainer=TrainerConfig(valid_every=3))
     assert len(fit(model, random_split, tmp_path).rows) == 1

@@ -53,6 +53,25 @@ def test_compiled_pass_matches_topk_over_a_masked_copy(n_items, k):
     assert torch.equal(scores, before)  # read, never written
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_rows_in_a_models_own_column_order_rank_as_their_reordered_copy(ties):
+    """``columns``: item i's score is in column columns[i] of rows wider than the catalog (RecBole's padding column)."""
+    generator = torch.Generator().manual_seed(int(ties))
+    n_items, k = 1682, 21
+    own = torch.randint(0, 5, (30, n_items + 1), generator=generator).float() if ties else torch.randn(30, n_items + 1,
+                                                                                                      generator=generator)
+    columns = torch.randperm(n_items, generator=generator) + 1
+    history, allowed, rows = history_of(30, n_items, 0.05, 7), torch.rand(n_items, generator=generator) > 0.1, np.arange(30)
+    reordered = own.index_select(1, columns)
+    reference = masked_largest(reordered, rows, history, rows, allowed, k)
+    for ranked in (compiled_largest(own, rows, history, rows, allowed, k, columns),
+                   masked_largest(own, rows, history, rows, allowed, k, columns)):
+        assert torch.equal(ranked[0], reference[0])
+        assert torch.equal(reordered.gather(1, ranked[1]), ranked[0])  # each item carries its own score
+    if not ties:  # distinct values: the same items
+        assert torch.equal(compiled_largest(own, rows, history, rows, allowed, k, columns)[1], reference[1])
+
+
 @pytest.mark.parametrize("levels", [1, 3, 50])
 @pytest.mark.parametrize("n_items", [40, 1682, 25000])
 def test_compiled_pass_matches_topk_on_tied_scores(levels, n_items):

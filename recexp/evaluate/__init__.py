@@ -90,22 +90,27 @@ class Evaluator:
         segments: tuple[str, ...] | None = None,
         progress: bool = False,
         shard: tuple[int, int] | None = None,
+        item_columns: torch.Tensor | None = None,
     ) -> Evaluation:
         """Rank ``stage``'s positives and score its labelled pairs, for each requested segment; each metric asked
         for by name that a segment cannot compute goes to ``not_computed`` with the reason.
 
         ``shard=(rank, world)`` keeps only the users with ``user % world == rank`` (one process's share).
+        ``item_columns`` [n_items]: the column of each item in the rows ``model.score`` gives, for a model that
+        scores in an order of its own (None: column j is item j); only rankings read such rows.
         """
         device = torch.device(device)
         spec = split.stage(stage)
         asked = tuple(segments or spec.segment_names or ("all",))
         names = segment_views(asked, spec.segments, self.tail_view)
         chosen = [METRICS[m] for m in self.metrics]
+        if item_columns is not None and not all(m.at_k for m in chosen):
+            raise ValueError("item_columns reorders ranked rows only; pair metrics read scores in item order.")
         ranked = {}
         if spec.positives is not None and any(m.at_k for m in chosen):
             ranked = rank_stage(
                 model, split, stage, names, [m for m in chosen if m.at_k], self.ks, self.batch_size, self.tie_seed,
-                device, progress, shard, self.mask_history,
+                device, progress, shard, self.mask_history, item_columns,
             )
         pointwise, scored = evaluate_pairs(
             model, split, stage, asked, [m for m in chosen if not m.at_k], device, self.batch_size, shard
@@ -116,12 +121,15 @@ class Evaluator:
                                                evaluation.metrics)
         return evaluation
 
-    def value(self, model: Scorer, split: Split, stage: str, key: str, device: torch.device | str = "cpu") -> float:
-        """One metric (``ndcg@10``, ``auc`` ...) on the ``all`` segment of ``stage``: what early stopping reads."""
+    def value(self, model: Scorer, split: Split, stage: str, key: str, device: torch.device | str = "cpu",
+              item_columns: torch.Tensor | None = None) -> float:
+        """One metric (``ndcg@10``, ``auc`` ...) on the ``all`` segment of ``stage``: what early stopping reads.
+        ``item_columns``: as in :meth:`evaluate`, for a ranking metric."""
         metric, k = parse_metric(key)
         single = Evaluator(ks=[k or 1], metrics=[metric.name], batch_size=self.batch_size, tie_seed=self.tie_seed,
                            mask_history=self.mask_history)
-        values = single.evaluate(model, split, stage, device, segments=("all",)).metrics.get("all", {})
+        evaluation = single.evaluate(model, split, stage, device, segments=("all",), item_columns=item_columns)
+        values = evaluation.metrics.get("all", {})
         name = metric_key(metric, k)
         if name not in values:
             raise ConfigError(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from recexp.errors import TrainingError
 from recexp.evaluate.metrics import ExposureContext, ListContext, Metric, metric_key
-from recexp.evaluate.top import among, largest, mask
+from recexp.evaluate.top import among, item_order_rows, largest, mask
 from recexp.interfaces import Scorer, Split, scorer_name
 
 FULL = "_full"  # suffix naming an item segment's full-ranking view: tail -> tail_full
@@ -90,9 +90,12 @@ def rank_stage(
     progress: bool = False,
     shard: tuple[int, int] | None = None,
     mask_history: bool = True,
+    item_columns: torch.Tensor | None = None,
 ) -> dict[str, SegmentRanking]:
     """Rank every user with positives in ``stage`` (of ``shard=(rank, world)``: users ``u % world == rank``), each
-    without the items of their history unless ``mask_history`` is False.
+    without the items of their history unless ``mask_history`` is False. ``item_columns`` [n_items]: the column
+    of each item in the rows ``model.score`` gives, for a model that scores in an order of its own (None: column
+    j is item j).
 
     An item segment ranks its items for every user; its full view (``<segment>_full``) ranks every
     candidate and counts only the segment's positives; a user segment ranks every candidate for its users.
@@ -119,14 +122,15 @@ def rank_stage(
         for start in tqdm(range(0, len(rows), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
             batch = rows[start : start + batch_size]
             scores = model.score(torch.as_tensor(index.users[batch], device=device), stage)
-            if tuple(scores.shape) != (len(batch), split.n_items):
+            if scores.dim() != 2 or len(scores) != len(batch) or (item_columns is None and scores.shape[1] != split.n_items):
                 raise TrainingError(f"{type(model).__name__}.score gave shape {tuple(scores.shape)} for {len(batch)} users; "
                                     f"a recommender scores every item: [{len(batch)}, {split.n_items}].")
             at = torch.as_tensor(batch, device=device)
             shared = None  # the top-k of every candidate, for every user of the batch: all the full rankings read it
             if any(m is None for m in masks.values()):
                 shared = _top(scores, np.arange(len(batch)), index.user_history, batch, candidates,
-                              min(max_k, n_ranked[next(n for n, m in masks.items() if m is None)]), order, model, stage)
+                              min(max_k, n_ranked[next(n for n, m in masks.items() if m is None)]), order, model, stage,
+                              item_columns)
             for name, ranked in masks.items():
                 keep = (n_pos[name][at] > 0) & (members[name][at] if name in members else True)
                 if ranked is None:
@@ -134,7 +138,7 @@ def rank_stage(
                 else:  # a restricted ranking: its users, its items
                     chosen = keep.nonzero()[:, 0].cpu().numpy()
                     top = _top(scores, chosen, index.user_history, batch[chosen], ranked, min(max_k, n_ranked[name]),
-                               order, model, stage)
+                               order, model, stage, item_columns)
                 collected[name].append(_hits(top, batch[keep.cpu().numpy()], index, counted[name], n_pos[name]))
     return _summaries(collected, split, spec, metrics, ks, n_ranked, index.positives, index.history, device)
 
@@ -218,7 +222,7 @@ def _summarise(name, parts, n_candidates, metrics, ks, context, user_tokens, exp
     return SegmentRanking(summary, columns, topk_np, users)
 
 
-def _top(scores, rows, history, history_rows, allowed, k, order, model, stage):
+def _top(scores, rows, history, history_rows, allowed, k, order, model, stage, columns=None):
     """Top-k of the ``rows`` of ``scores`` [B, n_items] among the ``allowed`` [n_items] items outside each row's
     history (row ``history_rows[i]`` of the CSR ``history``), after refusing non-finite scores. Returns (topk item
     ids [R, k], -1 for empty slots; filled [R, k] bool).
@@ -227,17 +231,17 @@ def _top(scores, rows, history, history_rows, allowed, k, order, model, stage):
     by ``order`` (``row[order].topk(k)``), as recexp always has, so lists and metrics stay those of earlier
     runs. Permuting every row costs several times the top-k itself, so the plain top-(k+1) is taken and only
     rows where two of those values are equal and finite (a tie inside the list or across its end) are
-    ranked again through ``order``; elsewhere the values alone decide, the same way.
+    ranked again through ``order``; elsewhere the values alone decide, the same way. ``columns``: as in
+    :func:`~recexp.evaluate.top.largest`.
     """
-    values, items, broken, finite = largest(scores, rows, history, history_rows, allowed, min(k + 1, scores.shape[1]))
+    values, items, broken, finite = largest(scores, rows, history, history_rows, allowed, min(k + 1, len(allowed)), columns)
     _refuse_non_finite(int(broken.sum()), int((~finite).sum()), model, stage)
     values, items = values.to(order.device), items.to(order.device)
     tied = ((values[:, 1:] == values[:, :-1]) & (values[:, 1:] > float("-inf"))).any(1).nonzero()[:, 0]
     values, items = values[:, :k], items[:, :k]
     if len(tied):
         picked = tied.cpu().numpy()
-        part = mask(scores.index_select(0, torch.as_tensor(rows[picked], device=scores.device)).float(), history,
-                    history_rows[picked], allowed)  # index_select: a faster row copy than indexing
+        part = mask(item_order_rows(scores, rows[picked], columns), history, history_rows[picked], allowed)
         again = part.index_select(1, order).topk(k, dim=1)  # part[:, order], 3x faster on CPU
         values[tied], items[tied] = again.values, order[again.indices]
     filled = values > float("-inf")

@@ -29,9 +29,13 @@ COMPILED_MAX_K = 64
 
 
 def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, np.ndarray], history_rows: np.ndarray,
-            allowed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+            allowed: torch.Tensor, k: int, columns: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
     """The ``k`` best values of ``scores[rows]`` [R, n_items] among the ``allowed`` [n_items] items outside each
     row's history (row ``history_rows[i]`` of the CSR ``history = (indptr, indices)``, sorted indices).
+    ``columns`` [n_items]: the column of ``scores`` holding each item's score, for rows in a model's own item
+    order (None: column j is item j). The compiled pass ranks such rows as they are (the history and the
+    banned items mapped to their columns, the best columns back to items), torch.topk a reordered copy.
 
     Returns (values [R, k] descending, -inf for empty slots; items [R, k]; NaN/+inf count [R] over the whole row;
     whether the row has a finite score anywhere [R])."""
@@ -40,9 +44,9 @@ def largest(scores: torch.Tensor, rows: np.ndarray, history: tuple[np.ndarray, n
         if not compiled_loaded() and _ranked_by_topk >= COMPILE_AFTER:
             load_compiled()
         if compiled_loaded() and k <= COMPILED_MAX_K:
-            return compiled_largest(scores, rows, history, history_rows, allowed, k)
+            return compiled_largest(scores, rows, history, history_rows, allowed, k, columns)
         _ranked_by_topk += len(rows) * scores.shape[1]
-    return masked_largest(scores, rows, history, history_rows, allowed, k)
+    return masked_largest(scores, rows, history, history_rows, allowed, k, columns)
 
 
 def compiled_loaded() -> bool:
@@ -72,25 +76,50 @@ def load_compiled_in_background() -> None:
 _start, _loading = threading.Lock(), None
 
 
-def compiled_largest(scores, rows, history, history_rows, allowed, k):
+def compiled_largest(scores, rows, history, history_rows, allowed, k, columns=None):
     """:func:`largest` by the compiled pass over CPU scores."""
     from recexp.evaluate.kernels import largest_rows  # numba: imported, and its cache loaded, on first use
 
     array = scores.detach().float().numpy()  # a view where the model gave float32
+    banned, history_rows = ~allowed.cpu().numpy(), np.asarray(history_rows, dtype=np.int64)
+    if columns is not None:  # in the model's columns: each row's history, and the items and columns not ranked
+        own = columns.cpu().numpy()
+        history, history_rows = _in_columns(history, history_rows, own), np.arange(len(rows), dtype=np.int64)
+        banned_columns = np.ones(array.shape[1], dtype=np.bool_)
+        banned_columns[own[~banned]] = False
+        banned = banned_columns
     values = np.full((len(rows), k), -np.inf, dtype=np.float32)
     items = np.full((len(rows), k), -1, dtype=np.int64)
     broken, finite = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.bool_)
-    largest_rows(array, np.asarray(rows, dtype=np.int64), history[0], history[1], np.asarray(history_rows, dtype=np.int64),
-                 np.flatnonzero(~allowed.cpu().numpy()), values, items, broken, finite)
+    largest_rows(array, np.asarray(rows, dtype=np.int64), history[0], history[1], history_rows, np.flatnonzero(banned),
+                 values, items, broken, finite)
+    if columns is not None:  # the best columns back to items
+        item_of = np.full(array.shape[1] + 1, -1, dtype=np.int64)  # its last entry: -1's, an empty slot's
+        item_of[own] = np.arange(len(own))
+        items = item_of[items]
     return torch.from_numpy(values), torch.from_numpy(items), broken, finite
 
 
-def masked_largest(scores, rows, history, history_rows, allowed, k):
+def _in_columns(history: tuple[np.ndarray, np.ndarray], rows: np.ndarray, columns: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR ``history``'s ``rows`` as a CSR of their own (row i: ``rows[i]``), items replaced by their ``columns``."""
+    indptr = history[0]
+    lengths = indptr[rows + 1] - indptr[rows]
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), columns[csr_entries(history, rows)[1]]
+
+
+def masked_largest(scores, rows, history, history_rows, allowed, k, columns=None):
     """:func:`largest` by torch.topk over a masked copy (any device)."""
-    part = scores.index_select(0, torch.as_tensor(rows, device=scores.device)).float()  # a copy
+    part = item_order_rows(scores, rows, columns)
     broken, finite = non_finite(part)
     best = mask(part, history, history_rows, allowed).topk(k, dim=1)
     return best.values, best.indices, broken, finite
+
+
+def item_order_rows(scores: torch.Tensor, rows: np.ndarray, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """A float copy of ``scores[rows]`` with its columns in item order (``columns``: as in :func:`largest`)."""
+    part = scores.index_select(0, torch.as_tensor(rows, device=scores.device))  # a faster row copy than indexing
+    return (part if columns is None else part.index_select(1, columns.to(part.device))).float()
 
 
 def non_finite(part: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
