@@ -53,6 +53,23 @@ def test_compiled_pass_matches_topk_over_a_masked_copy(n_items, k):
     assert torch.equal(scores, before)  # read, never written
 
 
+@pytest.mark.parametrize("n_items", [50, 1682, 4385, 25000])
+@pytest.mark.parametrize("k", [1, 11, 51])
+def test_blockwise_topk_is_torch_topk(n_items, k):
+    """The same values always, the same items where the best values are distinct (ties are the caller's)."""
+    generator = torch.Generator().manual_seed(n_items + k)
+    distinct = torch.randn(30, n_items, generator=generator)
+    distinct[3, : n_items - 5] = float("-inf")  # fewer finite scores than k
+    distinct[4] = float("-inf")
+    tied = torch.randint(0, 3, (30, n_items), generator=generator).float()
+    for part in (distinct, tied):
+        values, items = top.blockwise_topk(part, min(k, n_items))
+        reference = part.topk(min(k, n_items), dim=1)
+        assert torch.equal(values, reference.values)
+        assert torch.equal(part.gather(1, items), values) and all(len(set(row)) == len(row) for row in items.tolist())
+    assert torch.equal(top.blockwise_topk(distinct, min(k, n_items))[1][5:], distinct.topk(min(k, n_items), dim=1).indices[5:])
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_rows_in_a_models_own_column_order_rank_as_their_reordered_copy(ties):
     """``columns``: item i's score is in column columns[i] of rows wider than the catalog (RecBole's padding column)."""
