@@ -152,7 +152,7 @@ def own_column_order(scores, seed):
     return FixedScores(own), columns
 
 
-@pytest.mark.parametrize("seed, n_users, n_items", [(0, 40, 30), (1, 60, 300), (2, 90, 3000)])
+@pytest.mark.parametrize("seed, n_users, n_items", [(0, 40, 30), (1, 60, 300), (2, 90, 3000), (3, 40, 9000)])
 @pytest.mark.parametrize("model", [FixedScores, SharedScores, own_column_order])
 @pytest.mark.parametrize("path", ["compiled", "masked"])  # masked: what a GPU runs, here on CPU
 def test_ranking_with_ties_matches_the_plain_seeded_ranking(seed, n_users, n_items, model, path, monkeypatch):

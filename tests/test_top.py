@@ -68,6 +68,7 @@ def test_blockwise_topk_is_torch_topk(n_items, k):
         assert torch.equal(values, reference.values)
         assert torch.equal(part.gather(1, items), values) and all(len(set(row)) == len(row) for row in items.tolist())
     assert torch.equal(top.blockwise_topk(distinct, min(k, n_items))[1][5:], distinct.topk(min(k, n_items), dim=1).indices[5:])
+    assert top.blockwise_topk(distinct[:0], min(k, n_items))[0].shape == (0, min(k, n_items))  # a batch without users
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -309,8 +309,8 @@ class RecBoleRecommender(RecommenderBase):
 
 class _InRecBoleOrder(RecommenderBase):
     """A fitted adapter's full-ranking scores left in RecBole's item order, for its validation's ranking: the
-    evaluator's compiled pass gathers each row into recexp's order as it copies it (``item_columns``), where a
-    reordered copy of every batch took about 15% of a Scientific-sized validation."""
+    evaluator's compiled pass ranks those rows as they are (``item_columns``), where reordering every batch into
+    recexp's order took about 15% of a Scientific-sized validation."""
 
     def __init__(self, adapter: RecBoleRecommender):
         self.adapter = adapter
