@@ -74,6 +74,7 @@ class Augment:
         cache_dir: str | None = None,
         models_dir: str | None = None,
         progress: bool = True,
+        run_device: str = "auto",
     ):
         if method not in METHODS:
             raise ConfigError(f"tail.method={method!r} is unknown for tail=augment; choose one of {', '.join(METHODS)}.")
@@ -81,7 +82,7 @@ class Augment:
         self.head_fraction = check_number("tail.head_fraction", head_fraction, above=0, below=1)
         self.max_new_tokens = check_int("tail.max_new_tokens", max_new_tokens, 1)
         self.batch_size = check_int("tail.batch_size", batch_size, 1)
-        weights = weights_dtype(dtype, "tail.dtype")
+        weights = weights_dtype(dtype, run_device, "tail.dtype")
         self.keywords, self.neighbours = check_int("tail.keywords", keywords, 1), check_int("tail.neighbours", neighbours, 1)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress

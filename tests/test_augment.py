@@ -21,6 +21,7 @@ from recexp.models.text.encoder import TextEncoder
 from recexp.scenarios import RandomScenario
 from recexp.scenarios.common import head_items
 from recexp.tracking import NullLogger
+from recexp.train import devices
 
 THEMES = ["galaxy robots", "wedding romance", "haunted ghosts", "detective murder", "desert cowboys", "pirate treasure"]
 FORMS = ["comedy", "drama", "thriller", "musical", "documentary"]
@@ -171,7 +172,7 @@ def test_a_generation_stopped_midway_keeps_the_texts_it_wrote(generator, tmp_pat
     assert texts == Generator(generator, None).write(prompts, PROMPT, 4, 2, cpu)
 
 
-def test_the_generator_runs_in_the_precision_asked_and_caches_apart(generator, tmp_path):
+def test_the_generator_runs_in_the_precision_asked_and_caches_apart(generator, tmp_path, monkeypatch):
     prompts, cpu = [PROMPT.format(title="Heat")], torch.device("cpu")
     full = Generator(generator, tmp_path / "cache")
     half = Generator(generator, tmp_path / "cache", dtype=torch.bfloat16)
@@ -179,6 +180,10 @@ def test_the_generator_runs_in_the_precision_asked_and_caches_apart(generator, t
     full.write(prompts, PROMPT, 4, 1, cpu)
     assert half.write(prompts, PROMPT, 4, 1, cpu)[0] and half.generated == 1  # not read from fp32's cache
     assert Augment(method="generate", generator=generator, dtype="bf16").describe()["tail_dtype"] == "bfloat16"
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(devices, "bf16_supported", lambda device, native=native: native)
+        auto = Augment(method="generate", generator=generator, dtype="auto", run_device="cpu")
+        assert auto.describe()["tail_dtype"] == expected
     with pytest.raises(ConfigError, match="tail.dtype='int8' is unknown"):
         Augment(method="generate", generator=generator, dtype="int8")
 

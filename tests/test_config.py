@@ -73,9 +73,10 @@ def test_text_models_are_the_models_with_an_encoder():
 
 @pytest.mark.parametrize("model, holder", TEXT_MODELS.items())
 def test_every_text_model_reads_the_encoder_group(model, holder):
-    cfg = compose_with(f"model={model}", "encoder.max_length=32", "encoder.pooling=cls", "encoder.dtype=bf16")
+    cfg = compose_with(f"model={model}", "encoder.max_length=32", "encoder.pooling=cls", "encoder.dtype=auto", "device=cpu")
     node = cfg.model[holder] if holder else cfg.model
-    assert node.encoder == cfg.encoder and node.encoder.max_length == 32 and node.encoder.dtype == "bf16"
+    assert node.encoder == cfg.encoder and node.encoder.max_length == 32 and node.encoder.dtype == "auto"
+    assert node.encoder.run_device == "cpu"  # what dtype=auto reads: the run's device
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

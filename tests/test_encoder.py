@@ -51,6 +51,13 @@ def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(native, m
     assert encoder.precision == next(encoder.model.parameters()).dtype == expected
 
 
+def test_auto_dtype_reads_the_runs_device_not_the_machines_default(monkeypatch):
+    monkeypatch.setattr(devices, "bf16_supported", lambda device: device.type == "cuda")
+    monkeypatch.setattr(devices, "default_device", lambda: torch.device("cuda"))
+    assert weights_dtype("auto", "cpu") == torch.float32  # device=cpu on a GPU machine
+    assert weights_dtype("auto", "auto") == weights_dtype("auto", "cuda:0") == torch.bfloat16
+
+
 def test_auto_dtype_agrees_with_torchs_own_checks_of_the_device():
     if torch.cuda.is_available():
         native = torch.cuda.get_device_capability()[0] >= 8

@@ -14,6 +14,8 @@ COUNTED = 256  # values ranked by counting (a vector loop of COUNTED^2 at most);
 
 @numba.njit(cache=True, nogil=True)
 def largest_rows(scores, rows, indptr, indices, history_rows, banned, values, items, broken, finite):  # pragma: no cover
+    """The k best of each of ``scores[rows]`` into ``values`` and ``items``; ``broken`` and ``finite``: how many of the
+    row's scores are NaN or +inf, and how many finite."""
     k, n = values.shape[1], scores.shape[1]
     n_blocks = (n + WIDTH - 1) // WIDTH
     lowest, top = np.float32(-np.inf), np.float32(np.inf)
@@ -33,7 +35,7 @@ def largest_rows(scores, rows, indptr, indices, history_rows, banned, values, it
             for j in range(n):
                 if not row_copy[j] < top:
                     row_copy[j] = lowest
-        broken[out], finite[out] = bad, good > 0
+        broken[out], finite[out] = bad, good
         for h in range(indptr[history_rows[out]], indptr[history_rows[out] + 1]):
             row_copy[indices[h]] = lowest
         for j in banned:
@@ -133,5 +135,5 @@ def warm_up() -> None:
     scores = np.zeros((1, 4), dtype=np.float32)
     for layout in (scores, scores[:, ::2]):  # a model's own rows, and a view (a row shared by every user)
         largest_rows(layout, rows, indptr, indices, rows, indices, np.full((1, 1), -np.inf, dtype=np.float32),
-                     np.full((1, 1), -1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.bool_))
+                     np.full((1, 1), -1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
     among_rows(np.zeros((1, 1), dtype=np.int64), indptr, indices, rows, np.zeros((1, 1), dtype=np.bool_))

@@ -117,12 +117,14 @@ def rank_stage(
                for n in segments if n in spec.user_segments}
     order = torch.randperm(split.n_items, generator=torch.Generator().manual_seed(tie_seed)).to(device)
     max_k = max(ks)
+    width = split.n_items if item_columns is None else int(item_columns.max()) + 1  # the least a row holds
     collected: dict[str, list] = {n: [] for n in segments}
     with torch.no_grad():
         for start in tqdm(range(0, len(rows), batch_size), desc=f"rank {stage}", disable=not progress, leave=False):
             batch = rows[start : start + batch_size]
             scores = model.score(torch.as_tensor(index.users[batch], device=device), stage)
-            if scores.dim() != 2 or len(scores) != len(batch) or (item_columns is None and scores.shape[1] != split.n_items):
+            if (scores.dim() != 2 or len(scores) != len(batch) or scores.shape[1] < width
+                    or (item_columns is None and scores.shape[1] != width)):
                 raise TrainingError(f"{type(model).__name__}.score gave shape {tuple(scores.shape)} for {len(batch)} users; "
                                     f"a recommender scores every item: [{len(batch)}, {split.n_items}].")
             at = torch.as_tensor(batch, device=device)

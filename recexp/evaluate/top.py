@@ -8,8 +8,8 @@ vector pass, finds from them a floor that at least k scores reach, and sorts onl
 (about 1.4 ns an item at ml-100k's size, 0.6 at 25k items). Loading that pass takes about half a second, so a
 CPU run loads it in a background thread when it starts (:func:`load_compiled_in_background`) and ranks with
 torch.topk until it is there, as other devices always do; a process that evaluates without a run loads it
-once it has ranked :data:`COMPILE_AFTER` scores. Both give the same values, and the same items wherever no
-two of the k best values are equal.
+once it has ranked :data:`COMPILE_AFTER` scores. Both give the same values, and the same items wherever the
+k best values are distinct and no other equals the k-th.
 """
 from __future__ import annotations
 
@@ -92,14 +92,17 @@ def compiled_largest(scores, rows, history, history_rows, allowed, k, columns=No
         banned = banned_columns
     values = np.full((len(rows), k), -np.inf, dtype=np.float32)
     items = np.full((len(rows), k), -1, dtype=np.int64)
-    broken, finite = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.bool_)
+    broken, finite = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.int64)
     largest_rows(array, np.asarray(rows, dtype=np.int64), history[0], history[1], history_rows, np.flatnonzero(banned),
                  values, items, broken, finite)
-    if columns is not None:  # the best columns back to items
+    if columns is not None:  # the best columns back to items; the columns of no item (RecBole's padding) not counted
         item_of = np.full(array.shape[1] + 1, -1, dtype=np.int64)  # its last entry: -1's, an empty slot's
         item_of[own] = np.arange(len(own))
         items = item_of[items]
-    return torch.from_numpy(values), torch.from_numpy(items), broken, finite
+        outside = array[np.ix_(np.asarray(rows), np.flatnonzero(item_of[:-1] < 0))]
+        broken -= (np.isnan(outside) | np.isposinf(outside)).sum(1)
+        finite -= np.isfinite(outside).sum(1)
+    return torch.from_numpy(values), torch.from_numpy(items), broken, finite > 0
 
 
 def _in_columns(history: tuple[np.ndarray, np.ndarray], rows: np.ndarray, columns: np.ndarray
@@ -122,8 +125,9 @@ def masked_largest(scores, rows, history, history_rows, allowed, k, columns=None
 def blockwise_topk(part: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``part.topk(k, dim=1)`` for a contiguous ``part`` [R, n], found among the scores of the k 16-score blocks with
     the highest maxima (block b: columns b, b + n // 16, ...; the last n % 16 columns are always read): the same
-    values, and the same items wherever the k best values are distinct. On a CPU, torch.topk's partial sort of a
-    whole row costs about 3.5 ns a score; the block maxima are one vector pass, and a sort of n / 16."""
+    values, and the same items wherever the k best values are distinct and no other equals the k-th. On a CPU,
+    torch.topk's partial sort of a whole row costs about 3.5 ns a score; the block maxima are one vector pass,
+    and a sort of n / 16."""
     n_rows, n = part.shape
     n_blocks = n // WIDTH
     if n_blocks < 16 * k:  # torch.topk's cost per row outweighs the saving (evaluations at ml-100k's size: 7% slower)

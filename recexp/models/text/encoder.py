@@ -133,13 +133,14 @@ class TextEncoder(nn.Module):
         models_dir: str | None = None,
         gradient_checkpointing: bool = False,
         device_map: str | None = None,
+        run_device: str = "auto",
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"encoder.pooling={pooling!r} is unknown; choose one of {', '.join(POOLINGS)}.")
         if (max_length is not None and max_length < 2) or batch_size < 1:
             raise ConfigError(f"encoder.max_length must be >= 2 (or null) and batch_size >= 1, got {max_length}, {batch_size}.")
-        weights = weights_dtype(dtype)
+        weights = weights_dtype(dtype, run_device)
         if padding_side not in PADDING_SIDES:
             raise ConfigError(f"encoder.padding_side={padding_side!r} is unknown; choose left, right or null (the tokenizer's own).")
         weight_progress_bars(progress)
@@ -442,14 +443,15 @@ class TextEncoder(nn.Module):
         self._forget_lower_states()
 
 
-def weights_dtype(name: str, setting: str = "encoder.dtype") -> torch.dtype:
-    """``setting``'s value as a torch dtype. ``auto``: bf16 where this process's device computes it natively (a CUDA
-    GPU of compute capability 8 or more, a CPU with AVX512-BF16 or AMX), else fp32: a CPU without them emulates bf16
-    several times slower than fp32."""
+def weights_dtype(name: str, run_device: str = "auto", setting: str = "encoder.dtype") -> torch.dtype:
+    """``setting``'s value as a torch dtype. ``auto``: bf16 where the run's device (``run_device``, the run's
+    ``device`` setting) computes it natively (a CUDA GPU of compute capability 8 or more, a CPU with AVX512-BF16 or
+    AMX), else fp32: a CPU without them emulates bf16 several times slower than fp32."""
     if name == "auto":
         from recexp.train.devices import bf16_supported, default_device
 
-        return torch.bfloat16 if bf16_supported(default_device()) else torch.float32
+        device = default_device() if run_device == "auto" else torch.device(run_device)
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
     if name not in DTYPES:
         raise ConfigError(f"{setting}={name!r} is unknown; choose auto or one of {', '.join(DTYPES)}.")
     return DTYPES[name]
